@@ -1,0 +1,1 @@
+int nnc_placeholder() { return 0; }
