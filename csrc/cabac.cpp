@@ -1,0 +1,120 @@
+// Out-of-line parts of the arithmetic coder (cabac.hpp).
+#include "cabac.hpp"
+
+#include <array>
+#include <cmath>
+
+namespace nnc {
+
+namespace {
+
+// -log2(p) in 2^-15 bit units with p(1) = 1/2 + P/8192, for P in -4096..4095.
+std::array<uint32_t, 2 * 8192> make_bin_cost_table() {
+  std::array<uint32_t, 2 * 8192> table{};
+  for (int index = 0; index < 8192; ++index) {
+    double p_one = 0.5 + (index - 4096) / 8192.0;
+    if (p_one < 1.0 / 1024) p_one = 1.0 / 1024;
+    if (p_one > 1.0 - 1.0 / 1024) p_one = 1.0 - 1.0 / 1024;
+    table[index * 2 + 0] =
+        static_cast<uint32_t>(std::lround(-std::log2(1.0 - p_one) * 32768.0));
+    table[index * 2 + 1] =
+        static_cast<uint32_t>(std::lround(-std::log2(p_one) * 32768.0));
+  }
+  return table;
+}
+
+const std::array<uint32_t, 2 * 8192> kBinCostStorage = make_bin_cost_table();
+
+}  // namespace
+
+const uint32_t* const kBinCostTable = kBinCostStorage.data();
+
+void CabacEncoder::write_out() {
+  const uint32_t lead_byte = low_ >> (24 - bits_left_);
+  bits_left_ += 8;
+  low_ &= 0xffffffffu >> bits_left_;
+  if (lead_byte == 0xff) {
+    num_buffered_bytes_ += 1;
+    return;
+  }
+  if (num_buffered_bytes_ > 0) {
+    const uint32_t carry = lead_byte >> 8;
+    out_.push_back(static_cast<uint8_t>(buffered_byte_ + carry));
+    const uint8_t pending = static_cast<uint8_t>(0xff + carry);
+    for (; num_buffered_bytes_ > 1; --num_buffered_bytes_) out_.push_back(pending);
+  } else {
+    num_buffered_bytes_ = 1;
+  }
+  buffered_byte_ = lead_byte & 0xff;
+}
+
+std::vector<uint8_t> CabacEncoder::finish() {
+  // Resolve the pending bytes with the final carry.
+  if ((low_ >> (32 - bits_left_)) != 0) {
+    out_.push_back(static_cast<uint8_t>(buffered_byte_ + 1));
+    for (; num_buffered_bytes_ > 1; --num_buffered_bytes_) out_.push_back(0x00);
+    low_ -= 1u << (32 - bits_left_);
+  } else {
+    if (num_buffered_bytes_ > 0) out_.push_back(static_cast<uint8_t>(buffered_byte_));
+    for (; num_buffered_bytes_ > 1; --num_buffered_bytes_) out_.push_back(0xff);
+  }
+
+  // Remaining low bits, then the stop bit 1, then zeros to the byte boundary.
+  const int num_tail_bits = 24 - bits_left_;
+  uint64_t tail = ((uint64_t(low_) >> 8) << 1) | 1u;
+  int num_bits = num_tail_bits + 1;
+  const int pad_bits = (8 - num_bits % 8) % 8;
+  tail <<= pad_bits;
+  num_bits += pad_bits;
+  for (int shift = num_bits - 8; shift >= 0; shift -= 8) {
+    out_.push_back(static_cast<uint8_t>((tail >> shift) & 0xff));
+  }
+  return std::move(out_);
+}
+
+void CabacDecoder::refill() {
+  while (cache_bits_ <= 56) {
+    uint64_t byte = 0;
+    if (pos_ < num_bytes_) {
+      byte = data_[pos_];
+    } else {
+      past_end_ = true;
+    }
+    pos_ += 1;
+    cache_ |= byte << (56 - cache_bits_);
+    cache_bits_ += 8;
+  }
+}
+
+void CabacDecoder::check_not_past_end() const {
+  if (num_bits_read() > uint64_t(num_bytes_) * 8) {
+    throw std::length_error(
+        "decode_segment: data ends early: needed bit " +
+        std::to_string(num_bits_read() - 1) + " (byte offset " +
+        std::to_string((num_bits_read() - 1) / 8) + ") of a " +
+        std::to_string(num_bytes_) + "-byte segment");
+  }
+}
+
+size_t CabacDecoder::finish() {
+  const uint64_t bits_read = num_bits_read();
+  if ((offset_ & 1u) == 0) {
+    throw std::invalid_argument(
+        "decode_segment: bad stop bit: bit " + std::to_string(bits_read - 1) +
+        " (byte offset " + std::to_string((bits_read - 1) / 8) + ") is 0, expected 1");
+  }
+  const int pad_bits = static_cast<int>((8 - bits_read % 8) % 8);
+  if (pad_bits > 0) {
+    // The padding lies in the byte already holding the stop bit, so it is
+    // inside the data and in the cache.
+    const uint64_t padding = cache_ >> (64 - pad_bits);
+    if (padding != 0) {
+      throw std::invalid_argument(
+          "decode_segment: bad alignment after the stop bit at byte offset " +
+          std::to_string((bits_read - 1) / 8) + ": padding bits are not zero");
+    }
+  }
+  return static_cast<size_t>((bits_read + 7) / 8);
+}
+
+}  // namespace nnc

@@ -1,0 +1,234 @@
+// Binary arithmetic coder of NNC's DeepCABAC: the HEVC engine (9-bit range,
+// context-coded, bypass and terminate bins) driven by NNC's dual-window
+// probability estimator ("SBMP", nnc-format §3.3 and §3.6).
+//
+// NOTE: encoder and decoder must see the same sequence of contexts; the
+// binarisation in segment.cpp is written once for both directions.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "nnc_tables.hpp"
+
+namespace nnc {
+
+// One adaptive binary model: fast and slow estimators on a common scale,
+// combined as P = slow + 16 * fast (P > 0: bin value 1 is more probable).
+struct ContextModel {
+  int32_t fast = 0;
+  int32_t slow = 0;
+  uint8_t fast_shift = 5;
+  uint8_t slow_shift = 4;
+  uint8_t init_set = 0;
+
+  // Load init set e (0..8): shifts and initial estimators.
+  void init(int e) {
+    const int16_t* set = kInitSets[e];
+    fast_shift = static_cast<uint8_t>(set[0] + 4);
+    slow_shift = static_cast<uint8_t>(set[1]);
+    fast = set[3];
+    slow = set[2] - 16 * set[3];
+    init_set = static_cast<uint8_t>(e);
+  }
+
+  int probability() const { return slow + 16 * fast; }
+
+  int mps() const { return probability() >= 0 ? 1 : 0; }
+
+  // rLPS for a 9-bit range. The arithmetic shift comes before abs (quirk Q1).
+  uint32_t range_lps(uint32_t range) const {
+    const int column = std::abs(probability() >> 7);
+    return kRangeLpsTable[((range >> 5) & 7) * 32 + column];
+  }
+
+  // Move both estimators towards the coded bin along the adaptation curve.
+  void update(int bin) {
+    if (bin) {
+      fast += kAdaptationCurve[16 + (fast >> 3)] >> fast_shift;
+      slow += kAdaptationCurve[16 + (slow >> 7)] >> slow_shift;
+    } else {
+      fast -= kAdaptationCurve[16 + ((-fast) >> 3)] >> fast_shift;
+      slow -= kAdaptationCurve[16 + ((-slow) >> 7)] >> slow_shift;
+    }
+  }
+};
+
+// Estimated cost of coding `bin` with a model in state P, in 2^-15 bit units
+// (encoder decisions only: eco choice and rate-aware quantisation).
+extern const uint32_t* const kBinCostTable;  // 2 * 8192 entries
+
+inline uint32_t bin_cost(const ContextModel& model, int bin) {
+  return kBinCostTable[(model.probability() + 4096) * 2 + bin];
+}
+
+// HEVC-style arithmetic encoder: `low` register with carry propagation via
+// one buffered byte and a count of pending 0xFF bytes.
+class CabacEncoder {
+ public:
+  explicit CabacEncoder(size_t reserve_bytes = 0) { out_.reserve(reserve_bytes); }
+
+  void encode_bin(int bin, ContextModel& model) {
+    const uint32_t lps = model.range_lps(range_);
+    range_ -= lps;
+    if (bin != model.mps()) {
+      const int shift = __builtin_clz(lps) - 23;
+      low_ = (low_ + range_) << shift;
+      range_ = lps << shift;
+      bits_left_ -= shift;
+    } else if (range_ < 256) {
+      low_ <<= 1;
+      range_ <<= 1;
+      bits_left_ -= 1;
+    }
+    model.update(bin);
+    if (bits_left_ < 12) write_out();
+  }
+
+  void encode_bypass(int bin) {
+    low_ <<= 1;
+    if (bin) low_ += range_;
+    bits_left_ -= 1;
+    if (bits_left_ < 12) write_out();
+  }
+
+  // num_bins bypass bins holding `value`, MSB first (num_bins <= 32).
+  void encode_bypass_bins(uint32_t value, int num_bins) {
+    while (num_bins > 8) {
+      num_bins -= 8;
+      encode_bypass_chunk((value >> num_bins) & 0xff, 8);
+    }
+    if (num_bins > 0) encode_bypass_chunk(value & ((1u << num_bins) - 1), num_bins);
+  }
+
+  void encode_terminate(int bin) {
+    range_ -= 2;
+    if (bin) {
+      low_ += range_;
+      low_ <<= 7;
+      range_ = 2 << 7;
+      bits_left_ -= 7;
+    } else if (range_ < 256) {
+      low_ <<= 1;
+      range_ <<= 1;
+      bits_left_ -= 1;
+    }
+    if (bits_left_ < 12) write_out();
+  }
+
+  // Flush the registers, write the stop bit 1 and zero-pad to a byte boundary.
+  // Call once, after encode_terminate(1). Returns the segment.
+  std::vector<uint8_t> finish();
+
+  size_t num_bytes_so_far() const { return out_.size(); }
+
+ private:
+  void encode_bypass_chunk(uint32_t value, int num_bins) {
+    low_ = (low_ << num_bins) + range_ * value;
+    bits_left_ -= num_bins;
+    if (bits_left_ < 12) write_out();
+  }
+
+  void write_out();
+
+  std::vector<uint8_t> out_;
+  uint32_t low_ = 0;
+  uint32_t range_ = 510;
+  int bits_left_ = 23;
+  uint32_t buffered_byte_ = 0xff;
+  int num_buffered_bytes_ = 0;
+};
+
+// Spec-style decoder: 9-bit offset register fed from a 64-bit bit cache.
+// Reading a bit past the end of the data throws std::length_error naming the
+// byte offset; the decoder never reads the input out of bounds.
+class CabacDecoder {
+ public:
+  CabacDecoder(const uint8_t* data, size_t num_bytes)
+      : data_(data), num_bytes_(num_bytes) {
+    offset_ = read_bits(9);
+  }
+
+  int decode_bin(ContextModel& model) {
+    const uint32_t lps = model.range_lps(range_);
+    range_ -= lps;
+    int bin;
+    if (offset_ >= range_) {
+      bin = 1 - model.mps();
+      offset_ -= range_;
+      const int shift = __builtin_clz(lps) - 23;
+      range_ = lps << shift;
+      offset_ = (offset_ << shift) | read_bits(shift);
+    } else {
+      bin = model.mps();
+      if (range_ < 256) {
+        range_ <<= 1;
+        offset_ = (offset_ << 1) | read_bits(1);
+      }
+    }
+    model.update(bin);
+    return bin;
+  }
+
+  int decode_bypass() {
+    offset_ = (offset_ << 1) | read_bits(1);
+    if (offset_ >= range_) {
+      offset_ -= range_;
+      return 1;
+    }
+    return 0;
+  }
+
+  // num_bins bypass bins, MSB first (num_bins <= 32).
+  uint32_t decode_bypass_bins(int num_bins) {
+    uint32_t value = 0;
+    for (int i = 0; i < num_bins; ++i) value = (value << 1) | decode_bypass();
+    return value;
+  }
+
+  int decode_terminate() {
+    range_ -= 2;
+    if (offset_ >= range_) return 1;
+    if (range_ < 256) {
+      range_ <<= 1;
+      offset_ = (offset_ << 1) | read_bits(1);
+    }
+    return 0;
+  }
+
+  // After a terminate bin 1: check that the last bit read is the stop bit 1
+  // and that zero bits pad to the byte boundary. Returns the segment length
+  // in bytes (up to and including the byte holding the stop bit).
+  size_t finish();
+
+  // Bits moved into the offset register so far.
+  uint64_t num_bits_read() const { return uint64_t(pos_) * 8 - cache_bits_; }
+
+ private:
+  uint32_t read_bits(int num_bits) {
+    if (cache_bits_ < num_bits) refill();
+    const uint32_t value = static_cast<uint32_t>(cache_ >> (64 - num_bits));
+    cache_ <<= num_bits;
+    cache_bits_ -= num_bits;
+    if (past_end_) check_not_past_end();
+    return value;
+  }
+
+  void refill();
+  void check_not_past_end() const;
+
+  const uint8_t* data_;
+  size_t num_bytes_;
+  size_t pos_ = 0;  // next byte to load into the cache (may exceed num_bytes_)
+  uint64_t cache_ = 0;
+  int cache_bits_ = 0;
+  bool past_end_ = false;
+  uint32_t range_ = 510;
+  uint32_t offset_ = 0;
+};
+
+}  // namespace nnc

@@ -1,1 +1,0 @@
-int nnc_placeholder() { return 0; }

@@ -1,0 +1,26 @@
+// Quantisers of NNC (nnc-format §2): the qp -> step mapping, uniform
+// reconstruction quantisation (URQ) and dependent quantisation (DQ) with an
+// 8-state trellis.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace nnc {
+
+// Step size of qp at qp_density d: (2^d + (qp & (2^d-1))) * 2^(floor(qp/2^d) - d),
+// exact in float32. Throws std::invalid_argument for d outside 0..7.
+float step_size(int qp, int qp_density);
+
+// Reconstruction indices of x (n values) in q_out. URQ with lambda_scale 0:
+// round-half-away(float32(float32(1/step) * x)) (quirk Q17). DQ: Viterbi
+// search over the 8-state trellis; with lambda_scale 0 the minimum squared
+// error admissible path. Throws std::invalid_argument naming max|x| and qp
+// when some |x|/step does not fit int32 (or x is not finite).
+void quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
+              double lambda_scale, int32_t* q_out);
+
+// x_hat = float32(step * float32(q)).
+void dequantize(const int32_t* q, size_t n, int qp, int qp_density, float* x_out);
+
+}  // namespace nnc

@@ -1,0 +1,574 @@
+// DeepCABAC segment syntax: qp offset, HDSP and row-skip flags, eco
+// (context-initialisation) signalling, level binarisation, termination.
+// References: nnc-format §1.8, §3.1-§3.6, quirks Q1-Q9 of §6.1.
+#include "segment.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "cabac.hpp"
+#include "nnc_tables.hpp"
+
+namespace nnc {
+
+namespace {
+
+constexpr int kNumInitSets = 9;
+constexpr int kMaxEgPrefixBins = 31;
+constexpr uint32_t kInitSetPenalty = 3u << 15;  // 3 bits, in 2^-15 bit units
+
+// Context index layout for n greater-than flags (§3.2): 90 + 4n models.
+struct ContextLayout {
+  explicit ContextLayout(int n)
+      : n(n), gt_tca(53 + 2 * n), eg(53 + 4 * n), eco(53 + 4 * n + 34),
+        row_skip(53 + 4 * n + 36), count(90 + 4 * n) {}
+  static constexpr int sig = 0;
+  static constexpr int sig_tca = 24;
+  static constexpr int sign = 48;
+  static constexpr int sign_tca = 51;
+  static constexpr int gt = 53;
+  int n;
+  int gt_tca;
+  int eg;
+  int eco;
+  int row_skip;
+  int count;
+};
+
+// Largest magnitude a level may have per sign; unbounded without a codebook.
+struct LevelLimits {
+  uint64_t max_pos = std::numeric_limits<uint64_t>::max();
+  uint64_t max_neg = std::numeric_limits<uint64_t>::max();
+  bool sign_coded = true;
+};
+
+LevelLimits level_limits(const SegmentSpec& spec) {
+  LevelLimits limits;
+  if (spec.codebook_size > 0) {
+    limits.max_pos = uint64_t(spec.codebook_size - 1 - spec.codebook_zero_offset);
+    limits.max_neg = uint64_t(spec.codebook_zero_offset);
+    limits.sign_coded = limits.max_pos > 0 && limits.max_neg > 0;
+  }
+  return limits;
+}
+
+bool hdsp_flag_coded(const SegmentSpec& spec) {
+  return spec.hdsp_flag_present && spec.width > 1 && spec.height > 1 &&
+         spec.codebook_size != 1;
+}
+
+bool row_skip_syntax_coded(const SegmentSpec& spec) {
+  return spec.width > 1 && spec.height > 1 && spec.codebook_size != 1;
+}
+
+// Apply the parity-0 DQ transition `count` times. Every cycle of T[.][0]
+// has length 1, 2 or 4, so count mod 4 steps suffice.
+int advance_dq_state_by_zeros(int state, int64_t count) {
+  for (int64_t i = 0; i < (count & 3); ++i) state = kDqNextState[state][0];
+  return state;
+}
+
+// Context choices for the level at one position (§3.2).
+struct PositionContexts {
+  int sig;
+  int sign;
+  bool tca_active;
+  uint64_t base_abs;
+};
+
+inline PositionContexts position_contexts(int64_t prev_level, int state,
+                                          const int32_t* tca_base, int64_t pos) {
+  const int neighbour = prev_level == 0 ? 0 : (prev_level < 0 ? 1 : 2);
+  const int64_t base = tca_base ? tca_base[pos] : 0;
+  if (base != 0) {
+    const uint64_t base_abs = uint64_t(base < 0 ? -base : base);
+    return {ContextLayout::sig_tca + 2 * state + (base_abs > 1 ? 1 : 0),
+            base < 0 ? ContextLayout::sign_tca : ContextLayout::sign_tca + 1, true,
+            base_abs};
+  }
+  return {3 * state + neighbour, ContextLayout::sign + neighbour, false, 0};
+}
+
+inline int gt_context(const ContextLayout& layout, const PositionContexts& ctx, int j,
+                      bool negative) {
+  if (ctx.tca_active) return layout.gt_tca + 2 * j + (ctx.base_abs >= uint64_t(j) ? 0 : 1);
+  return ContextLayout::gt + 2 * j + (negative ? 1 : 0);
+}
+
+// Binarise one level k (§3.1) into `sink`, which offers bin(ctx, b) and
+// bypass_bins(value, count). With kTruncated, the codebook truncations of
+// §2.5 step 4 apply (unverified against NNCodec).
+template <bool kTruncated, class Sink>
+inline void put_level(Sink& sink, const ContextLayout& layout, int64_t level,
+                      const PositionContexts& ctx, const LevelLimits& limits) {
+  sink.bin(ctx.sig, level != 0);
+  if (level == 0) return;
+
+  const bool negative = level < 0;
+  if (!kTruncated || limits.sign_coded) sink.bin(ctx.sign, negative);
+  const uint64_t magnitude = uint64_t(negative ? -level : level);
+  const uint64_t max_magnitude =
+      kTruncated ? (negative ? limits.max_neg : limits.max_pos)
+                 : std::numeric_limits<uint64_t>::max();
+
+  // Greater-than flags gt_j = (a > j + 1), stopping after the first 0.
+  const int n = layout.n;
+  for (int j = 0; j < n; ++j) {
+    if (kTruncated && max_magnitude <= uint64_t(j + 1)) return;
+    const int greater = magnitude > uint64_t(j + 1);
+    sink.bin(gt_context(layout, ctx, j, negative), greater);
+    if (!greater) return;
+  }
+
+  // Exp-Golomb order 0 remainder: context-coded prefix, bypass suffix.
+  const uint64_t remainder = magnitude - uint64_t(n) - 1;
+  const uint64_t max_remainder = max_magnitude - uint64_t(n) - 1;
+  int prefix_ones = 0;
+  while (prefix_ones < kMaxEgPrefixBins) {
+    const uint64_t threshold = (uint64_t(2) << prefix_ones) - 1;
+    if (kTruncated && max_remainder < threshold) break;
+    const int one = remainder >= threshold;
+    sink.bin(layout.eg + prefix_ones, one);
+    if (!one) break;
+    ++prefix_ones;
+  }
+  if (prefix_ones > 0) {
+    const uint64_t suffix = remainder - ((uint64_t(1) << prefix_ones) - 1);
+    sink.bypass_bins(uint32_t(suffix), prefix_ones);
+  }
+}
+
+// Level k that the encoder codes for the stored value at one position.
+// DQ: q -> k = (q + sgn(q)*(s&1)) >> 1, rejecting q of the wrong parity.
+inline int64_t level_from_value(int32_t value, const SegmentSpec& spec, int state,
+                                int64_t pos) {
+  if (spec.codebook_size > 0) return int64_t(value) - spec.codebook_zero_offset;
+  if (!spec.dq) return value;
+  const int64_t q = value;
+  const int64_t odd = state & 1;
+  const int64_t sgn = (q > 0) - (q < 0);
+  const int64_t level = (q + sgn * odd) >> 1;
+  const int64_t level_sgn = (level > 0) - (level < 0);
+  if (2 * level - odd * level_sgn != q) {
+    throw std::invalid_argument(
+        "encode_segment: q[" + std::to_string(pos) + "] = " + std::to_string(q) +
+        " is not admissible in DQ state " + std::to_string(state) +
+        " (even states need even q, odd states odd q or 0)");
+  }
+  return level;
+}
+
+// Row skip flags of the encoder: a row is skipped iff all its levels are 0.
+std::vector<uint8_t> rows_to_skip(const int32_t* q, const SegmentSpec& spec) {
+  const int32_t zero_value = int32_t(spec.codebook_size > 0 ? spec.codebook_zero_offset : 0);
+  std::vector<uint8_t> skip(size_t(spec.height), 0);
+  for (int64_t row = 0; row < spec.height; ++row) {
+    const int32_t* begin = q + row * spec.width;
+    skip[size_t(row)] = std::all_of(begin, begin + spec.width,
+                                    [zero_value](int32_t v) { return v == zero_value; });
+  }
+  return skip;
+}
+
+// Walk the levels in raster scan, skipping flagged rows (Q2, Q3), and feed
+// their bins to `sink`. With feed_values_as_levels the stored values are fed
+// unchanged as levels (NNCodec's eco estimation under DQ feeds q, §3.4).
+template <bool kTruncated, class Sink>
+void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
+                const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
+                bool feed_values_as_levels) {
+  const LevelLimits limits = level_limits(spec);
+  int64_t prev_level = 0;
+  int state = 0;
+  for (int64_t row = 0; row < spec.height; ++row) {
+    if (!skip_rows.empty() && skip_rows[size_t(row)]) {
+      if (spec.dq) state = advance_dq_state_by_zeros(state, spec.width);
+      continue;
+    }
+    const int64_t row_start = row * spec.width;
+    for (int64_t pos = row_start; pos < row_start + spec.width; ++pos) {
+      const int64_t level = feed_values_as_levels
+                                ? int64_t(q[pos])
+                                : level_from_value(q[pos], spec, state, pos);
+      const PositionContexts ctx = position_contexts(prev_level, state, spec.tca_base, pos);
+      put_level<kTruncated>(sink, layout, level, ctx, limits);
+      prev_level = level;
+      if (spec.dq) state = kDqNextState[state][level & 1];
+    }
+  }
+}
+
+// Sink that codes bins with the arithmetic encoder.
+struct EncoderSink {
+  CabacEncoder& encoder;
+  ContextModel* models;
+  void bin(int ctx, int value) { encoder.encode_bin(value, models[ctx]); }
+  void bypass_bins(uint32_t value, int count) { encoder.encode_bypass_bins(value, count); }
+};
+
+// Sink that runs all 9 init sets of every context in parallel and adds up
+// the estimated bits of each (eco choice, §3.4).
+struct InitSetCostSink {
+  explicit InitSetCostSink(int num_contexts)
+      : models(size_t(num_contexts) * kNumInitSets),
+        costs(size_t(num_contexts) * kNumInitSets, 0) {
+    for (size_t i = 0; i < models.size(); ++i) models[i].init(int(i % kNumInitSets));
+  }
+  void bin(int ctx, int value) {
+    ContextModel* set_models = &models[size_t(ctx) * kNumInitSets];
+    uint64_t* set_costs = &costs[size_t(ctx) * kNumInitSets];
+    for (int e = 0; e < kNumInitSets; ++e) {
+      set_costs[e] += bin_cost(set_models[e], value);
+      set_models[e].update(value);
+    }
+  }
+  void bypass_bins(uint32_t, int) {}
+  std::vector<ContextModel> models;
+  std::vector<uint64_t> costs;
+};
+
+template <class Sink>
+void put_levels_any(Sink& sink, const ContextLayout& layout, const int32_t* q,
+                    const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
+                    bool feed_values_as_levels) {
+  if (spec.codebook_size > 0) {
+    put_levels<true>(sink, layout, q, spec, skip_rows, feed_values_as_levels);
+  } else {
+    put_levels<false>(sink, layout, q, spec, skip_rows, feed_values_as_levels);
+  }
+}
+
+std::vector<uint8_t> skip_rows_for(const int32_t* q, const SegmentSpec& spec) {
+  if (row_skip_syntax_coded(spec) && spec.row_skipping) return rows_to_skip(q, spec);
+  return {};
+}
+
+std::string int_str(int64_t v) { return std::to_string(v); }
+
+}  // namespace
+
+int64_t validate_spec(const SegmentSpec& spec, const char* operation) {
+  const std::string op(operation);
+  if (spec.height < 0 || spec.width < 0) {
+    throw std::invalid_argument(op + ": height and width must be >= 0, got " +
+                                int_str(spec.height) + " x " + int_str(spec.width));
+  }
+  const int64_t max_elements = std::numeric_limits<int32_t>::max();
+  if (spec.width > 0 && spec.height > max_elements / spec.width) {
+    throw std::length_error(op + ": height*width = " + int_str(spec.height) + "*" +
+                            int_str(spec.width) + " exceeds " + int_str(max_elements) +
+                            " elements");
+  }
+  if (spec.qp_density < 0 || spec.qp_density > 7) {
+    throw std::invalid_argument(op + ": qp_density must be in 0..7, got " +
+                                int_str(spec.qp_density));
+  }
+  if (spec.has_qp) {
+    const int half_range = 1 << (5 + spec.qp_density);
+    if (spec.qp < -half_range || spec.qp >= half_range) {
+      throw std::invalid_argument(op + ": qp " + int_str(spec.qp) + " does not fit the " +
+                                  int_str(6 + spec.qp_density) +
+                                  "-bit qp offset (range " + int_str(-half_range) +
+                                  ".." + int_str(half_range - 1) + ")");
+    }
+  }
+  if (spec.unary_len < 1 || spec.unary_len > 256) {
+    throw std::invalid_argument(op + ": unary_len must be in 1..256, got " +
+                                int_str(spec.unary_len));
+  }
+  if (spec.codebook_size < 0 || spec.codebook_size > max_elements) {
+    throw std::invalid_argument(op + ": codebook_size must be in 0.." +
+                                int_str(max_elements) + ", got " +
+                                int_str(spec.codebook_size));
+  }
+  if (spec.codebook_size > 0) {
+    if (spec.codebook_zero_offset < 0 || spec.codebook_zero_offset >= spec.codebook_size) {
+      throw std::invalid_argument(op + ": codebook_zero_offset " +
+                                  int_str(spec.codebook_zero_offset) +
+                                  " is outside the codebook of size " +
+                                  int_str(spec.codebook_size));
+    }
+    if (spec.dq) {
+      throw std::invalid_argument(op + ": codebook mode cannot use dq");
+    }
+  }
+  return spec.height * spec.width;
+}
+
+std::vector<int> eco_context_list(const SegmentSpec& spec) {
+  std::vector<int> list;
+  if (spec.codebook_size == 1) return list;
+
+  const ContextLayout layout(spec.unary_len);
+  const bool tca = spec.tca_base != nullptr;
+  const LevelLimits limits = level_limits(spec);
+  const int n = layout.n;
+  const auto push_range = [&list](int first, int count) {
+    for (int i = 0; i < count; ++i) list.push_back(first + i);
+  };
+
+  push_range(ContextLayout::sig, spec.dq ? 24 : 3);
+  if (tca) push_range(ContextLayout::sig_tca, spec.dq ? 16 : 2);
+  if (limits.sign_coded) {
+    push_range(ContextLayout::sign, 3);
+    if (tca) push_range(ContextLayout::sign_tca, 2);
+  }
+  for (int j = 0; j < n; ++j) {
+    if (limits.max_pos > uint64_t(j + 1)) list.push_back(ContextLayout::gt + 2 * j);
+    if (limits.max_neg > uint64_t(j + 1)) list.push_back(ContextLayout::gt + 2 * j + 1);
+  }
+  const uint64_t max_any = std::max(limits.max_pos, limits.max_neg);
+  if (tca) {
+    for (int j = 0; j < n; ++j) {
+      if (max_any > uint64_t(j + 1)) push_range(layout.gt_tca + 2 * j, 2);
+    }
+  }
+  for (int m = 0; m < kMaxEgPrefixBins; ++m) {
+    const uint64_t threshold = (uint64_t(2) << m) - 1;
+    if (max_any > uint64_t(n) && max_any - uint64_t(n) - 1 >= threshold) {
+      list.push_back(layout.eg + m);
+    }
+  }
+  return list;
+}
+
+std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec) {
+  const ContextLayout layout(spec.unary_len);
+  const std::vector<int> list = eco_context_list(spec);
+  InitSetCostSink sink(layout.count);
+  put_levels_any(sink, layout, q, spec, skip_rows_for(q, spec), spec.dq);
+
+  std::vector<uint8_t> init_sets;
+  init_sets.reserve(list.size());
+  for (const int ctx : list) {
+    const uint64_t* costs = &sink.costs[size_t(ctx) * kNumInitSets];
+    int best = 0;
+    uint64_t best_cost = costs[0];
+    for (int e = 1; e < kNumInitSets; ++e) {
+      if (costs[e] + kInitSetPenalty < best_cost) {
+        best = e;
+        best_cost = costs[e] + kInitSetPenalty;
+      }
+    }
+    init_sets.push_back(uint8_t(best));
+  }
+  return init_sets;
+}
+
+std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec) {
+  const int64_t num_elements = validate_spec(spec, "encode_segment");
+  if (spec.codebook_size > 0) {
+    for (int64_t pos = 0; pos < num_elements; ++pos) {
+      if (q[pos] < 0 || q[pos] >= spec.codebook_size) {
+        throw std::invalid_argument("encode_segment: codebook index q[" + int_str(pos) +
+                                    "] = " + int_str(q[pos]) + " is outside 0.." +
+                                    int_str(spec.codebook_size - 1));
+      }
+    }
+  }
+  const ContextLayout layout(spec.unary_len);
+  std::vector<ContextModel> models(size_t(layout.count));
+  CabacEncoder encoder(size_t(num_elements / 2 + 64));
+  EncoderSink sink{encoder, models.data()};
+
+  // qp offset: two's complement in 6 + qp_density bypass bins (Q9).
+  if (spec.has_qp) {
+    const int num_bins = 6 + spec.qp_density;
+    encoder.encode_bypass_bins(uint32_t(spec.qp) & ((1u << num_bins) - 1), num_bins);
+  }
+  for (auto& model : models) model.init(0);
+
+  if (hdsp_flag_coded(spec)) encoder.encode_bypass(0);
+
+  // Row skip: enabled flag, then one flag per row on the shared context (Q7).
+  std::vector<uint8_t> skip_rows;
+  if (row_skip_syntax_coded(spec)) {
+    encoder.encode_bypass(spec.row_skipping ? 1 : 0);
+    if (spec.row_skipping) {
+      skip_rows = rows_to_skip(q, spec);
+      for (const uint8_t skipped : skip_rows) sink.bin(layout.row_skip, skipped);
+    }
+  }
+
+  // Eco signalling: one flag per listed context, then 3 bypass bins of e-1.
+  const std::vector<int> list = eco_context_list(spec);
+  std::vector<uint8_t> init_sets;
+  if (spec.forced_init_sets != nullptr) {
+    if (spec.num_forced_init_sets != list.size()) {
+      throw std::invalid_argument("encode_segment: eco_init_sets has " +
+                                  int_str(int64_t(spec.num_forced_init_sets)) +
+                                  " entries, the eco list has " +
+                                  int_str(int64_t(list.size())));
+    }
+    init_sets.assign(spec.forced_init_sets, spec.forced_init_sets + list.size());
+    for (const uint8_t e : init_sets) {
+      if (e >= kNumInitSets) {
+        throw std::invalid_argument("encode_segment: eco init set " + int_str(e) +
+                                    " is outside 0..8");
+      }
+    }
+  } else if (spec.param_opt) {
+    init_sets = choose_init_sets(q, spec);
+  } else {
+    init_sets.assign(list.size(), 0);
+  }
+  for (size_t i = 0; i < list.size(); ++i) {
+    const int e = init_sets[i];
+    sink.bin(layout.eco, e != 0);
+    if (e != 0) encoder.encode_bypass_bins(uint32_t(e - 1), 3);
+    models[size_t(list[i])].init(e);
+  }
+
+  if (spec.codebook_size != 1) put_levels_any(sink, layout, q, spec, skip_rows, false);
+
+  encoder.encode_terminate(1);
+  return encoder.finish();
+}
+
+namespace {
+
+// Decoder mirror of put_level; returns the level k.
+template <bool kTruncated>
+inline int64_t get_level(CabacDecoder& decoder, ContextModel* models,
+                         const ContextLayout& layout, const PositionContexts& ctx,
+                         const LevelLimits& limits) {
+  if (!decoder.decode_bin(models[ctx.sig])) return 0;
+
+  bool negative;
+  if (!kTruncated || limits.sign_coded) {
+    negative = decoder.decode_bin(models[ctx.sign]) != 0;
+  } else {
+    negative = limits.max_pos == 0;
+  }
+  const uint64_t max_magnitude =
+      kTruncated ? (negative ? limits.max_neg : limits.max_pos)
+                 : std::numeric_limits<uint64_t>::max();
+
+  const int n = layout.n;
+  for (int j = 0; j < n; ++j) {
+    if (kTruncated && max_magnitude <= uint64_t(j + 1)) {
+      return negative ? -int64_t(j + 1) : int64_t(j + 1);
+    }
+    if (!decoder.decode_bin(models[gt_context(layout, ctx, j, negative)])) {
+      return negative ? -int64_t(j + 1) : int64_t(j + 1);
+    }
+  }
+
+  const uint64_t max_remainder = max_magnitude - uint64_t(n) - 1;
+  int prefix_ones = 0;
+  while (prefix_ones < kMaxEgPrefixBins) {
+    const uint64_t threshold = (uint64_t(2) << prefix_ones) - 1;
+    if (kTruncated && max_remainder < threshold) break;
+    if (!decoder.decode_bin(models[layout.eg + prefix_ones])) break;
+    ++prefix_ones;
+  }
+  uint64_t remainder = (uint64_t(1) << prefix_ones) - 1;
+  if (prefix_ones > 0) remainder += decoder.decode_bypass_bins(prefix_ones);
+  const uint64_t magnitude = remainder + uint64_t(n) + 1;
+  if (magnitude > uint64_t(std::numeric_limits<int32_t>::max()) ||
+      (kTruncated && magnitude > max_magnitude)) {
+    throw std::invalid_argument(
+        "decode_segment: level magnitude " + std::to_string(magnitude) +
+        " at byte offset " + std::to_string(decoder.num_bits_read() / 8) +
+        (kTruncated ? " exceeds the codebook range" : " overflows int32"));
+  }
+  return negative ? -int64_t(magnitude) : int64_t(magnitude);
+}
+
+template <bool kTruncated>
+void get_levels(CabacDecoder& decoder, ContextModel* models, const ContextLayout& layout,
+                const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
+                int32_t* q_out) {
+  const LevelLimits limits = level_limits(spec);
+  const int32_t zero_value = int32_t(spec.codebook_size > 0 ? spec.codebook_zero_offset : 0);
+  int64_t prev_level = 0;
+  int state = 0;
+  for (int64_t row = 0; row < spec.height; ++row) {
+    const int64_t row_start = row * spec.width;
+    if (!skip_rows.empty() && skip_rows[size_t(row)]) {
+      std::fill(q_out + row_start, q_out + row_start + spec.width, zero_value);
+      if (spec.dq) state = advance_dq_state_by_zeros(state, spec.width);
+      continue;
+    }
+    for (int64_t pos = row_start; pos < row_start + spec.width; ++pos) {
+      const PositionContexts ctx = position_contexts(prev_level, state, spec.tca_base, pos);
+      const int64_t level = get_level<kTruncated>(decoder, models, layout, ctx, limits);
+      int64_t value = level + zero_value;
+      if (spec.dq) {
+        const int64_t level_sgn = (level > 0) - (level < 0);
+        value = 2 * level - (state & 1) * level_sgn;
+        if (value > std::numeric_limits<int32_t>::max() ||
+            value < std::numeric_limits<int32_t>::min()) {
+          throw std::invalid_argument(
+              "decode_segment: DQ index " + std::to_string(value) + " at position " +
+              std::to_string(pos) + " (byte offset " +
+              std::to_string(decoder.num_bits_read() / 8) + ") overflows int32");
+        }
+        state = kDqNextState[state][level & 1];
+      }
+      q_out[pos] = int32_t(value);
+      prev_level = level;
+    }
+  }
+}
+
+}  // namespace
+
+DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
+                              const SegmentSpec& spec, int32_t* q_out) {
+  validate_spec(spec, "decode_segment");
+  const ContextLayout layout(spec.unary_len);
+  std::vector<ContextModel> models(size_t(layout.count));
+  CabacDecoder decoder(data, num_bytes);
+  DecodedSegment result;
+
+  if (spec.has_qp) {
+    const int num_bins = 6 + spec.qp_density;
+    const uint32_t raw = decoder.decode_bypass_bins(num_bins);
+    const int32_t sign_bit = int32_t(1u << (num_bins - 1));
+    result.qp = int32_t(raw) - ((int32_t(raw) & sign_bit) ? 2 * sign_bit : 0);
+  }
+  for (auto& model : models) model.init(0);
+
+  if (hdsp_flag_coded(spec) && decoder.decode_bypass() != 0) {
+    throw std::invalid_argument(
+        "decode_segment: hist_dep_sig_prob_enabled_flag = 1 (HDSP) is not supported");
+  }
+
+  std::vector<uint8_t> skip_rows;
+  if (row_skip_syntax_coded(spec) && decoder.decode_bypass() != 0) {
+    skip_rows.resize(size_t(spec.height));
+    for (auto& skipped : skip_rows) {
+      skipped = uint8_t(decoder.decode_bin(models[size_t(layout.row_skip)]));
+    }
+  }
+
+  for (const int ctx : eco_context_list(spec)) {
+    int e = 0;
+    if (decoder.decode_bin(models[size_t(layout.eco)])) {
+      e = 1 + int(decoder.decode_bypass_bins(3));
+    }
+    models[size_t(ctx)].init(e);
+  }
+
+  if (spec.codebook_size == 1) {
+    std::fill(q_out, q_out + spec.height * spec.width, 0);
+  } else if (spec.codebook_size > 0) {
+    get_levels<true>(decoder, models.data(), layout, spec, skip_rows, q_out);
+  } else {
+    get_levels<false>(decoder, models.data(), layout, spec, skip_rows, q_out);
+  }
+
+  if (decoder.decode_terminate() != 1) {
+    throw std::invalid_argument("decode_segment: terminate bin missing at byte offset " +
+                                std::to_string(decoder.num_bits_read() / 8));
+  }
+  result.consumed_bytes = decoder.finish();
+  return result;
+}
+
+}  // namespace nnc

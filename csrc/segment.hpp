@@ -1,0 +1,60 @@
+// One tensor's DeepCABAC segment (nnc-format §1.8, §3): everything an NDU
+// carries after its header's byte_alignment. Knows nothing about NNR units.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace nnc {
+
+// How one segment is laid out. Fields marked "encoder" are ignored by the
+// decoder; all others must match between encoder and decoder.
+struct SegmentSpec {
+  int64_t height = 1;  // shape[0]
+  int64_t width = 1;   // product of shape[1:]
+  bool has_qp = true;  // FLOAT payload: qp offset bins present (INT: absent)
+  int qp = 0;          // encoder: the qp offset to write
+  int qp_density = 2;  // 0..7; the qp offset takes 6 + qp_density bypass bins
+  bool dq = false;     // dependent quantisation (q are reconstruction indices)
+  bool hdsp_flag_present = false;  // parent_node_id_present_flag of the NDU
+  bool row_skipping = false;       // encoder: row_skip_enabled_flag value
+  bool param_opt = false;          // encoder: choose context init sets (eco)
+  const int32_t* tca_base = nullptr;  // TCA base q, height*width, or null
+  int64_t codebook_size = 0;          // 0: no codebook
+  int64_t codebook_zero_offset = 0;   // codebook index coded as level 0
+  int unary_len = 11;                 // n greater-than flags (1..256)
+  // encoder: explicit init set per eco-list entry (length must match the
+  // list), overriding param_opt; null to let param_opt decide.
+  const uint8_t* forced_init_sets = nullptr;
+  size_t num_forced_init_sets = 0;
+};
+
+// Number of elements height*width; throws std::length_error on overflow or
+// when it exceeds the int32 range, std::invalid_argument on a bad spec.
+int64_t validate_spec(const SegmentSpec& spec, const char* operation);
+
+// Contexts signalled by the eco list, in coding order.
+std::vector<int> eco_context_list(const SegmentSpec& spec);
+
+// Init set per eco-list entry that the encoder would choose for q
+// (param_opt=True): estimated bits of all 9 sets, 3-bit penalty for e != 0.
+std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec);
+
+// Code q (height*width int32 in raster order) into a complete segment, with
+// the terminate bin and the flush. Throws std::invalid_argument when q does
+// not fit the spec (DQ parity, codebook range).
+std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec);
+
+struct DecodedSegment {
+  int qp = 0;                 // decoded qp offset (0 without has_qp)
+  size_t consumed_bytes = 0;  // up to and including the stop-bit byte
+};
+
+// Inverse of encode_segment; q_out receives height*width values. Throws
+// std::length_error / std::invalid_argument naming the byte offset when the
+// data ends early, a value overflows int32, or termination is malformed.
+DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
+                              const SegmentSpec& spec, int32_t* q_out);
+
+}  // namespace nnc
