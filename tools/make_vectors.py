@@ -518,6 +518,8 @@ def write_single(ref, out_dir, name, axes, options, params):
     except BaseException as error:  # NNCodec raises SystemExit on bad input
         entry["nncodec_error"] = f"encode: {type(error).__name__}: {error}"
         log.warning("%s: NNCodec encode failed: %s", name, entry["nncodec_error"])
+        np.savez_compressed(out_dir / f"{name}.npz", **arrays)
+        entry["arrays"] = f"{name}.npz"
         return entry
 
     (out_dir / f"{name}.nnc").write_bytes(bitstream)

@@ -1,0 +1,185 @@
+"""Live interoperability with the reference NNCodec 2.1.3, both directions.
+
+Runs only where both packages import (the side venv of
+scripts/setup_nncodec_venv.sh):
+
+    .venv-nncodec/bin/python -m pytest -q -m nncodec tests/test_interop_nncodec.py
+
+* our encoder -> NNCodec's decoder, over the conformance matrix of
+  tests/vectors (same inputs and options), TCA sequences included: NNCodec's
+  arrays equal our own reconstruction (``encode_with_reconstruction``), and
+  NNCodec's advanced ``approx_param_base`` equals our encoder's ``BaseState``;
+* NNCodec's encoder -> our decoder on freshly drawn inputs and options
+  (seeded), single streams and TCA sequences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+from conftest import (
+    assert_bit_exact,
+    codec_options,
+    import_nncodec_compression,
+    load_manifest,
+    load_vector_arrays,
+    tensors_with_prefix,
+)
+
+pytestmark = pytest.mark.nncodec
+
+compression = import_nncodec_compression()
+
+import flwr_nncodec as nnc  # noqa: E402
+
+MANIFEST = load_manifest()
+VECTORS = MANIFEST["vectors"]
+SINGLE = sorted(n for n, v in VECTORS.items() if v["kind"] == "single")
+SEQUENCES = sorted(n for n, v in VECTORS.items() if v["kind"] == "sequence")
+
+
+def empty_reference_base() -> dict:
+    return {"parameters": {}, "put_node_depth": {}, "device_id": 0, "parameter_id": {}}
+
+
+def nncodec_decode(bitstream: bytes, base: dict | None = None) -> dict:
+    with contextlib.redirect_stdout(io.StringIO()):
+        decoded = compression.decompress(
+            bytearray(bitstream), approx_param_base=base,
+            update_base_param=base is not None)
+    return dict(decoded)
+
+
+def nncodec_encode(params: dict, base: dict | None = None, **kwargs) -> bytes:
+    with contextlib.redirect_stdout(io.StringIO()):
+        bitstream = compression.compress(
+            params, bitstream_path=None, return_bitstream=True,
+            approx_param_base=base, update_base_param=base is not None, **kwargs)
+    return bytes(bitstream)
+
+
+def assert_same_tensors(actual: dict, expected: dict, names, where: str):
+    """``actual`` holds exactly ``names`` in order, each bit-exact to ``expected``."""
+    assert list(actual) == list(names), f"{where}: decoded names {list(actual)}"
+    for name in names:
+        assert_bit_exact(actual[name], expected[name], f"{where}: {name!r}")
+
+
+def assert_base_like_reference(ours: nnc.BaseState, reference: dict, where: str):
+    assert int(ours.device_id) == int(reference["device_id"]), f"{where}: device_id"
+    assert {k: int(v) for k, v in ours.put_node_depth.items()} == \
+        {k: int(v) for k, v in reference["put_node_depth"].items()}, where
+    assert {k: int(v) for k, v in ours.parameter_id.items()} == \
+        {k: int(v) for k, v in reference["parameter_id"].items()}, where
+    assert sorted(ours.parameters) == sorted(reference["parameters"]), where
+    for name, q in reference["parameters"].items():
+        assert_bit_exact(np.asarray(ours.parameters[name]), np.asarray(q, np.int32),
+                         f"{where}: base {name!r}")
+
+
+# --------------------------------------------------------------------------
+# Our encoder -> NNCodec decoder, over the vector matrix
+
+
+@pytest.mark.parametrize("name", SINGLE)
+def test_nncodec_decodes_our_stream(name):
+    entry = VECTORS[name]
+    params = tensors_with_prefix(load_vector_arrays(entry), "in:")
+    result = nnc.encode_with_reconstruction(params, **codec_options(entry))
+
+    reference = nncodec_decode(result.bitstream)
+    assert_same_tensors(reference, result.reconstruction, list(params), name)
+
+
+@pytest.mark.parametrize("name", SEQUENCES)
+def test_nncodec_decodes_our_sequence(name):
+    entry = VECTORS[name]
+    arrays = load_vector_arrays(entry)
+    options = codec_options(entry)
+    our_base = nnc.BaseState(device_id=0, parameters={}, put_node_depth={},
+                             parameter_id={})
+    reference_base = empty_reference_base()
+
+    for index in range(len(entry["steps"])):
+        where = f"{name} step {index}"
+        params = tensors_with_prefix(arrays, f"s{index}:in:")
+        result = nnc.encode_with_reconstruction(
+            params, **options, base=our_base, update_base=True)
+
+        reference = nncodec_decode(result.bitstream, reference_base)
+        kept = [n for n in params if n in reference]
+        assert_same_tensors(reference, result.reconstruction, kept, where)
+        for tensor in set(params) - set(reference):
+            assert not np.any(result.reconstruction.get(tensor, 0)), (
+                f"{where}: NNCodec got no {tensor!r}, ours is not all zero")
+        assert_base_like_reference(our_base, reference_base, where)
+
+
+# --------------------------------------------------------------------------
+# NNCodec encoder -> our decoder, freshly drawn inputs
+
+
+def random_model(rng: np.random.Generator) -> dict:
+    shapes = [(int(rng.integers(1, 12)), int(rng.integers(1, 20))),
+              (int(rng.integers(1, 40)),),
+              (int(rng.integers(1, 5)), int(rng.integers(1, 4)), 3, 3)]
+    params = {}
+    for index, shape in enumerate(shapes[: int(rng.integers(1, 4))]):
+        scale = float(10 ** rng.uniform(-3, 0))
+        value = rng.normal(0.0, scale, shape).astype(np.float32)
+        if value.ndim > 1 and rng.random() < 0.5:
+            value[rng.random(shape[0]) < 0.4] = 0.0
+        params[f"t{index}.{len(shape)}d"] = value
+    if rng.random() < 0.2:
+        params["ints"] = rng.integers(-1000, 1000, (3, 4)).astype(np.int32)
+    return params
+
+
+def random_nncodec_options(rng: np.random.Generator) -> dict:
+    return {
+        "qp": int(rng.integers(-64, -8)),
+        "nonweight_qp": int(rng.integers(-80, -20)),
+        "use_dq": bool(rng.random() < 0.5),
+        "row_skipping": bool(rng.random() < 0.5),
+        "param_opt": bool(rng.random() < 0.8),
+    }
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_we_decode_nncodec_stream(seed):
+    rng = np.random.default_rng(seed)
+    params = random_model(rng)
+    options = random_nncodec_options(rng)
+    bitstream = nncodec_encode(params, **options)
+
+    reference = nncodec_decode(bitstream)
+    ours = nnc.decode(bitstream)
+    assert_same_tensors(ours, reference, list(reference), f"seed {seed} {options}")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_we_decode_nncodec_tca_sequence(seed):
+    rng = np.random.default_rng(100 + seed)
+    options = {**random_nncodec_options(rng), "compress_differences": True,
+               "tca": bool(seed % 3 != 2), "device_id": int(rng.integers(0, 5))}
+    shapes = {"a": (6, 9), "b": (9,), "c": (2, 3, 2, 2)}
+    encoder_base = empty_reference_base()
+    reference_base = empty_reference_base()
+    our_base = nnc.BaseState(device_id=0, parameters={}, put_node_depth={},
+                             parameter_id={})
+
+    for step in range(4):
+        where = f"seed {seed} step {step} {options}"
+        params = {k: rng.normal(0, 0.03, s).astype(np.float32)
+                  for k, s in shapes.items()}
+        if step == 1:
+            params["b"][:] = 0.0
+        bitstream = nncodec_encode(params, encoder_base, **options)
+
+        reference = nncodec_decode(bitstream, reference_base)
+        ours = nnc.decode(bitstream, base=our_base, update_base=True)
+        assert_same_tensors(ours, reference, list(reference), where)
+        assert_base_like_reference(our_base, reference_base, where)
