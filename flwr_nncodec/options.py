@@ -1,0 +1,145 @@
+"""Encoder options: NNCodec's names and defaults, validated up front."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, fields
+
+from flwr_nncodec.base_state import BaseState
+
+__all__ = ["DEFAULT_LAMBDA_SCALE", "EncodeOptions", "make_options", "qp_range"]
+
+# Rate weight of the quantisers (0 = pure squared error, as every NNCodec
+# API hard-wires). Kept at 0 so that default streams equal NNCodec's.
+DEFAULT_LAMBDA_SCALE = 0.0
+
+APPROX_METHODS = ("uniform", "codebook")
+MAX_DEVICE_ID = (1 << 31) - 1
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Validated encoder options (see :func:`flwr_nncodec.encode`)."""
+
+    qp: int = -32
+    qp_density: int = 2
+    nonweight_qp: int | None = -75
+    use_dq: bool = True
+    row_skipping: bool = True
+    param_opt: bool = True
+    bitdepth: int | None = None
+    approx_method: str = "uniform"
+    lambda_scale: float = DEFAULT_LAMBDA_SCALE
+    compress_differences: bool = False
+    tca: bool = False
+    base: BaseState | None = None
+    update_base: bool = False
+    device_id: int = 0
+    sparsity: float = 0.0
+    struct_spars_factor: float = 0.0
+
+    @property
+    def effective_nonweight_qp(self) -> int:
+        """qp of tensors with ndim <= 1: nonweight_qp, or a quarter step if falsy."""
+        if self.nonweight_qp:
+            return int(self.nonweight_qp)
+        return self.qp - (2 << self.qp_density)
+
+
+_OPTION_NAMES = tuple(f.name for f in fields(EncodeOptions))
+
+
+def qp_range(qp_density: int) -> tuple[int, int]:
+    """Inclusive qp range codable in the 6 + qp_density bit qp offset (Q9)."""
+    half = 1 << (5 + qp_density)
+    return -half, half - 1
+
+
+def make_options(**options: object) -> EncodeOptions:
+    """Validate keyword options and return them as :class:`EncodeOptions`.
+
+    Raises ``TypeError`` for an unknown option name or a wrong type and
+    ``ValueError`` for a value out of range; messages name the option and
+    the value received.
+    """
+    unknown = sorted(set(options) - set(_OPTION_NAMES))
+    if unknown:
+        raise TypeError(
+            f"unknown encoder option(s) {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(_OPTION_NAMES)}"
+        )
+    defaults = EncodeOptions()
+    values = {name: options.get(name, getattr(defaults, name)) for name in _OPTION_NAMES}
+
+    qp_density = _integer("qp_density", values["qp_density"], 0, 7)
+    low, high = qp_range(qp_density)
+    values["qp_density"] = qp_density
+    values["qp"] = _integer("qp", values["qp"], low, high)
+    if values["nonweight_qp"] is not None:
+        values["nonweight_qp"] = _integer(
+            "nonweight_qp", values["nonweight_qp"], low, high
+        )
+    for flag in (
+        "use_dq",
+        "row_skipping",
+        "param_opt",
+        "compress_differences",
+        "tca",
+        "update_base",
+    ):
+        values[flag] = _boolean(flag, values[flag])
+    if values["bitdepth"] is not None:
+        values["bitdepth"] = _integer("bitdepth", values["bitdepth"], 2, 31)
+    if values["approx_method"] not in APPROX_METHODS:
+        raise ValueError(
+            f"approx_method must be one of {APPROX_METHODS}, got "
+            f"{values['approx_method']!r}"
+        )
+    values["lambda_scale"] = _real("lambda_scale", values["lambda_scale"], 0.0, None)
+    values["device_id"] = _integer("device_id", values["device_id"], 0, MAX_DEVICE_ID)
+    values["sparsity"] = _real("sparsity", values["sparsity"], 0.0, 1.0)
+    values["struct_spars_factor"] = _real(
+        "struct_spars_factor", values["struct_spars_factor"], 0.0, None
+    )
+
+    base = values["base"]
+    if base is not None and not isinstance(base, BaseState):
+        raise TypeError(f"base must be a BaseState or None, got {type(base).__name__}")
+    if values["update_base"] and base is None:
+        raise ValueError("update_base=True needs a base (BaseState)")
+    if values["tca"] and not values["compress_differences"]:
+        raise ValueError(
+            "tca=True only acts on differential streams; set "
+            "compress_differences=True as well (NNCodec silently ignores it)"
+        )
+    return EncodeOptions(**values)
+
+
+def _integer(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{name} = {value} is outside the range {low}..{high}")
+    return value
+
+
+def _boolean(name: str, value: object) -> bool:
+    if isinstance(value, bool) or (
+        isinstance(value, numbers.Integral) and int(value) in (0, 1)
+    ):
+        return bool(value)
+    if type(value).__name__ == "bool_":  # numpy.bool_
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def _real(name: str, value: object, low: float, high: float | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        upper = "" if high is None else f"..{high}"
+        raise ValueError(f"{name} = {value} is outside the range {low}{upper}")
+    return value
