@@ -1,0 +1,258 @@
+"""Read and write model parameter files: ``.pt``, ``.npz`` and ``.safetensors``.
+
+Every reader returns an ordered ``dict[str, np.ndarray]`` (file order), every
+writer takes one. Nothing here unpickles: ``.pt`` files are opened with
+``torch.load(weights_only=True)``, ``.npz`` files with ``allow_pickle=False``.
+torch and safetensors are optional; they are imported only for their formats.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+SUPPORTED_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
+
+
+class ModelFileError(Exception):
+    """A parameter file could not be read or written; the message names the file."""
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """Return the format name of ``path`` from its suffix: "torch", "npz" or "safetensors"."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".pt", ".pth"):
+        return "torch"
+    if suffix == ".npz":
+        return "npz"
+    if suffix == ".safetensors":
+        return "safetensors"
+    raise ModelFileError(
+        f"{path}: unsupported file extension {suffix or '(none)'!r}; "
+        f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
+    )
+
+
+def load_parameters(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a parameter file into an ordered name -> numpy array dict.
+
+    Raises ModelFileError naming the file for a missing file, an unsupported
+    extension, a corrupt file, or content that is not a flat name -> tensor map.
+    """
+    path = Path(path)
+    kind = file_format(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: not a regular file")
+
+    if kind == "torch":
+        params = _load_torch(path)
+    elif kind == "npz":
+        params = _load_npz(path)
+    else:
+        params = _load_safetensors(path)
+
+    if not params:
+        raise ModelFileError(f"{path}: the file holds no tensors")
+    return params
+
+
+def save_parameters(
+    path: str | os.PathLike,
+    params: Mapping[str, np.ndarray],
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Write ``params`` to ``path`` in the format its suffix names.
+
+    Refuses to replace an existing file unless ``overwrite`` is true. The file
+    is written to a temporary name first, so a failed write leaves no partial file.
+    """
+    path = Path(path)
+    kind = file_format(path)
+    if path.exists() and not overwrite:
+        raise ModelFileError(f"{path}: file exists (use --force to overwrite it)")
+
+    arrays = {name: np.ascontiguousarray(value) for name, value in params.items()}
+    temp_path = path.with_name(f".{path.name}.partial{path.suffix}")
+    try:
+        if kind == "torch":
+            _save_torch(temp_path, arrays)
+        elif kind == "npz":
+            with open(temp_path, "wb") as handle:
+                np.savez(handle, **arrays)
+        else:
+            _save_safetensors(temp_path, arrays)
+        os.replace(temp_path, path)
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot write: {error.strerror or error}") from None
+    finally:
+        if temp_path.exists():
+            temp_path.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> None:
+    """Write ``data`` to ``path``, refusing to replace a file unless ``overwrite``."""
+    path = Path(path)
+    mode = "wb" if overwrite else "xb"
+    try:
+        with open(path, mode) as handle:
+            handle.write(data)
+    except FileExistsError:
+        raise ModelFileError(f"{path}: file exists (use --force to overwrite it)") from None
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot write: {error.strerror or error}") from None
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """Read a whole file, raising ModelFileError naming it when that fails."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot read: {error.strerror or error}") from None
+
+
+# ---------------------------------------------------------------------------
+# torch (.pt / .pth)
+
+
+def _import_torch(path: Path):
+    try:
+        import torch
+    except ImportError:
+        raise ModelFileError(
+            f"{path}: reading or writing .pt files needs PyTorch "
+            "(pip install 'flwr-nncodec[torch]')"
+        ) from None
+    return torch
+
+
+def _load_torch(path: Path) -> dict[str, np.ndarray]:
+    torch = _import_torch(path)
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"{path}: not a PyTorch weights file (no zip archive: corrupt, truncated, "
+            "or saved in the legacy format)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for damaged archives
+        # weights_only=True refuses any object outside tensors and plain
+        # containers with an UnpicklingError (matched by name: no pickle here).
+        if type(error).__name__ == "UnpicklingError":
+            raise ModelFileError(
+                f"{path}: holds objects other than tensors and plain containers "
+                "(only state dicts are read; nothing is unpickled)"
+            ) from None
+        lines = str(error).strip().splitlines()
+        raise ModelFileError(
+            f"{path}: damaged PyTorch weights file "
+            f"({type(error).__name__}: {lines[0] if lines else 'no detail'})"
+        ) from None
+
+    if hasattr(state, "state_dict") and not isinstance(state, Mapping):
+        raise ModelFileError(f"{path}: holds a whole module; save its state_dict() instead")
+    if not isinstance(state, Mapping):
+        raise ModelFileError(
+            f"{path}: holds a {type(state).__name__}, expected a state dict "
+            "(a mapping of names to tensors)"
+        )
+
+    params: dict[str, np.ndarray] = {}
+    for name, value in state.items():
+        if not isinstance(name, str):
+            raise ModelFileError(f"{path}: key {name!r} is not a string")
+        if not isinstance(value, torch.Tensor):
+            raise ModelFileError(
+                f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor "
+                "(nested state dicts are not supported)"
+            )
+        params[name] = _torch_to_numpy(value)
+    return params
+
+
+def _torch_to_numpy(tensor) -> np.ndarray:
+    import torch
+
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.to(torch.float32)
+    return tensor.contiguous().numpy().copy()
+
+
+def _save_torch(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    torch = _import_torch(path)
+    state = {name: torch.from_numpy(array.copy()) for name, array in arrays.items()}
+    torch.save(state, path)
+
+
+# ---------------------------------------------------------------------------
+# numpy (.npz)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path}: not a valid .npz archive (not a zip file)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise ModelFileError(f"{path}: not a valid .npz archive ({error})") from None
+    except ValueError as error:
+        # numpy raises ValueError for object arrays (which would need pickle) and
+        # for malformed .npy members.
+        raise ModelFileError(f"{path}: unreadable array in .npz archive ({error})") from None
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot read: {error}") from None
+
+
+# ---------------------------------------------------------------------------
+# safetensors
+
+
+def _import_safetensors(path: Path):
+    try:
+        import safetensors.numpy as safetensors_numpy
+    except ImportError:
+        raise ModelFileError(
+            f"{path}: reading or writing .safetensors files needs the safetensors "
+            "package (pip install 'flwr-nncodec[io]')"
+        ) from None
+    return safetensors_numpy
+
+
+def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+    safetensors_numpy = _import_safetensors(path)
+    try:
+        return dict(safetensors_numpy.load_file(str(path)))
+    except TypeError as error:
+        # numpy has no bfloat16: read through torch when it is present.
+        if "bfloat16" in str(error) or "bf16" in str(error).lower():
+            return _load_safetensors_via_torch(path)
+        raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from None
+    except Exception as error:  # SafetensorError does not derive from a stdlib type
+        raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from None
+
+
+def _load_safetensors_via_torch(path: Path) -> dict[str, np.ndarray]:
+    _import_torch(path)
+    import safetensors.torch
+
+    try:
+        state = safetensors.torch.load_file(str(path))
+    except Exception as error:
+        raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from None
+    return {name: _torch_to_numpy(tensor) for name, tensor in state.items()}
+
+
+def _save_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    safetensors_numpy = _import_safetensors(path)
+    safetensors_numpy.save_file(arrays, str(path))
