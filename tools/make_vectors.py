@@ -372,6 +372,14 @@ def single_cases():
                 qp=-24, nonweight_qp=-24, use_dq=use_dq,
             )
         add(
+            f"codebook_mode1_{quantiser}_param_opt_off",
+            {"quantiser": quantiser, "codebook": "mode1", "param_opt": False,
+             "model": "multi"},
+            cb_params,
+            approx_method="codebook", nncodec_codebook_mode=1,
+            qp=-24, nonweight_qp=-24, use_dq=use_dq, param_opt=False,
+        )
+        add(
             f"codebook_single_value_{quantiser}",
             {"quantiser": quantiser, "codebook": "size1"},
             {"c": np.full((4, 6), 0.25, np.float32), "one": small_levels(
