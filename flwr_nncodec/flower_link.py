@@ -1,0 +1,351 @@
+"""Pieces both ends of an NNC link share: wire keys, model manifests, payload
+packing, and coding of one model update with the codec.
+
+A *link* is one direction between the server and a node. Each end keeps a
+float reference (the model the other end reconstructs) and, with TCA, an integer
+``BaseState``; the helpers here never keep state themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+# One coded payload per message travels as this Array in the ArrayRecord.
+PAYLOAD_KEY = "nnc.payload"
+PAYLOAD_STYPE = "nnc.v1"
+
+# Record key of the link metadata a node adds to its reply.
+LINK_RECORD_KEY = "nnc.link"
+
+# ConfigRecord keys of the link protocol (the codec options use nnc.<option>).
+KEY_CHAIN = "nnc.chain-id"
+KEY_VERSION = "nnc.version"
+KEY_FROM_VERSION = "nnc.from-version"
+KEY_KIND = "nnc.kind"
+KEY_SEGMENTS = "nnc.segments"
+KEY_CRC32 = "nnc.crc32"
+KEY_MANIFEST = "nnc.manifest"
+KEY_UP_SEQ = "nnc.up-seq"
+
+# Payload kinds. "delta": chain segments added to the node's reference;
+# "intra": one segment that decodes to the whole reference; "full": plain float
+# arrays (keyframe or uncompressed link), with the TCA base alongside.
+KIND_DELTA = "delta"
+KIND_INTRA = "intra"
+KIND_FULL = "full"
+KINDS = (KIND_DELTA, KIND_INTRA, KIND_FULL)
+
+# Prefix of the TCA base arrays inside a "full" payload.
+BASE_PREFIX = "nnc.base/"
+
+# Error replies the mod sends when the node cannot follow the server (Flower's
+# ErrorCode.MOD_FAILED_PRECONDITION); the server resets that node's links.
+RESYNC_ERROR_CODE = 6
+RESYNC_REASON_PREFIX = "nnc-resync: "
+
+# qp_density of every stream the plugin writes (NNCodec's fixed value).
+QP_DENSITY = 2
+
+# NNC device ids of the two link directions (the TCA base asserts on them).
+DOWNLINK_DEVICE_ID = 0
+UPLINK_DEVICE_ID = 1
+
+_FLOAT_DTYPES = ("float16", "float32", "float64")
+_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
+_MAX_MANIFEST_ELEMENTS = 1 << 34
+
+
+class LinkError(ValueError):
+    """A payload or a link message does not fit the state of this end."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of one model tensor as the user's code sees it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def num_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in _FLOAT_DTYPES
+
+
+Manifest = tuple[TensorSpec, ...]
+
+
+def manifest_of(arrays: dict[str, np.ndarray]) -> Manifest:
+    """Describe a model; raises TypeError for dtypes NNC cannot code."""
+    specs = []
+    for name, array in arrays.items():
+        dtype = str(array.dtype)
+        if dtype not in _FLOAT_DTYPES + _INT_DTYPES:
+            raise TypeError(f"tensor {name!r}: dtype {dtype} cannot be NNC-coded")
+        specs.append(TensorSpec(name, dtype, tuple(int(d) for d in array.shape)))
+    return tuple(specs)
+
+
+def manifest_to_json(manifest: Manifest) -> str:
+    return json.dumps([[s.name, s.dtype, list(s.shape)] for s in manifest])
+
+
+def manifest_from_json(text: Any) -> Manifest:
+    """Parse a manifest received from the other end, checking every field."""
+    if not isinstance(text, str):
+        raise LinkError(f"{KEY_MANIFEST} must be a string, got {type(text).__name__}")
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LinkError(f"{KEY_MANIFEST} is not JSON: {err}") from None
+    if not isinstance(entries, list):
+        raise LinkError(f"{KEY_MANIFEST} must be a list, got {type(entries).__name__}")
+
+    specs, names, total_elements = [], set(), 0
+    for index, entry in enumerate(entries):
+        valid = (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and entry[1] in _FLOAT_DTYPES + _INT_DTYPES
+            and isinstance(entry[2], list)
+            and all(type(d) is int and 0 <= d < (1 << 32) for d in entry[2])
+        )
+        if not valid or entry[0] in names:
+            raise LinkError(f"{KEY_MANIFEST} entry #{index} is invalid: {entry!r:.80}")
+        spec = TensorSpec(entry[0], entry[1], tuple(entry[2]))
+        total_elements += spec.num_elements
+        if total_elements > _MAX_MANIFEST_ELEMENTS:
+            raise LinkError(f"{KEY_MANIFEST} describes more than 2^34 elements")
+        names.add(spec.name)
+        specs.append(spec)
+    return tuple(specs)
+
+
+def count_parameters(manifest: Manifest) -> int:
+    return sum(spec.num_elements for spec in manifest)
+
+
+def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Plain numpy arrays of a record; TypeError names a non-numpy entry."""
+    arrays = {}
+    for name, array in record.items():
+        if array.stype != "numpy.ndarray":
+            raise TypeError(f"array {name!r} has stype {array.stype!r}, not numpy")
+        arrays[name] = array.numpy()
+    return arrays
+
+
+def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
+
+
+def to_reference(arrays: dict[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:
+    """The form each end keeps a model in: float32 or int64, manifest shapes."""
+    reference = {}
+    for spec in manifest:
+        array = np.asarray(arrays[spec.name])
+        if array.shape != spec.shape:
+            raise LinkError(
+                f"tensor {spec.name!r} has shape {array.shape}, expected {spec.shape}"
+            )
+        wire_dtype = np.float32 if spec.is_float else np.int64
+        reference[spec.name] = array.astype(wire_dtype, copy=True)
+    return reference
+
+
+def zero_reference(manifest: Manifest) -> dict[str, np.ndarray]:
+    return {
+        spec.name: np.zeros(spec.shape, np.float32 if spec.is_float else np.int64)
+        for spec in manifest
+    }
+
+
+def from_reference(reference: dict[str, np.ndarray], manifest: Manifest) -> ArrayRecord:
+    """An ordinary ArrayRecord in the user's dtypes, in manifest order."""
+    return arrays_to_record(
+        {spec.name: reference[spec.name].astype(spec.dtype) for spec in manifest}
+    )
+
+
+def pack_segments(segments: list[bytes]) -> tuple[Array, list[int], int]:
+    """Concatenate bitstreams into one payload Array; returns it, lengths, CRC-32."""
+    data = b"".join(segments)
+    array = Array(dtype="uint8", shape=(len(data),), stype=PAYLOAD_STYPE, data=data)
+    return array, [len(s) for s in segments], zlib.crc32(data)
+
+
+def unpack_segments(array: Array, lengths: Any, crc32: Any) -> list[bytes]:
+    """Split a payload Array back into its bitstreams, checking lengths and CRC."""
+    if array.stype != PAYLOAD_STYPE:
+        raise LinkError(f"payload has stype {array.stype!r}, expected {PAYLOAD_STYPE!r}")
+    data = bytes(array.data)
+    valid_lengths = isinstance(lengths, list) and all(
+        type(n) is int and n >= 0 for n in lengths
+    )
+    if not valid_lengths or sum(lengths) != len(data):
+        raise LinkError(
+            f"{KEY_SEGMENTS}={lengths!r:.80} does not split a {len(data)}-byte payload"
+        )
+    if zlib.crc32(data) != crc32:
+        raise LinkError(
+            f"payload CRC-32 {zlib.crc32(data):#010x} differs from {KEY_CRC32}={crc32!r}"
+        )
+
+    segments, offset = [], 0
+    for length in lengths:
+        segments.append(data[offset : offset + length])
+        offset += length
+    return segments
+
+
+def payload_bytes(record: ArrayRecord) -> int:
+    """Bytes an ArrayRecord puts on the wire as array data."""
+    return sum(len(array.data) for array in record.values())
+
+
+# -- codec access --------------------------------------------------------------
+
+
+def codec_api() -> Any:
+    """The codec module (imported on first use, so this module loads without it)."""
+    import flwr_nncodec.codec as codec  # pylint: disable=import-outside-toplevel
+
+    return codec
+
+
+def base_state_class() -> Any:
+    from flwr_nncodec.base_state import BaseState  # pylint: disable=C0415
+
+    return BaseState
+
+
+def new_base_state(device_id: int) -> Any:
+    return base_state_class()(device_id=device_id)
+
+
+def base_state_to_arrays(base: Any) -> dict[str, np.ndarray]:
+    return {BASE_PREFIX + k: np.asarray(v) for k, v in base.to_arrays().items()}
+
+
+def base_state_from_arrays(arrays: dict[str, np.ndarray]) -> Any:
+    state = {
+        k[len(BASE_PREFIX) :]: v for k, v in arrays.items() if k.startswith(BASE_PREFIX)
+    }
+    return base_state_class().from_arrays(state)
+
+
+def copy_base_state(base: Any) -> Any:
+    return base.copy()
+
+
+def encode_update(
+    update: dict[str, np.ndarray],
+    manifest: Manifest,
+    options: Any,
+    *,
+    base: Any | None,
+    device_id: int,
+    sparsify: bool,
+) -> tuple[bytes, dict[str, np.ndarray]]:
+    """Code one update (a difference, or a whole model when not differential).
+
+    Returns the bitstream and the reconstruction the decoder will get (every
+    manifest tensor, zeros where the stream drops it). With a ``base`` the
+    encoder advances it, as the decoder at the other end will.
+    """
+    coded = {}
+    for spec in manifest:
+        if spec.num_elements == 0:
+            continue
+        value = update[spec.name]
+        if spec.is_float:
+            coded[spec.name] = np.ascontiguousarray(value, dtype=np.float32)
+        else:
+            coded[spec.name] = _checked_int32(spec.name, value)
+
+    if sparsify:
+        coded = _sparsified(coded, options)
+
+    result = codec_api().encode_with_reconstruction(
+        coded,
+        qp=options.coding_qp,
+        nonweight_qp=options.nonweight_qp,
+        use_dq=options.use_dq,
+        param_opt=options.param_opt,
+        row_skipping=options.row_skipping,
+        compress_differences=options.compress_differences,
+        tca=options.tca_active and base is not None,
+        base=base,
+        update_base=base is not None,
+        device_id=device_id,
+    )
+    reconstruction = _complete(result.reconstruction, manifest, "encoder")
+    return bytes(result.bitstream), reconstruction
+
+
+def _sparsified(tensors: dict[str, np.ndarray], options: Any) -> dict[str, np.ndarray]:
+    # As fl.py: the unstructured threshold is measured in steps of ``qp`` (not
+    # ``diff_qp``), then whole output channels go; only float tensors with
+    # ndim >= 2 are touched, but every tensor counts toward the target.
+    from flwr_nncodec import sparsify  # pylint: disable=import-outside-toplevel
+
+    if options.sparsity > 0:
+        tensors = sparsify.sparsify_unstructured(
+            tensors, options.qp, QP_DENSITY, options.sparsity
+        )
+    if options.struct_spars_factor > 0:
+        tensors = sparsify.sparsify_structured(tensors, options.struct_spars_factor)
+    return tensors
+
+
+def decode_update(bitstream: bytes, manifest: Manifest, *, base: Any | None) -> dict[str, np.ndarray]:
+    """Decode one update against ``base`` (advanced in place when given).
+
+    Raises the codec's NNCFormatError for a broken stream and LinkError when
+    the stream's tensors do not fit the manifest or hold non-finite values.
+    """
+    decoded = codec_api().decode(bitstream, base=base, update_base=base is not None)
+    return _complete(decoded, manifest, "stream")
+
+
+def _complete(
+    tensors: dict[str, Any], manifest: Manifest, source: str
+) -> dict[str, np.ndarray]:
+    # Reshape what the codec gives back to the manifest; absent tensors are zero.
+    by_name = {spec.name: spec for spec in manifest}
+    unknown = sorted(set(tensors) - set(by_name))
+    if unknown:
+        raise LinkError(f"{source} holds tensors not in the model: {unknown[:5]}")
+
+    complete = zero_reference(manifest)
+    for name, value in tensors.items():
+        spec = by_name[name]
+        array = np.asarray(value)
+        if array.size != spec.num_elements:
+            raise LinkError(
+                f"{source} tensor {name!r} has {array.size} elements, "
+                f"expected {spec.num_elements}"
+            )
+        if spec.is_float and not np.all(np.isfinite(array)):
+            raise LinkError(f"{source} tensor {name!r} holds non-finite values")
+        complete[name] = array.reshape(spec.shape).astype(complete[name].dtype)
+    return complete
+
+
+def _checked_int32(name: str, value: np.ndarray) -> np.ndarray:
+    value = np.asarray(value)
+    info = np.iinfo(np.int32)
+    if value.size and (value.min() < info.min or value.max() > info.max):
+        raise LinkError(f"integer tensor {name!r} update exceeds the int32 range")
+    return np.ascontiguousarray(value, dtype=np.int32)

@@ -1,0 +1,358 @@
+"""Client half of the NNC links: a Flower mod around the user's ClientApp.
+
+Incoming train/evaluate messages from NNCFedAvg/NNCStrategy carry a coded
+payload; the mod decodes it into an ordinary ArrayRecord (the node's reference
+model) before the user's ``@app.train`` / ``@app.evaluate`` runs, and codes the
+trained weights as a difference to that reference afterwards. Its link state
+lives in ``context.state`` as records: no files, no pickle. Messages without
+``nnc.*`` config (queries, plain strategies) pass through untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.logger import log
+
+from flwr_nncodec import flower_link as link
+from flwr_nncodec.flower_options import CONFIG_PREFIX, NNCOptions
+
+# Keys of the mod's records in context.state.
+STATE_META = "nnc.state"
+STATE_REFERENCE = "nnc.reference"
+STATE_DOWN_BASE = "nnc.down-base"
+STATE_UP_BASE = "nnc.up-base"
+STATE_RESIDUAL = "nnc.residual"
+
+
+@dataclass
+class NodeLinkState:
+    """Everything a node keeps between messages (mirrors the server's view)."""
+
+    chain_id: int = 0
+    version: int = 0
+    up_seq: int = 0
+    manifest: link.Manifest | None = None
+    reference: dict[str, np.ndarray] | None = None
+    down_base: Any | None = None
+    up_base: Any | None = None
+    residual: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def load(cls, state: RecordDict) -> NodeLinkState:
+        """Read the state back; anything missing or malformed means version 0."""
+        meta = state.get(STATE_META)
+        if not isinstance(meta, ConfigRecord):
+            return cls()
+        try:
+            manifest = link.manifest_from_json(meta["manifest"])
+            loaded = cls(
+                chain_id=_int(meta, "chain-id"),
+                version=_int(meta, "version"),
+                up_seq=_int(meta, "up-seq"),
+                manifest=manifest,
+                reference=link.to_reference(
+                    link.record_to_arrays(state[STATE_REFERENCE]), manifest
+                ),
+            )
+            if STATE_DOWN_BASE in state:
+                loaded.down_base = _base_from_record(state[STATE_DOWN_BASE])
+            if STATE_UP_BASE in state:
+                loaded.up_base = _base_from_record(state[STATE_UP_BASE])
+            if STATE_RESIDUAL in state:
+                loaded.residual = link.record_to_arrays(state[STATE_RESIDUAL])
+        except (KeyError, TypeError, ValueError) as err:
+            log(WARNING, "nnc_mod: stored link state unusable (%s); starting afresh", err)
+            return cls()
+        return loaded
+
+    def forget(self, chain_id: int) -> None:
+        """Drop everything: the node holds version 0 of chain ``chain_id``."""
+        self.__dict__.update(NodeLinkState(chain_id=chain_id).__dict__)
+
+    def save(self, state: RecordDict) -> None:
+        for key in (STATE_META, STATE_REFERENCE, STATE_DOWN_BASE, STATE_UP_BASE,
+                    STATE_RESIDUAL):
+            if key in state:
+                del state[key]
+        if self.manifest is None or self.reference is None:
+            return
+        state[STATE_META] = ConfigRecord(
+            {
+                "chain-id": self.chain_id,
+                "version": self.version,
+                "up-seq": self.up_seq,
+                "manifest": link.manifest_to_json(self.manifest),
+            }
+        )
+        state[STATE_REFERENCE] = link.arrays_to_record(self.reference)
+        if self.down_base is not None:
+            state[STATE_DOWN_BASE] = link.arrays_to_record(self.down_base.to_arrays())
+        if self.up_base is not None:
+            state[STATE_UP_BASE] = link.arrays_to_record(self.up_base.to_arrays())
+        if self.residual is not None:
+            state[STATE_RESIDUAL] = link.arrays_to_record(self.residual)
+
+
+class NNCMod:
+    """Configurable client mod; ``nnc_mod`` is the instance with no overrides.
+
+    Parameters
+    ----------
+    **uplink_overrides
+        NNCOptions fields that replace the server's choice for this node's
+        uplink only (e.g. ``diff_qp=-20`` on a slow link). Decoding needs no
+        options: every stream carries its own qp.
+    """
+
+    def __init__(self, **uplink_overrides: Any) -> None:
+        NNCOptions().with_overrides(**uplink_overrides)  # validates names and values
+        self.uplink_overrides = uplink_overrides
+
+    def __call__(
+        self, message: Message, context: Context, call_next: ClientAppCallable
+    ) -> Message:
+        category = message.metadata.message_type.split(".")[0]
+        config_key = _link_config_key(message) if category in ("train", "evaluate") else None
+        if config_key is None:
+            return call_next(message, context)
+
+        config = message.content[config_key]
+        try:
+            state = NodeLinkState.load(context.state)
+            array_key, bytes_in = self._apply_downlink(message, config, state)
+        except (ValueError, TypeError, KeyError) as err:
+            # Includes the codec's NNCFormatError; the server resyncs this node.
+            reason = f"{link.RESYNC_REASON_PREFIX}{err}"
+            log(WARNING, "nnc_mod: %s message rejected: %s", category, reason)
+            error = Error(code=link.RESYNC_ERROR_CODE, reason=reason)
+            return Message(error, reply_to=message)
+        state.save(context.state)
+
+        user_config = ConfigRecord(
+            {k: v for k, v in config.items() if not k.startswith(CONFIG_PREFIX)}
+        )
+        records = dict(message.content.items())
+        assert state.manifest is not None and state.reference is not None
+        records[array_key] = link.from_reference(state.reference, state.manifest)
+        records[config_key] = user_config
+        message.content = RecordDict(records)
+
+        reply = call_next(message, context)
+        if reply.has_error():
+            return reply
+
+        link_entries: dict[str, Any] = {
+            link.KEY_CHAIN: state.chain_id,
+            link.KEY_VERSION: state.version,
+        }
+        bytes_out = 0
+        if category == "train":
+            options = NNCOptions.from_config(config).with_overrides(
+                **self.uplink_overrides
+            )
+            bytes_out = self._encode_uplink(reply, config, options, state, link_entries)
+            state.save(context.state)
+
+        content = reply.content
+        content[link.LINK_RECORD_KEY] = ConfigRecord(link_entries)
+        log(
+            INFO,
+            "nnc_mod: %s v%d: %d B in, %d B out",
+            category, state.version, bytes_in, bytes_out,
+        )
+        return reply
+
+    def _apply_downlink(
+        self, message: Message, config: ConfigRecord, state: NodeLinkState
+    ) -> tuple[str, int]:
+        """Bring ``state`` to the message's version; returns the array key and bytes."""
+        array_keys = [k for k, v in message.content.items() if isinstance(v, ArrayRecord)]
+        if len(array_keys) != 1:
+            raise link.LinkError(f"expected one ArrayRecord, got {len(array_keys)}")
+        record = message.content[array_keys[0]]
+        chain_id = _int(config, link.KEY_CHAIN)
+        target = _int(config, link.KEY_VERSION)
+        start = _int(config, link.KEY_FROM_VERSION)
+        kind = config.get(link.KEY_KIND)
+        options = NNCOptions.from_config(config)
+
+        if state.chain_id != chain_id or state.manifest is None:
+            state.forget(chain_id)
+        if kind not in link.KINDS:
+            raise link.LinkError(f"{link.KEY_KIND}={kind!r} is not a downlink kind")
+
+        if kind == link.KIND_FULL:
+            _apply_full(state, config, record, options)
+        elif kind == link.KIND_INTRA:
+            state.manifest = link.manifest_from_json(config.get(link.KEY_MANIFEST))
+            (segment,) = _segments(config, record, expected=1)
+            state.reference = link.decode_update(segment, state.manifest, base=None)
+        else:
+            if start == 0:
+                state.manifest = link.manifest_from_json(config.get(link.KEY_MANIFEST))
+                state.reference = link.zero_reference(state.manifest)
+                state.down_base = (
+                    link.new_base_state(link.DOWNLINK_DEVICE_ID)
+                    if options.tca_active else None
+                )
+                state.version = 0
+            if state.manifest is None or state.reference is None:
+                raise link.LinkError("no reference model held, and none sent")
+            if not start <= state.version <= target:
+                raise link.LinkError(
+                    f"node holds version {state.version}, payload covers "
+                    f"{start}..{target}"
+                )
+            segments = _segments(config, record, expected=target - start)
+            for segment in segments[state.version - start :]:
+                update = link.decode_update(segment, state.manifest, base=state.down_base)
+                state.reference = {
+                    k: state.reference[k] + update[k] for k in state.reference
+                }
+        state.chain_id, state.version = chain_id, target
+        return array_keys[0], link.payload_bytes(record)
+
+    def _encode_uplink(
+        self,
+        reply: Message,
+        config: ConfigRecord,
+        options: NNCOptions,
+        state: NodeLinkState,
+        link_entries: dict[str, Any],
+    ) -> int:
+        """Replace the reply's weights by their coded update; returns its bytes."""
+        assert state.manifest is not None and state.reference is not None
+        content = reply.content
+        array_keys = [k for k, v in content.items() if isinstance(v, ArrayRecord)]
+        if not options.compress_upstream or len(array_keys) != 1:
+            link_entries[link.KEY_KIND] = link.KIND_FULL
+            return sum(link.payload_bytes(content[k]) for k in array_keys)
+
+        trained = link.record_to_arrays(content[array_keys[0]])
+        if list(trained) != [spec.name for spec in state.manifest]:
+            raise link.LinkError("trained model's tensors differ from the received model")
+        trained = link.to_reference(trained, state.manifest)
+
+        if options.compress_differences:
+            update = {k: trained[k] - state.reference[k] for k in trained}
+            if options.err_accumulation and state.residual is not None:
+                update = {
+                    k: update[k] + state.residual[k] if k in state.residual else update[k]
+                    for k in update
+                }
+            base, seq = self._uplink_base(config, options, state)
+            bitstream, reconstruction = link.encode_update(
+                update, state.manifest, options, base=base,
+                device_id=link.UPLINK_DEVICE_ID, sparsify=True,
+            )
+            if options.err_accumulation:
+                state.residual = {
+                    k: (update[k] - reconstruction[k]).astype(np.float32)
+                    for k in update
+                    if update[k].dtype == np.float32
+                }
+            state.up_base, state.up_seq = base, (seq + 1 if base is not None else 0)
+            kind = link.KIND_DELTA
+        else:
+            bitstream, _ = link.encode_update(
+                trained, state.manifest, options, base=None,
+                device_id=link.UPLINK_DEVICE_ID, sparsify=False,
+            )
+            seq, kind = 0, link.KIND_INTRA
+
+        payload, lengths, crc32 = link.pack_segments([bitstream])
+        content[array_keys[0]] = ArrayRecord({link.PAYLOAD_KEY: payload})
+        link_entries.update(
+            {
+                link.KEY_KIND: kind,
+                link.KEY_UP_SEQ: seq,
+                link.KEY_SEGMENTS: lengths,
+                link.KEY_CRC32: crc32,
+            }
+        )
+        return len(bitstream)
+
+    @staticmethod
+    def _uplink_base(
+        config: ConfigRecord, options: NNCOptions, state: NodeLinkState
+    ) -> tuple[Any | None, int]:
+        # Continue on our TCA base only if the server holds the same one.
+        if not options.tca_active:
+            return None, 0
+        announced = config.get(link.KEY_UP_SEQ)
+        if state.up_base is not None and announced == state.up_seq and state.up_seq > 0:
+            return state.up_base, state.up_seq
+        if state.up_seq > 0:
+            # The server lost our last update: its residual is no longer ours.
+            state.residual = None
+        return link.new_base_state(link.UPLINK_DEVICE_ID), 0
+
+
+def nnc_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower mod that NNC-decodes incoming and NNC-codes outgoing models.
+
+    Register it first: ``ClientApp(mods=[nnc_mod])``. It needs no arguments:
+    the server sends the codec options with every message.
+    """
+    return _DEFAULT_MOD(message, context, call_next)
+
+
+_DEFAULT_MOD = NNCMod()
+
+
+def _link_config_key(message: Message) -> str | None:
+    # The ConfigRecord that carries the link protocol, if any.
+    for key, record in message.content.items():
+        if isinstance(record, ConfigRecord) and link.KEY_CHAIN in record:
+            return key
+    return None
+
+
+def _apply_full(
+    state: NodeLinkState, config: ConfigRecord, record: ArrayRecord, options: NNCOptions
+) -> None:
+    manifest = link.manifest_from_json(config.get(link.KEY_MANIFEST))
+    arrays = link.record_to_arrays(record)
+    expected = {spec.name for spec in manifest}
+    model_keys = {k for k in arrays if not k.startswith(link.BASE_PREFIX)}
+    if model_keys != expected:
+        raise link.LinkError("full payload's tensors differ from its manifest")
+    state.manifest = manifest
+    state.reference = link.to_reference(arrays, manifest)
+    has_base = any(k.startswith(link.BASE_PREFIX) for k in arrays)
+    if has_base:
+        state.down_base = link.base_state_from_arrays(arrays)
+    elif options.tca_active and options.compress_downstream:
+        raise link.LinkError("keyframe lacks the TCA base")
+    else:
+        state.down_base = None
+
+
+def _segments(config: ConfigRecord, record: ArrayRecord, expected: int) -> list[bytes]:
+    if list(record.keys()) != [link.PAYLOAD_KEY]:
+        raise link.LinkError(f"payload record holds {list(record.keys())[:4]}")
+    segments = link.unpack_segments(
+        record[link.PAYLOAD_KEY], config.get(link.KEY_SEGMENTS), config.get(link.KEY_CRC32)
+    )
+    if len(segments) != expected:
+        raise link.LinkError(f"payload holds {len(segments)} segments, expected {expected}")
+    return segments
+
+
+def _base_from_record(record: Any) -> Any:
+    if not isinstance(record, ArrayRecord):
+        raise TypeError("stored TCA base is not an ArrayRecord")
+    return link.base_state_class().from_arrays(link.record_to_arrays(record))
+
+
+def _int(record: Any, key: str) -> int:
+    value = record[key]
+    if type(value) is not int or value < 0:
+        raise link.LinkError(f"{key} must be a non-negative int, got {value!r}")
+    return value
