@@ -8,6 +8,7 @@ torch and safetensors are optional; they are imported only for their formats.
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from collections.abc import Mapping
@@ -218,41 +219,67 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 # safetensors
 
 
+# The safetensors header keeps no tensor order; we store ours in its metadata so
+# that a decoded file re-encodes with the same NDU order.
+_ORDER_METADATA_KEY = "flwr_nncodec.tensor_order"
+
+
 def _import_safetensors(path: Path):
     try:
-        import safetensors.numpy as safetensors_numpy
+        import safetensors
+        import safetensors.numpy  # noqa: F401
     except ImportError:
         raise ModelFileError(
             f"{path}: reading or writing .safetensors files needs the safetensors "
             "package (pip install 'flwr-nncodec[io]')"
         ) from None
-    return safetensors_numpy
+    return safetensors
 
 
 def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
-    safetensors_numpy = _import_safetensors(path)
+    safetensors = _import_safetensors(path)
     try:
-        return dict(safetensors_numpy.load_file(str(path)))
+        with safetensors.safe_open(str(path), framework="numpy") as handle:
+            names = list(handle.keys())
+            metadata = handle.metadata() or {}
+            params = {name: handle.get_tensor(name) for name in names}
     except TypeError as error:
         # numpy has no bfloat16: read through torch when it is present.
-        if "bfloat16" in str(error) or "bf16" in str(error).lower():
-            return _load_safetensors_via_torch(path)
-        raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from None
+        if "bf16" not in str(error).lower() and "bfloat16" not in str(error):
+            raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from None
+        params, metadata = _load_safetensors_via_torch(path)
     except Exception as error:  # SafetensorError does not derive from a stdlib type
         raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from None
+    return _apply_stored_order(params, metadata)
 
 
-def _load_safetensors_via_torch(path: Path) -> dict[str, np.ndarray]:
+def _apply_stored_order(
+    params: dict[str, np.ndarray], metadata: dict[str, str]
+) -> dict[str, np.ndarray]:
+    """Reorder ``params`` as the metadata's name list says, if it names them all."""
+    try:
+        order = json.loads(metadata.get(_ORDER_METADATA_KEY, "null"))
+    except ValueError:
+        return params
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(params):
+        return params
+    return {name: params[name] for name in order}
+
+
+def _load_safetensors_via_torch(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     _import_torch(path)
-    import safetensors.torch
+    import safetensors
 
     try:
-        state = safetensors.torch.load_file(str(path))
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            params = {name: _torch_to_numpy(handle.get_tensor(name)) for name in handle.keys()}
     except Exception as error:
         raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from None
-    return {name: _torch_to_numpy(tensor) for name, tensor in state.items()}
+    return params, metadata
 
 
 def _save_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    safetensors_numpy = _import_safetensors(path)
-    safetensors_numpy.save_file(arrays, str(path))
+    safetensors = _import_safetensors(path)
+    metadata = {_ORDER_METADATA_KEY: json.dumps(list(arrays))}
+    safetensors.numpy.save_file(arrays, str(path), metadata=metadata)

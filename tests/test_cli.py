@@ -1,0 +1,246 @@
+"""Tests of the ``flwr-nncodec`` command line and of flwr_nncodec.model_io."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import flwr_nncodec
+from flwr_nncodec import cli, model_io
+
+ENCODE_OPTIONS = ["--qp", "-36", "--no-use-dq"]
+API_OPTIONS = {"qp": -36, "use_dq": False}
+
+
+def small_model() -> dict[str, np.ndarray]:
+    """A seeded conv + linear state dict with a bias and an integer counter."""
+    rng = np.random.default_rng(7)
+    return {
+        "conv.weight": rng.normal(0.0, 0.1, (8, 3, 3, 3)).astype(np.float32),
+        "conv.bias": rng.normal(0.0, 0.01, 8).astype(np.float32),
+        "fc.weight": rng.normal(0.0, 0.05, (10, 72)).astype(np.float32),
+        "fc.num_batches_tracked": np.array([12], dtype=np.int32),
+    }
+
+
+def unit_sizes(bitstream: bytes) -> list[int]:
+    """nnr_unit_size of each unit, read straight from the framing (§1.2)."""
+    sizes, offset = [], 0
+    while offset < len(bitstream):
+        first = bitstream[offset]
+        if first & 0x80:
+            size = int.from_bytes(bitstream[offset : offset + 4], "big") & 0x7FFFFFFF
+        else:
+            size = int.from_bytes(bitstream[offset : offset + 2], "big")
+        sizes.append(size)
+        offset += size
+    assert offset == len(bitstream)
+    return sizes
+
+
+@pytest.fixture(params=["npz", "safetensors", "pt"])
+def model_file(request, tmp_path) -> Path:
+    if request.param == "pt":
+        pytest.importorskip("torch")
+    if request.param == "safetensors":
+        pytest.importorskip("safetensors")
+    path = tmp_path / f"model.{request.param}"
+    model_io.save_parameters(path, small_model())
+    return path
+
+
+def test_round_trip_equals_api_reconstruction(model_file, tmp_path, capsys):
+    """encode then decode through the CLI gives the API's bytes and reconstruction."""
+    stream_path = tmp_path / "model.nnc"
+    assert cli.main(["encode", str(model_file), str(stream_path), *ENCODE_OPTIONS]) == 0
+    expected = flwr_nncodec.encode_with_reconstruction(small_model(), **API_OPTIONS)
+    assert stream_path.read_bytes() == bytes(expected.bitstream)
+
+    for suffix in ("npz", "safetensors", "pt"):
+        if suffix == "pt":
+            pytest.importorskip("torch")
+        out_path = tmp_path / f"restored.{suffix}"
+        assert cli.main(["decode", str(stream_path), str(out_path)]) == 0
+        restored = model_io.load_parameters(out_path)
+        assert list(restored) == list(expected.reconstruction)
+        for name, array in expected.reconstruction.items():
+            assert restored[name].dtype == array.dtype, name
+            np.testing.assert_array_equal(restored[name], array)
+    assert "bits/param" in capsys.readouterr().out
+
+
+def test_codec_options_reach_the_encoder(tmp_path):
+    """Each NNCodec-named flag changes the stream exactly as the API option does."""
+    source = tmp_path / "model.npz"
+    model_io.save_parameters(source, small_model())
+    cases = [
+        ([], {}),
+        (["--qp", "-30", "--use-dq"], {"qp": -30, "use_dq": True}),
+        (["--nonweight_qp", "-60", "--no-row-skipping"],
+         {"nonweight_qp": -60, "row_skipping": False}),
+        (["--no-param-opt", "--qp-density", "2"], {"param_opt": False, "qp_density": 2}),
+    ]
+    streams = set()
+    for index, (flags, options) in enumerate(cases):
+        out = tmp_path / f"s{index}.nnc"
+        assert cli.main(["-q", "encode", str(source), str(out), *flags]) == 0
+        assert out.read_bytes() == flwr_nncodec.encode(small_model(), **options)
+        streams.add(out.read_bytes())
+    assert len(streams) == len(cases)
+
+
+def test_info_reports_units_bytes_and_qp(tmp_path, capsys):
+    """info --json: per-unit and per-tensor byte counts from the framing, shapes, qp."""
+    source = tmp_path / "model.npz"
+    stream_path = tmp_path / "model.nnc"
+    model_io.save_parameters(source, small_model())
+    assert cli.main(["-q", "encode", str(source), str(stream_path), *ENCODE_OPTIONS]) == 0
+    bitstream = stream_path.read_bytes()
+    capsys.readouterr()
+
+    assert cli.main(["info", "--json", str(stream_path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+
+    sizes = unit_sizes(bitstream)
+    assert summary["bytes"] == len(bitstream)
+    assert [unit["bytes"] for unit in summary["units"]] == sizes
+    assert [unit["type"] for unit in summary["units"]] == ["STR", "MPS", "TPL"] + ["NDU"] * 4
+    assert sizes[:3] == [4, 8, 6]  # STR, MPS and TPL of a dict stream (nnc-format §1.3-1.5)
+
+    tensors = summary["tensors"]
+    model = small_model()
+    assert [row["name"] for row in tensors] == list(model)
+    assert [row["shape"] for row in tensors] == [list(a.shape) for a in model.values()]
+    assert [row["bytes"] for row in tensors] == sizes[3:]
+    assert [row["params"] for row in tensors] == [a.size for a in model.values()]
+    assert [row["qp"] for row in tensors] == [-36, -75, -36, None]
+    assert [row["payload_type"] for row in tensors] == ["FLOAT"] * 3 + ["INT"]
+    for row, size in zip(tensors, sizes[3:]):
+        assert row["bits_per_param"] == pytest.approx(8 * size / row["params"])
+    total_params = sum(a.size for a in model.values())
+    assert summary["params"] == total_params
+    assert summary["bits_per_param"] == pytest.approx(8 * len(bitstream) / total_params)
+
+    assert cli.main(["info", str(stream_path)]) == 0
+    table = capsys.readouterr().out
+    assert f"{len(bitstream):,} bytes, 7 units" in table
+    assert "fc.weight" in table and "10x72" in table
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flwr_nncodec.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_user_errors_exit_1_with_one_line_and_no_traceback(tmp_path):
+    """Missing, unsupported and corrupt inputs name the file and the problem."""
+    missing = tmp_path / "missing.npz"
+    unsupported = tmp_path / "model.txt"
+    unsupported.write_text("not a model")
+    corrupt_npz = tmp_path / "corrupt.npz"
+    corrupt_npz.write_bytes(b"PK\x03\x04 broken")
+    not_a_stream = tmp_path / "junk.nnc"
+    not_a_stream.write_bytes(b"\x00\x04\x02\x01" + b"\xff" * 20)
+
+    cases = [
+        (["encode", str(missing), str(tmp_path / "a.nnc")], [str(missing), "no such file"]),
+        (["encode", str(unsupported), str(tmp_path / "b.nnc")],
+         [str(unsupported), "unsupported file extension '.txt'"]),
+        (["encode", str(corrupt_npz), str(tmp_path / "c.nnc")],
+         [str(corrupt_npz), "not a valid .npz archive"]),
+        (["decode", str(not_a_stream), str(tmp_path / "d.npz")],
+         [str(not_a_stream), "corrupt NNC bitstream"]),
+        (["info", str(not_a_stream)], [str(not_a_stream), "corrupt NNC bitstream"]),
+        (["decode", str(tmp_path / "none.nnc"), str(tmp_path / "e.npz")],
+         ["none.nnc", "no such file"]),
+        (["decode", str(not_a_stream), str(tmp_path / "out.bin")],
+         ["out.bin", "unsupported file extension '.bin'"]),
+    ]
+    for args, fragments in cases:
+        completed = _run_cli(*args)
+        assert completed.returncode == 1, (args, completed.stderr)
+        assert "Traceback" not in completed.stderr, completed.stderr
+        assert completed.stderr.count("\n") == 1, completed.stderr
+        for fragment in fragments:
+            assert fragment in completed.stderr, (fragment, completed.stderr)
+    assert not any(tmp_path.glob("?.nnc")) and not (tmp_path / "d.npz").exists()
+
+
+def test_truncated_stream_is_reported(tmp_path, capsys):
+    """Every proper prefix of a stream fails cleanly on decode."""
+    stream_path = tmp_path / "model.nnc"
+    source = tmp_path / "model.npz"
+    model_io.save_parameters(source, small_model())
+    assert cli.main(["-q", "encode", str(source), str(stream_path)]) == 0
+    bitstream = stream_path.read_bytes()
+    truncated = tmp_path / "truncated.nnc"
+    for cut in (0, 3, 17, 20, len(bitstream) // 2, len(bitstream) - 1):
+        truncated.write_bytes(bitstream[:cut])
+        out = tmp_path / "out.npz"
+        assert cli.main(["decode", str(truncated), str(out)]) == 1
+        assert str(truncated) in capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    """Outputs are never replaced without --force; with it they are."""
+    source = tmp_path / "model.npz"
+    model_io.save_parameters(source, small_model())
+    stream_path = tmp_path / "model.nnc"
+    stream_path.write_bytes(b"keep me")
+    restored = tmp_path / "restored.npz"
+    restored.write_bytes(b"keep me too")
+
+    assert cli.main(["encode", str(source), str(stream_path)]) == 1
+    assert "file exists" in capsys.readouterr().err
+    assert stream_path.read_bytes() == b"keep me"
+
+    assert cli.main(["-q", "encode", "--force", str(source), str(stream_path)]) == 0
+    assert stream_path.read_bytes() == flwr_nncodec.encode(small_model())
+
+    assert cli.main(["decode", str(stream_path), str(restored)]) == 1
+    assert restored.read_bytes() == b"keep me too"
+    assert cli.main(["-q", "decode", "-f", str(stream_path), str(restored)]) == 0
+    assert list(model_io.load_parameters(restored)) == list(small_model())
+
+
+def test_encode_refuses_a_parameter_file_as_output(tmp_path, capsys):
+    """Writing a bitstream into model.npz would look like a model file: refused."""
+    source = tmp_path / "model.npz"
+    model_io.save_parameters(source, small_model())
+    assert cli.main(["encode", str(source), str(tmp_path / "out.npz")]) == 1
+    assert "name the output *.nnc" in capsys.readouterr().err
+
+
+def test_non_numeric_tensor_is_a_user_error(tmp_path, capsys):
+    """A boolean mask in the state dict is named in the error."""
+    source = tmp_path / "mask.npz"
+    model_io.save_parameters(source, {"mask": np.ones((2, 2), dtype=bool)})
+    assert cli.main(["encode", str(source), str(tmp_path / "mask.nnc")]) == 1
+    assert "'mask' has dtype bool" in capsys.readouterr().err
+
+
+def test_torch_file_with_objects_is_refused(tmp_path):
+    """A pickled module is not unpickled; the error says why."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(model_io.ModelFileError, match="objects other than tensors"):
+        model_io.load_parameters(path)
+
+
+def test_npz_with_object_array_is_refused(tmp_path):
+    """allow_pickle stays off: object arrays are an error naming the file."""
+    path = tmp_path / "objects.npz"
+    np.savez(path, a=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(model_io.ModelFileError, match=str(path).replace(".", r"\.")):
+        model_io.load_parameters(path)
