@@ -1,0 +1,400 @@
+"""NNCFedAvg / NNCStrategy + nnc_mod + the real codec, driven in-process.
+
+A fake Grid hands every message to a ClientApp in this process, with one
+persistent Context per node, so Strategy.start() runs unchanged without servers
+or Ray. Each message crosses the "wire" as a deep copy, and the grid records
+the array bytes it carries.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedAvgM
+from flwr.supercore.task_identity import TaskIdentity
+
+from flwr_nncodec import NNCFedAvg, NNCStrategy, nnc_mod
+from flwr_nncodec import flower_link as link
+
+NUM_FEATURES, NUM_OUTPUTS = 64, 16
+NEAR_LOSSLESS = dict(
+    diff_qp=-80, qp=-80, nonweight_qp=-80, sparsity=0.0, struct_spars_factor=0.0
+)
+
+
+# -- a tiny federated linear regression -------------------------------------
+
+
+def _node_data(partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(100 + partition_id)
+    true_w = np.random.default_rng(7).normal(size=(NUM_OUTPUTS, NUM_FEATURES))
+    x = rng.normal(size=(40 + 10 * partition_id, NUM_FEATURES)).astype(np.float32)
+    y = (x @ true_w.T + 0.1 * rng.normal(size=(len(x), NUM_OUTPUTS))).astype(np.float32)
+    return x, y
+
+
+def _loss(arrays: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    prediction = x @ arrays["fc.weight"].T + arrays["fc.bias"]
+    return float(np.mean((prediction - y) ** 2))
+
+
+def _make_client_app(mods: list) -> ClientApp:
+    app = ClientApp(mods=mods)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        assert not any(k.startswith("nnc.") for k in msg.content["config"])
+        x, y = _node_data(int(context.node_config["partition-id"]))
+        w, b = arrays["fc.weight"].copy(), arrays["fc.bias"].copy()
+        for _ in range(5):
+            error = x @ w.T + b - y
+            w -= np.float32(0.05) * (error.T @ x) / len(x)
+            b -= np.float32(0.05) * error.mean(axis=0)
+        trained = {"fc.weight": w.astype(np.float32), "fc.bias": b.astype(np.float32)}
+        metrics = {"train-loss": _loss(trained, x, y), "num-examples": len(x)}
+        content = RecordDict(
+            {"arrays": ArrayRecord({k: Array(v) for k, v in trained.items()}),
+             "metrics": MetricRecord(metrics)}
+        )
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        x, y = _node_data(int(context.node_config["partition-id"]))
+        metrics = {"eval-loss": _loss(arrays, x, y), "num-examples": len(x)}
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+def _initial_arrays() -> ArrayRecord:
+    rng = np.random.default_rng(3)
+    return ArrayRecord(
+        {
+            "fc.weight": Array(rng.normal(0, 0.3, (NUM_OUTPUTS, NUM_FEATURES)).astype(np.float32)),
+            "fc.bias": Array(np.zeros(NUM_OUTPUTS, np.float32)),
+        }
+    )
+
+
+# -- the fake grid ------------------------------------------------------------
+
+
+class LoopbackGrid(Grid):
+    """Runs each message through ``app`` in-process; records wire bytes per round."""
+
+    def __init__(self, app: ClientApp, num_nodes: int) -> None:
+        self.app = app
+        self.contexts = {
+            1000 + i: Context(
+                run_id=1, node_id=1000 + i,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(), run_config={},
+            )
+            for i in range(num_nodes)
+        }
+        self.bytes_down: list[int] = []
+        self.bytes_up: list[int] = []
+        self.errors: list[int] = []
+        self.before_send: Callable[[int, Message], None] | None = None
+        self.tamper_reply: Callable[[int, Message], None] | None = None
+        self.calls = 0
+
+    def set_run(self, run) -> None:  # noqa: D102
+        raise NotImplementedError
+
+    @property
+    def run(self):  # noqa: D102
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # noqa: D102
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages):  # noqa: D102
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # noqa: D102
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout=None):
+        self.calls += 1
+        replies, sent, received, errors = [], 0, 0, 0
+        for message in messages:
+            node_id = message.metadata.dst_node_id
+            if self.before_send:
+                self.before_send(self.calls, message)
+            sent += _array_bytes(message)
+            wire = Message(
+                metadata=copy.deepcopy(message.metadata),
+                content=copy.deepcopy(message.content),
+            )
+            try:
+                reply = self.app(wire, self.contexts[node_id])
+            except Exception as err:  # the SuperNode turns exceptions into errors
+                reply = Message(Error(code=2, reason=repr(err)), reply_to=wire)
+            if reply.has_error():
+                errors += 1
+            else:
+                if self.tamper_reply:
+                    self.tamper_reply(self.calls, reply)
+                received += _array_bytes(reply)
+            replies.append(
+                Message(metadata=reply.metadata, content=copy.deepcopy(reply.content))
+                if reply.has_content() else reply
+            )
+        self.bytes_down.append(sent)
+        self.bytes_up.append(received)
+        self.errors.append(errors)
+        return replies
+
+
+def _array_bytes(message: Message) -> int:
+    return sum(
+        len(a.data) for r in message.content.array_records.values() for a in r.values()
+    )
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Messages built outside a Flower process need a task identity."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _run(strategy, grid: LoopbackGrid, num_rounds: int, seed: int = 0):
+    random.seed(seed)  # node sampling
+    return strategy.start(
+        grid=grid, initial_arrays=_initial_arrays(), num_rounds=num_rounds,
+        train_config=ConfigRecord({"lr": 0.05}),
+    )
+
+
+def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+# -- tests --------------------------------------------------------------------
+
+
+def test_near_lossless_nncfedavg_matches_fedavg():
+    """With a very fine qp and no sparsity, NNCFedAvg's model is FedAvg's."""
+    # Prepare
+    plain = LoopbackGrid(_make_client_app([]), num_nodes=3)
+    coded = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
+    common = dict(min_train_nodes=3, min_evaluate_nodes=3, min_available_nodes=3)
+
+    # Execute
+    expected = _run(FedAvg(**common), plain, num_rounds=4)
+    result = _run(NNCFedAvg(**common, **NEAR_LOSSLESS), coded, num_rounds=4)
+
+    # Assert
+    got, want = _arrays(result.arrays), _arrays(expected.arrays)
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=2e-5)
+    assert sum(coded.errors) == 0
+    assert result.train_metrics_clientapp[4]["nnc-models-up"] == 3
+
+
+def test_default_options_compress_and_train(tmp_path):
+    """Default (lossy, sparsified, TCA) links: the loss falls and bytes shrink."""
+    # Prepare
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
+    strategy = NNCFedAvg(min_available_nodes=3, results_dir=tmp_path)
+
+    # Execute
+    result = _run(strategy, grid, num_rounds=5)
+
+    # Assert
+    losses = [result.evaluate_metrics_clientapp[r]["eval-loss"] for r in (1, 5)]
+    assert losses[1] < 0.5 * losses[0]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["round"] for r in history["rounds"]] == [1, 2, 3, 4, 5]
+    assert history["totals"]["bytes_float32"] > 3 * (
+        history["totals"]["bytes_down"] + history["totals"]["bytes_up"]
+    )
+    assert sum(grid.errors) == 0
+
+
+def test_reported_bytes_equal_payload_bytes(tmp_path):
+    """history.json and the MetricRecords count exactly the arrays on the wire."""
+    # Prepare
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
+    strategy = NNCFedAvg(min_available_nodes=3, results_dir=tmp_path)
+
+    # Execute
+    result = _run(strategy, grid, num_rounds=3)
+
+    # Assert: two grid calls per round (train, evaluate)
+    history = json.loads((tmp_path / "history.json").read_text())
+    num_params = NUM_OUTPUTS * NUM_FEATURES + NUM_OUTPUTS
+    assert history["num_parameters"] == num_params
+    for entry in history["rounds"]:
+        r = entry["round"]
+        calls = slice(2 * (r - 1), 2 * r)
+        assert entry["bytes_down"] == sum(grid.bytes_down[calls])
+        assert entry["bytes_up"] == sum(grid.bytes_up[calls])
+        assert entry["bytes_float32"] == (3 + 3 + 3) * num_params * 4
+        train = result.train_metrics_clientapp[r]
+        assert train["nnc-bytes-up"] == grid.bytes_up[2 * (r - 1)]
+        assert train["nnc-bytes-down"] == grid.bytes_down[2 * (r - 1)]
+        evaluate = result.evaluate_metrics_clientapp[r]
+        assert evaluate["nnc-round-bytes-down"] == entry["bytes_down"]
+    # After round 1, train messages find every node in sync: no downlink bytes.
+    assert grid.bytes_down[2] == 0 and grid.bytes_down[4] == 0
+    assert grid.bytes_up[0] > 0
+
+
+@pytest.mark.parametrize("catchup_bytes_limit", [None, 0], ids=["chain-replay", "keyframe"])
+def test_node_that_loses_its_state_is_resynced(catchup_bytes_limit):
+    """A node wiped mid-run fails one round, is resynced, and the run completes."""
+    # Prepare
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
+    victim = 1001
+    strategy = NNCFedAvg(
+        min_available_nodes=3, catchup_bytes_limit=catchup_bytes_limit
+    )
+
+    def wipe(call: int, message: Message) -> None:
+        if call == 5 and message.metadata.dst_node_id == victim:  # round 3 train
+            grid.contexts[victim].state = RecordDict()
+
+    grid.before_send = wipe
+
+    # Execute
+    result = _run(strategy, grid, num_rounds=5)
+
+    # Assert
+    assert grid.errors == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]
+    assert result.train_metrics_clientapp[3]["nnc-models-up"] == 2
+    assert result.train_metrics_clientapp[4]["nnc-models-up"] == 3
+    history = strategy.codec.history()
+    assert history["rounds"][2]["resyncs"] == 1  # the round-3 evaluate message
+    assert strategy.codec.nodes[victim].version == strategy.codec.version
+    if catchup_bytes_limit == 0:
+        # The keyframe carries the float32 reference and the TCA base.
+        keyframe_floor = 4 * (NUM_OUTPUTS * NUM_FEATURES + NUM_OUTPUTS)
+        assert history["rounds"][2]["phases"]["evaluate"]["bytes_down"] > keyframe_floor
+
+
+def test_partial_participation_five_rounds_matches_fedavg():
+    """fraction 0.5 of 4 nodes: stale nodes catch up; model equals FedAvg's."""
+    # Prepare
+    plain = LoopbackGrid(_make_client_app([]), num_nodes=4)
+    coded = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=4)
+    common = dict(
+        fraction_train=0.5, fraction_evaluate=0.5, min_train_nodes=2,
+        min_evaluate_nodes=2, min_available_nodes=4,
+    )
+
+    # Execute
+    expected = _run(FedAvg(**common), plain, num_rounds=5, seed=11)
+    strategy = NNCFedAvg(**common, **NEAR_LOSSLESS)
+    result = _run(strategy, coded, num_rounds=5, seed=11)
+
+    # Assert
+    assert sorted(result.train_metrics_clientapp) == [1, 2, 3, 4, 5]
+    assert sum(coded.errors) == 0
+    got, want = _arrays(result.arrays), _arrays(expected.arrays)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=2e-5)
+    segments_sent = [r["phases"]["train"]["bytes_down"] for r in strategy.codec.history()["rounds"]]
+    assert all(b > 0 for b in segments_sent)  # half the nodes are stale each round
+
+
+@pytest.mark.parametrize("damage", ["flip-byte", "truncate-with-valid-crc"])
+def test_corrupt_reply_is_dropped_and_counted(damage):
+    """A reply that fails to decode is logged, counted and dropped; the run goes on."""
+    # Prepare
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
+    strategy = NNCFedAvg(min_available_nodes=3)
+    victim = 1002
+
+    def tamper(call: int, reply: Message) -> None:
+        if call != 3 or reply.metadata.src_node_id != victim:  # round 2 train
+            return
+        payload = reply.content["arrays"][link.PAYLOAD_KEY]
+        data = bytearray(payload.data)
+        link_record = reply.content[link.LINK_RECORD_KEY]
+        if damage == "flip-byte":
+            data[len(data) // 2] ^= 0x5A
+        else:
+            data = data[: len(data) // 2]
+            link_record[link.KEY_SEGMENTS] = [len(data)]
+            link_record[link.KEY_CRC32] = __import__("zlib").crc32(bytes(data))
+        reply.content["arrays"] = ArrayRecord(
+            {link.PAYLOAD_KEY: Array("uint8", (len(data),), link.PAYLOAD_STYPE, bytes(data))}
+        )
+
+    grid.tamper_reply = tamper
+
+    # Execute
+    result = _run(strategy, grid, num_rounds=4)
+
+    # Assert
+    history = strategy.codec.history()
+    assert [r["decode_failures"] for r in history["rounds"]] == [0, 1, 0, 0]
+    assert result.train_metrics_clientapp[2]["nnc-models-up"] == 3
+    assert result.train_metrics_clientapp[2]["nnc-decode-failures"] == 1
+    # The uplink base of the victim restarted and its later replies decode.
+    assert result.train_metrics_clientapp[3]["nnc-decode-failures"] == 0
+    assert strategy.codec.nodes[victim].up_seq == 2
+
+
+def test_nncstrategy_wraps_fedavgm():
+    """NNCStrategy codes FedAvgM's traffic; near-lossless it equals plain FedAvgM."""
+    # Prepare
+    plain = LoopbackGrid(_make_client_app([]), num_nodes=3)
+    coded = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
+    common = dict(min_available_nodes=3, server_momentum=0.5)
+
+    # Execute
+    expected = _run(FedAvgM(**common), plain, num_rounds=3)
+    result = _run(NNCStrategy(FedAvgM(**common), **NEAR_LOSSLESS), coded, num_rounds=3)
+
+    # Assert
+    got, want = _arrays(result.arrays), _arrays(expected.arrays)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=5e-5)
+    assert sum(coded.errors) == 0
+
+
+def test_mod_passes_through_plain_messages():
+    """Without nnc.* config (plain FedAvg) the mod changes nothing."""
+    # Prepare
+    with_mod = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=2)
+    without = LoopbackGrid(_make_client_app([]), num_nodes=2)
+
+    # Execute
+    a = _run(FedAvg(), with_mod, num_rounds=2)
+    b = _run(FedAvg(), without, num_rounds=2)
+
+    # Assert
+    for name, value in _arrays(b.arrays).items():
+        np.testing.assert_array_equal(_arrays(a.arrays)[name], value)
+    assert with_mod.bytes_up == without.bytes_up
