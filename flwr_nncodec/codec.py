@@ -282,9 +282,10 @@ def _overflow_safe_qp(
         return qp
     max_abs = np.float32(np.max(np.abs(flat)))
     inverse_step = np.float32(1) / np.float32(_core.step_size(qp, qp_density))
-    scaled = float(max_abs * inverse_step)
+    with np.errstate(over="ignore"):
+        scaled = float(max_abs * inverse_step)  # float32 product, as NNCodec
     limit = _OVERFLOW_LIMIT_DQ if dq else _OVERFLOW_LIMIT_URQ
-    if math.floor(scaled + 0.5) > limit:
+    if not math.isfinite(scaled) or math.floor(scaled + 0.5) > limit:
         qp = _nncodec_overflow_qp(max_abs, qp_density)
     low, high = qp_range(qp_density)
     while qp <= high and float(max_abs) / _core.step_size(qp, qp_density) > (
