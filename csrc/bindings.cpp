@@ -95,24 +95,55 @@ nb::bytes encode_segment(InArray<int32_t> q, int64_t height, int64_t width,
   return nb::bytes(segment.data(), segment.size());
 }
 
-std::tuple<OutArray<int32_t>, std::optional<int>, size_t> decode_segment(
-    InArray<uint8_t> data, int64_t height, int64_t width, bool has_qp, int qp_density,
-    bool dq, bool hdsp_flag_present, std::optional<InArray<int32_t>> tca_base,
-    int64_t codebook_size, int64_t codebook_zero_offset, int unary_len) {
+nnc::DecodedSegment decode_into(InArray<uint8_t> data, int64_t height, int64_t width,
+                                bool has_qp, int qp_density, bool dq,
+                                bool hdsp_flag_present,
+                                const std::optional<InArray<int32_t>>& tca_base,
+                                int64_t codebook_size, int64_t codebook_zero_offset,
+                                int unary_len, int32_t* q) {
   nnc::SegmentSpec spec = make_spec(height, width, qp_density, dq, hdsp_flag_present,
                                     tca_base, codebook_size, codebook_zero_offset,
                                     unary_len, "decode_segment");
   spec.has_qp = has_qp;
+  nb::gil_scoped_release release;
+  return nnc::decode_segment(data.data(), data.shape(0), spec, q);
+}
+
+std::tuple<OutArray<int32_t>, std::optional<int>, size_t> decode_segment(
+    InArray<uint8_t> data, int64_t height, int64_t width, bool has_qp, int qp_density,
+    bool dq, bool hdsp_flag_present, std::optional<InArray<int32_t>> tca_base,
+    int64_t codebook_size, int64_t codebook_zero_offset, int unary_len) {
+  nnc::SegmentSpec spec;  // validated again in decode_into
+  spec.height = height;
+  spec.width = width;
+  spec.codebook_size = codebook_size;
+  spec.codebook_zero_offset = codebook_zero_offset;
+  spec.qp_density = qp_density;
+  spec.unary_len = unary_len;
+  nnc::validate_spec(spec, "decode_segment");
   const size_t n = size_t(height * width);
   std::unique_ptr<int32_t[]> q(new int32_t[n]);
-  nnc::DecodedSegment result;
-  {
-    nb::gil_scoped_release release;
-    result = nnc::decode_segment(data.data(), data.shape(0), spec, q.get());
-  }
+  const nnc::DecodedSegment result =
+      decode_into(data, height, width, has_qp, qp_density, dq, hdsp_flag_present,
+                  tca_base, codebook_size, codebook_zero_offset, unary_len, q.get());
   std::optional<int> qp;
   if (has_qp) qp = result.qp;
   return {to_numpy(std::move(q), n), qp, result.consumed_bytes};
+}
+
+std::vector<int> decode_eco_init_sets(
+    InArray<uint8_t> data, int64_t height, int64_t width, bool has_qp, int qp_density,
+    bool dq, bool hdsp_flag_present, std::optional<InArray<int32_t>> tca_base,
+    int64_t codebook_size, int64_t codebook_zero_offset, int unary_len) {
+  nnc::SegmentSpec spec;
+  spec.height = height;
+  spec.width = width;
+  nnc::validate_spec(spec, "decode_eco_init_sets");
+  std::vector<int32_t> q(size_t(height * width));
+  const nnc::DecodedSegment result =
+      decode_into(data, height, width, has_qp, qp_density, dq, hdsp_flag_present,
+                  tca_base, codebook_size, codebook_zero_offset, unary_len, q.data());
+  return std::vector<int>(result.init_sets.begin(), result.init_sets.end());
 }
 
 OutArray<int32_t> quantize(InArray<float> x, int qp, int qp_density, bool dq,
@@ -206,6 +237,13 @@ NB_MODULE(_core, m) {
         "Decode one segment: returns (q int32[n], qp or None, consumed_bytes). "
         "Raises ValueError naming the byte offset on malformed or truncated "
         "data. Releases the GIL; the data buffer is read in place.");
+
+  m.def("decode_eco_init_sets", &decode_eco_init_sets, "data"_a, "height"_a, "width"_a,
+        nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a, "hdsp_flag_present"_a,
+        "tca_base"_a = nb::none(), "codebook_size"_a = 0, "codebook_zero_offset"_a = 0,
+        "unary_len"_a = 11,
+        "Decode one segment and return the init set signalled for each eco-list "
+        "entry (diagnostics and tests).");
 
   m.def("choose_eco_init_sets", &choose_eco_init_sets, "q"_a, "height"_a, "width"_a,
         nb::kw_only(), "dq"_a, "row_skipping"_a, "tca_base"_a = nb::none(),

@@ -97,8 +97,11 @@ void CabacDecoder::check_not_past_end() const {
 }
 
 size_t CabacDecoder::finish() {
+  // The stop bit is the last bit moved into the offset register. Check the
+  // raw bit: the register itself has had ranges subtracted from it.
   const uint64_t bits_read = num_bits_read();
-  if ((offset_ & 1u) == 0) {
+  const uint64_t last_bit = bits_read - 1;  // bits_read >= 9 after construction
+  if (((data_[last_bit / 8] >> (7 - last_bit % 8)) & 1u) == 0) {
     throw std::invalid_argument(
         "decode_segment: bad stop bit: bit " + std::to_string(bits_read - 1) +
         " (byte offset " + std::to_string((bits_read - 1) / 8) + ") is 0, expected 1");

@@ -317,14 +317,15 @@ std::vector<int> eco_context_list(const SegmentSpec& spec) {
     push_range(ContextLayout::sign, 3);
     if (tca) push_range(ContextLayout::sign_tca, 2);
   }
-  for (int j = 0; j < n; ++j) {
-    if (limits.max_pos > uint64_t(j + 1)) list.push_back(ContextLayout::gt + 2 * j);
-    if (limits.max_neg > uint64_t(j + 1)) list.push_back(ContextLayout::gt + 2 * j + 1);
-  }
+  // Codebook: NNCodec lists the gt pair j (both signs) while j < the larger
+  // of the two magnitude limits, one pair more than the bins can reach.
   const uint64_t max_any = std::max(limits.max_pos, limits.max_neg);
+  for (int j = 0; j < n; ++j) {
+    if (max_any > uint64_t(j)) push_range(ContextLayout::gt + 2 * j, 2);
+  }
   if (tca) {
     for (int j = 0; j < n; ++j) {
-      if (max_any > uint64_t(j + 1)) push_range(layout.gt_tca + 2 * j, 2);
+      if (max_any > uint64_t(j)) push_range(layout.gt_tca + 2 * j, 2);
     }
   }
   for (int m = 0; m < kMaxEgPrefixBins; ++m) {
@@ -547,12 +548,15 @@ DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
     }
   }
 
-  for (const int ctx : eco_context_list(spec)) {
+  const std::vector<int> list = eco_context_list(spec);
+  result.init_sets.reserve(list.size());
+  for (const int ctx : list) {
     int e = 0;
     if (decoder.decode_bin(models[size_t(layout.eco)])) {
       e = 1 + int(decoder.decode_bypass_bins(3));
     }
     models[size_t(ctx)].init(e);
+    result.init_sets.push_back(uint8_t(e));
   }
 
   if (spec.codebook_size == 1) {

@@ -49,6 +49,7 @@ std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec);
 struct DecodedSegment {
   int qp = 0;                 // decoded qp offset (0 without has_qp)
   size_t consumed_bytes = 0;  // up to and including the stop-bit byte
+  std::vector<uint8_t> init_sets;  // signalled init set per eco-list entry
 };
 
 // Inverse of encode_segment; q_out receives height*width values. Throws
