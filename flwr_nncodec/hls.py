@@ -372,23 +372,25 @@ def parse_stream(
         unit_type, size, reader = _read_unit_frame(data, offset, index)
         kind = unit_type_name(unit_type)
         payload_offset = 0
+        if index == 0 and unit_type != NNR_STR:
+            raise reader.error(f"first unit is {kind}, expected STR", offset)
         if unit_type == NNR_STR:
-            _expect_order(reader, index == 0, "STR must be the first unit")
+            _expect_order(reader, index == 0, "STR must be the first unit", offset)
             header: object = _parse_start_unit(reader)
             profile_idc = header  # type: ignore[assignment]
             label = f"STR #{index}"
         elif unit_type == NNR_MPS:
-            _expect_order(reader, index == 1, "MPS must follow the STR unit")
+            _expect_order(reader, index == 1, "MPS must follow the STR unit", offset)
             mps = _parse_mps(reader)
             header, label = mps, f"MPS #{index}"
         elif unit_type == NNR_TPL:
             _expect_order(
-                reader, index == 2, "TPL must directly follow the MPS unit"
+                reader, index == 2, "TPL must directly follow the MPS unit", offset
             )
             topology = _parse_topology(reader)
             header, label = topology, f"TPL #{index}"
         elif unit_type == NNR_NDU:
-            _expect_order(reader, mps is not None, "NDU before the MPS unit")
+            _expect_order(reader, mps is not None, "NDU before the MPS unit", offset)
             assert mps is not None
             header = _parse_ndu_header(reader, mps, index, max_elements)
             name = header.name  # type: ignore[attr-defined]
@@ -444,9 +446,11 @@ def _read_unit_frame(data: bytes, offset: int, index: int) -> tuple[int, int, Bi
     return unit_type, size, reader
 
 
-def _expect_order(reader: BitReader, condition: bool, message: str) -> None:
+def _expect_order(
+    reader: BitReader, condition: bool, message: str, unit_offset: int
+) -> None:
     if not condition:
-        raise reader.error(f"unexpected unit order: {message}")
+        raise reader.error(f"unexpected unit order: {message}", unit_offset)
 
 
 def _expect_consumed(reader: BitReader, kind: str) -> None:
