@@ -79,7 +79,13 @@ def unit_type_code(unit: dict) -> int:
     return UNIT_TYPE_CODES[text]
 
 
-def assert_units_like_reference(bitstream: bytes, expected_units, names, where):
+def assert_units_like_reference(bitstream: bytes, expected_units, facts, names,
+                                where, *, ndu_header=None):
+    """``inspect`` agrees with NNCodec on framing and on every NDU header.
+
+    ``facts`` are NNCodec's per-tensor decoder facts (shape, qp, dq_flag);
+    ``ndu_header(name)`` gives further expected NDU fields (sequences).
+    """
     units = nnc.inspect(bitstream)
     assert len(units) == len(expected_units), f"{where}: {len(units)} units"
     for index, (unit, expected) in enumerate(zip(units, expected_units)):
@@ -87,18 +93,35 @@ def assert_units_like_reference(bitstream: bytes, expected_units, names, where):
         assert unit_type_code(unit) == UNIT_TYPE_CODES[expected["type"]], here
         assert int(unit["offset"]) == expected["offset"], f"{here} offset"
         assert int(unit["size"]) == expected["size"], f"{here} size"
+        assert bool(unit["long_size"]) == expected["long_size"], f"{here} size form"
 
     ndus = [u for u in units if unit_type_code(u) == 5]
-    ndu_names = [_topology_elem_id(u) for u in ndus]
-    assert ndu_names == names, f"{where}: NDU names {ndu_names}"
+    assert [u["name"] for u in ndus] == names, f"{where}: NDU names"
+    for unit in ndus:
+        name = unit["name"]
+        here = f"{where}: NDU {name!r}"
+        tensor = facts[name]
+        assert list(unit["shape"]) == tensor["shape"], f"{here} shape"
+        if tensor.get("approx_method") == "skip":
+            assert unit["payload_type"] == "INT", f"{here} payload type"
+        else:
+            assert unit["payload_type"] == "FLOAT", f"{here} payload type"
+            assert int(unit["qp"]) == tensor["qp"], f"{here} qp"
+            assert bool(unit["dq"]) == bool(tensor["dq_flag"]), f"{here} dq_flag"
+        codebook = tensor.get("codebook_size", 0)
+        assert int(unit.get("codebook_size") or 0) == codebook, f"{here} codebook"
+        for field, value in (ndu_header(name) if ndu_header else {}).items():
+            assert unit[field] == value, f"{here} {field}: {unit[field]} != {value}"
 
 
-def _topology_elem_id(unit: dict) -> str:
-    for holder in (unit, unit.get("fields", {}), unit.get("header", {})):
-        for key in ("topology_elem_id", "name"):
-            if key in holder:
-                return holder[key]
-    raise AssertionError(f"inspect() gives no tensor name for an NDU: {unit}")
+def with_codebook_sizes(entry: dict, arrays=None, prefix: str = "") -> dict:
+    """Per-tensor decoder facts plus the size of NNCodec's decoded codebook."""
+    arrays = load_vector_arrays(entry) if arrays is None else arrays
+    facts = {name: dict(f) for name, f in entry["decoded"].items()}
+    for name, tensor in facts.items():
+        codebook = arrays.get(f"{prefix}cb:{name}")
+        tensor["codebook_size"] = 0 if codebook is None else int(codebook.size)
+    return facts
 
 
 def read_stream(file_name: str) -> bytes:
@@ -121,8 +144,13 @@ def test_decode_matches_nncodec(name):
 @pytest.mark.parametrize("name", SINGLE)
 def test_inspect_finds_every_unit(name):
     entry = VECTORS[name]
-    assert_units_like_reference(read_stream(entry["bitstream"]), entry["units"],
-                                entry["decoded_names"], name)
+    inputs = list(entry["inputs"])
+    assert_units_like_reference(
+        read_stream(entry["bitstream"]), entry["units"], with_codebook_sizes(entry),
+        entry["decoded_names"], name,
+        ndu_header=lambda t: {"parameter_id": inputs.index(t), "put_node_depth": 0,
+                              "device_id": 0, "tca": False,
+                              "parent_node_id_present": False})
 
 
 @pytest.mark.parametrize("name", SEQUENCES)
@@ -137,8 +165,17 @@ def test_sequence_decodes_with_advancing_base(name):
         assert_base_equals(base, step["base_before"], stored_base, where)
 
         bitstream = read_stream(step["bitstream"])
-        assert_units_like_reference(bitstream, step["units"], step["decoded_names"],
-                                    where)
+        before = step["base_before"]
+        inputs = list(step["inputs"])
+        assert_units_like_reference(
+            bitstream, step["units"], with_codebook_sizes(step, arrays, f"s{index}:"),
+            step["decoded_names"], where,
+            ndu_header=lambda t: {
+                "parameter_id": inputs.index(t),
+                "put_node_depth": before["put_node_depth"].get(t, 0) + 1,
+                "device_id": entry["options"]["device_id"],
+                "tca": entry["options"]["tca"] and t in before["parameters"],
+                "parent_node_id_present": True})
         decoded = nnc.decode(bitstream, base=base, update_base=True)
         assert_decoded_like_reference(decoded, step["decoded"], step["decoded_names"],
                                       arrays, f"s{index}:", where)
@@ -180,6 +217,7 @@ def test_matrix_is_complete():
     """The committed vectors cover every axis the README promises."""
     axes = [v["axes"] for v in VECTORS.values()]
     assert len(SINGLE) >= 70 and len(SEQUENCES) >= 6
+    assert len(PARITY_SINGLE) >= 1 and len(PARITY_SEQUENCES) >= 2
     assert {a.get("quantiser") for a in axes} == {"urq", "dq"}
     qps = {a["qp"] for a in axes if "qp" in a}
     assert min(qps) <= -60 and max(qps) >= -10 and len(qps) >= 6
@@ -214,6 +252,50 @@ def test_our_encoder_round_trips_vector_input(name):
     for tensor, value in decoded.items():
         assert_bit_exact(value, result.reconstruction[tensor], f"{name}: {tensor!r}")
         assert value.shape == (params[tensor].shape or (1,))
+
+
+def _parity_vector(entry: dict) -> bool:
+    options = entry["options"]
+    return (not options["param_opt"] and not options["use_dq"]
+            and options["approx_method"] == "uniform" and not options["lambda_scale"])
+
+
+PARITY_SINGLE = [n for n in SINGLE if _parity_vector(VECTORS[n])]
+PARITY_SEQUENCES = [n for n in SEQUENCES if _parity_vector(VECTORS[n])]
+
+
+@pytest.mark.parametrize("name", PARITY_SINGLE + PARITY_SEQUENCES)
+def test_our_encoder_reproduces_nncodec_bytes_without_param_opt(name):
+    """Encoder parity where NNCodec's stream is fully determined by its inputs.
+
+    With param_opt=False every eco flag is 0, and URQ with lambda_scale=0
+    quantises by rounding (nnc-format Q17), so the bytes follow from the syntax
+    alone. DQ is left out: the trellis may break ties between equal-error paths
+    either way (both streams are valid), and eco choices are free as well.
+    """
+    entry = VECTORS[name]
+    arrays = load_vector_arrays(entry)
+    options = codec_options(entry)
+    if entry["kind"] == "single":
+        ours = nnc.encode(tensors_with_prefix(arrays, "in:"), **options)
+        assert ours == read_stream(entry["bitstream"]), _first_difference(
+            ours, read_stream(entry["bitstream"]), name)
+        return
+
+    base = make_base(entry["initial_base"], {})
+    for index, step in enumerate(entry["steps"]):
+        params = tensors_with_prefix(arrays, f"s{index}:in:")
+        ours = nnc.encode(params, **options, base=base, update_base=True)
+        reference = read_stream(step["bitstream"])
+        assert ours == reference, _first_difference(ours, reference,
+                                                    f"{name} step {index}")
+
+
+def _first_difference(ours: bytes, reference: bytes, where: str) -> str:
+    index = next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b),
+                 min(len(ours), len(reference)))
+    return (f"{where}: {len(ours)} bytes vs NNCodec's {len(reference)}, first "
+            f"difference at byte {index}")
 
 
 @pytest.mark.parametrize("name", SEQUENCES)

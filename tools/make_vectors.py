@@ -467,6 +467,13 @@ def sequence_cases():
                 axes = {"quantiser": quantiser, "sequence": mode,
                         "row_skipping": row_skipping, "steps": len(steps)}
                 cases.append((f"seq_{mode}_{quantiser}_{rs}", axes, options, steps))
+                if tca:
+                    cases.append((
+                        f"seq_{mode}_{quantiser}_{rs}_param_opt_off",
+                        {**axes, "param_opt": False},
+                        {**options, "param_opt": False},
+                        steps,
+                    ))
     return cases
 
 
