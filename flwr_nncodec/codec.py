@@ -35,7 +35,7 @@ __all__ = [
 # Largest tensor decode() allocates unless told otherwise (1 GiB of float32).
 DEFAULT_MAX_ELEMENTS = 1 << 28
 CABAC_UNARY_LENGTH_MINUS1 = 10  # NNCodec's value: 11 greater-than flags
-_INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
+_INT32_MAX = (1 << 31) - 1
 # NNCodec's overflow check: |round(x / step)| must stay below these (§2.2).
 _OVERFLOW_LIMIT_DQ = (1 << 31) - 3
 _OVERFLOW_LIMIT_URQ = (1 << 31) - 1
@@ -211,13 +211,14 @@ def _as_codable_array(name: str, value: object) -> np.ndarray:
     if kind == "b":
         return np.ascontiguousarray(array, dtype=np.int32)
     if kind in "iu":
+        # -2**31 is excluded: its magnitude does not fit the int32 level coder.
         if array.size and (
-            int(array.min()) < _INT32_MIN or int(array.max()) > _INT32_MAX
+            int(array.min()) < -_INT32_MAX or int(array.max()) > _INT32_MAX
         ):
             raise ValueError(
-                f"integer tensor {name!r} ({array.dtype}) has values outside the "
-                f"int32 range [{int(array.min())}, {int(array.max())}]; NNC codes "
-                "integer tensors as int32"
+                f"integer tensor {name!r} ({array.dtype}) has values in "
+                f"[{int(array.min())}, {int(array.max())}], outside the codable "
+                f"range [{-_INT32_MAX}, {_INT32_MAX}]"
             )
         return np.ascontiguousarray(array, dtype=np.int32)
     raise TypeError(f"tensor {name!r} has unsupported dtype {array.dtype}")

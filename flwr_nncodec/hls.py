@@ -63,7 +63,7 @@ SUPPORTED_PROFILE_IDC = 1
 SHORT_UNIT_LIMIT_BYTES = 32768  # a unit shorter than this uses the 2-byte size
 MAX_UNIT_BYTES = (1 << 31) - 1
 MAX_TENSOR_DIMS = 32
-MAX_ELEMENTS_HARD_LIMIT = 1 << 31
+MAX_ELEMENTS_HARD_LIMIT = (1 << 31) - 1  # the core's int32 element count
 
 # Each renormalisation of the 9-bit CABAC range consumes at least one payload
 # bit and at most (510 - 256) / 2 = 127 decisions fit between two of them
