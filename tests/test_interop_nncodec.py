@@ -138,21 +138,30 @@ def random_model(rng: np.random.Generator) -> dict:
     return params
 
 
-def random_nncodec_options(rng: np.random.Generator) -> dict:
-    return {
+def random_nncodec_options(rng: np.random.Generator, *, extras: bool = False) -> dict:
+    options = {
         "qp": int(rng.integers(-64, -8)),
         "nonweight_qp": int(rng.integers(-80, -20)),
         "use_dq": bool(rng.random() < 0.5),
         "row_skipping": bool(rng.random() < 0.5),
         "param_opt": bool(rng.random() < 0.8),
     }
+    if extras:
+        draw = rng.random()
+        if draw < 0.2:
+            options["int_quant_bw"] = int(rng.choice([4, 8]))
+        elif draw < 0.4:
+            options["codebook_mode"] = int(rng.choice([1, 2]))
+        elif draw < 0.5:
+            options["lambda_scale"] = float(rng.uniform(0.5, 2.0))
+    return options
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(60))
 def test_we_decode_nncodec_stream(seed):
     rng = np.random.default_rng(seed)
     params = random_model(rng)
-    options = random_nncodec_options(rng)
+    options = random_nncodec_options(rng, extras=True)
     bitstream = nncodec_encode(params, **options)
 
     reference = nncodec_decode(bitstream)
