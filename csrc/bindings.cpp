@@ -213,40 +213,40 @@ NB_MODULE(_core, m) {
   m.def("step_size", &nnc::step_size, "qp"_a, "qp_density"_a,
         "Step size of qp at qp_density (float32-exact).");
 
-  m.def("quantize", &quantize, "x"_a, "qp"_a, "qp_density"_a, "dq"_a,
+  m.def("quantize", &quantize, "x"_a.noconvert(), "qp"_a, "qp_density"_a, "dq"_a,
         "lambda_scale"_a = 0.0,
         "Quantise float32[n] to int32 reconstruction indices q (URQ or DQ "
         "trellis). lambda_scale 0 = squared error only. Releases the GIL.");
 
-  m.def("dequantize", &dequantize, "q"_a, "qp"_a, "qp_density"_a,
+  m.def("dequantize", &dequantize, "q"_a.noconvert(), "qp"_a, "qp_density"_a,
         "Reconstruct float32(step * float32(q)). Releases the GIL.");
 
-  m.def("encode_segment", &encode_segment, "q"_a, "height"_a, "width"_a, nb::kw_only(),
+  m.def("encode_segment", &encode_segment, "q"_a.noconvert(), "height"_a, "width"_a, nb::kw_only(),
         "qp"_a.none(), "qp_density"_a, "dq"_a, "hdsp_flag_present"_a, "row_skipping"_a,
-        "param_opt"_a, "tca_base"_a = nb::none(), "codebook_size"_a = 0,
-        "codebook_zero_offset"_a = 0, "unary_len"_a = 11, "eco_init_sets"_a = nb::none(),
+        "param_opt"_a, "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0,
+        "codebook_zero_offset"_a = 0, "unary_len"_a = 11, "eco_init_sets"_a.noconvert() = nb::none(),
         "Code int32 q[height*width] (raster order) into one DeepCABAC segment "
         "(qp offset unless qp is None, HDSP/row-skip flags, eco list, levels, "
         "terminate, flush). eco_init_sets forces the init set of each eco-list "
         "entry. Releases the GIL; the result is copied once into bytes.");
 
-  m.def("decode_segment", &decode_segment, "data"_a, "height"_a, "width"_a,
+  m.def("decode_segment", &decode_segment, "data"_a.noconvert(), "height"_a, "width"_a,
         nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a, "hdsp_flag_present"_a,
-        "tca_base"_a = nb::none(), "codebook_size"_a = 0, "codebook_zero_offset"_a = 0,
+        "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0, "codebook_zero_offset"_a = 0,
         "unary_len"_a = 11,
         "Decode one segment: returns (q int32[n], qp or None, consumed_bytes). "
         "Raises ValueError naming the byte offset on malformed or truncated "
         "data. Releases the GIL; the data buffer is read in place.");
 
-  m.def("decode_eco_init_sets", &decode_eco_init_sets, "data"_a, "height"_a, "width"_a,
+  m.def("decode_eco_init_sets", &decode_eco_init_sets, "data"_a.noconvert(), "height"_a, "width"_a,
         nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a, "hdsp_flag_present"_a,
-        "tca_base"_a = nb::none(), "codebook_size"_a = 0, "codebook_zero_offset"_a = 0,
+        "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0, "codebook_zero_offset"_a = 0,
         "unary_len"_a = 11,
         "Decode one segment and return the init set signalled for each eco-list "
         "entry (diagnostics and tests).");
 
-  m.def("choose_eco_init_sets", &choose_eco_init_sets, "q"_a, "height"_a, "width"_a,
-        nb::kw_only(), "dq"_a, "row_skipping"_a, "tca_base"_a = nb::none(),
+  m.def("choose_eco_init_sets", &choose_eco_init_sets, "q"_a.noconvert(), "height"_a, "width"_a,
+        nb::kw_only(), "dq"_a, "row_skipping"_a, "tca_base"_a.noconvert() = nb::none(),
         "codebook_size"_a = 0, "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
         "Init set per eco-list entry that param_opt=True would signal for q.");
 

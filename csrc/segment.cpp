@@ -470,7 +470,9 @@ inline int64_t get_level(CabacDecoder& decoder, ContextModel* models,
   uint64_t remainder = (uint64_t(1) << prefix_ones) - 1;
   if (prefix_ones > 0) remainder += decoder.decode_bypass_bins(prefix_ones);
   const uint64_t magnitude = remainder + uint64_t(n) + 1;
-  if (magnitude > uint64_t(std::numeric_limits<int32_t>::max()) ||
+  // int32 holds magnitudes up to 2^31 - 1, and 2^31 for a negative level.
+  const uint64_t max_int32_magnitude = uint64_t(1) << 31;
+  if (magnitude > max_int32_magnitude - (negative ? 0 : 1) ||
       (kTruncated && magnitude > max_magnitude)) {
     throw std::invalid_argument(
         "decode_segment: level magnitude " + std::to_string(magnitude) +
