@@ -1,8 +1,13 @@
-"""Property tests (hypothesis) over shapes, dtypes, options and header fields."""
+"""Property tests (hypothesis) over shapes, dtypes, options and header fields.
+
+The default run draws 60 examples per property; set the environment variable
+``NNC_HYPOTHESIS_EXAMPLES`` (e.g. 2000) for a longer search.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -15,7 +20,9 @@ from flwr_nncodec import hls
 from flwr_nncodec.bitio import BitReader, BitWriter
 
 SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("NNC_HYPOTHESIS_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
 DTYPES = st.sampled_from(
@@ -96,7 +103,10 @@ def test_quantisation_error_is_bounded_by_the_step(x, qp, use_dq):
     decoded = nnc.decode(nnc.encode({"t": x}, qp=qp, nonweight_qp=qp, use_dq=use_dq))
     step = (4 + (qp & 3)) * 2.0 ** ((qp >> 2) - 2)
     bound = 2 * step if use_dq else step / 2
-    assert np.all(np.abs(decoded["t"].astype(np.float64) - x) <= bound * (1 + 1e-6))
+    # x is scaled by float32(1/step) in float32 (quirk Q17): a relative error
+    # of a few float32 ulps on top of the half step.
+    slack = np.abs(x.astype(np.float64)) * 2.0**-21
+    assert np.all(np.abs(decoded["t"].astype(np.float64) - x) <= bound + slack)
 
 
 @SETTINGS
