@@ -25,7 +25,8 @@ echo "[nncodec-venv] installing numpy<2, torch==2.13.0, nncodec==2.1.3, pytest, 
   "pytest>=7" "hypothesis>=6"
 
 echo "[nncodec-venv] building and installing flwr-nncodec from this checkout"
-"$venv/bin/pip" install -q .
+# A throw-away build folder: build/ belongs to the editable dev install.
+"$venv/bin/pip" install -q . -C build-dir=
 
 # The torchvision wheel pip resolves for torch 2.13.0 is a CUDA build whose
 # compiled ops do not load next to the CPU torch; NNCodec only imports it.
