@@ -42,31 +42,39 @@ void quantize_uniform(const float* x, size_t n, float inverse_step, int32_t* q_o
   }
 }
 
-// Candidate reconstruction indices per DQ quantiser (Q0: even q, Q1: odd q
-// or 0) around t = x/step: the two nearest of the class, plus 0.
+// Candidates of one value for the DQ trellis (nnc-format §2.3): per
+// quantiser (Q0: even q, Q1: odd q or 0) the two nearest indices around
+// t = x/step, plus 0, with their squared error and the parity of their level.
 struct DqCandidates {
   int64_t q[2][3];
+  double error[2][3];
+  uint8_t parity[2][3];
   int count[2];
 };
-
-inline DqCandidates dq_candidates(double t) {
-  DqCandidates c;
-  const int64_t even_low = 2 * int64_t(std::floor(t / 2.0));
-  const int64_t odd_low = 2 * int64_t(std::floor((t - 1.0) / 2.0)) + 1;
-  c.q[0][0] = even_low;
-  c.q[0][1] = even_low + 2;
-  c.count[0] = 2;
-  if (even_low != 0 && even_low + 2 != 0) c.q[0][c.count[0]++] = 0;
-  c.q[1][0] = odd_low;
-  c.q[1][1] = odd_low + 2;
-  c.q[1][2] = 0;
-  c.count[1] = 3;
-  return c;
-}
 
 inline int64_t dq_level(int64_t q, int quantizer) {
   const int64_t sgn = (q > 0) - (q < 0);
   return (q + sgn * quantizer) >> 1;
+}
+
+inline void dq_candidates(double t, DqCandidates& c) {
+  const int64_t even_low = 2 * int64_t(std::floor(t * 0.5));
+  const int64_t odd_low = 2 * int64_t(std::floor((t - 1.0) * 0.5)) + 1;
+  c.q[0][0] = even_low;
+  c.q[0][1] = even_low + 2;
+  c.count[0] = 2;
+  if (even_low != 0 && even_low != -2) c.q[0][c.count[0]++] = 0;
+  c.q[1][0] = odd_low;
+  c.q[1][1] = odd_low + 2;
+  c.q[1][2] = 0;
+  c.count[1] = 3;
+  for (int quantizer = 0; quantizer < 2; ++quantizer) {
+    for (int j = 0; j < c.count[quantizer]; ++j) {
+      const double err = t - double(c.q[quantizer][j]);
+      c.error[quantizer][j] = err * err;
+      c.parity[quantizer][j] = uint8_t(dq_level(c.q[quantizer][j], quantizer) & 1);
+    }
+  }
 }
 
 // Minimum squared error path through the DQ trellis (lambda_scale 0).
@@ -79,20 +87,16 @@ void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q
   for (double& c : cost) c = kInf;
   cost[0] = 0.0;
 
+  DqCandidates cand;
   for (size_t i = 0; i < n; ++i) {
-    const double t = double(inverse_step) * double(x[i]);
-    const DqCandidates cand = dq_candidates(t);
-    double next_cost[8];
-    for (double& c : next_cost) c = kInf;
+    dq_candidates(double(inverse_step) * double(x[i]), cand);
+    double next_cost[8] = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
     uint8_t* back_row = &back[i * 8];
     for (int s = 0; s < 8; ++s) {
-      if (cost[s] == kInf) continue;
       const int quantizer = s & 1;
       for (int j = 0; j < cand.count[quantizer]; ++j) {
-        const int64_t q = cand.q[quantizer][j];
-        const double err = t - double(q);
-        const double total = cost[s] + err * err;
-        const int next = kDqNextState[s][dq_level(q, quantizer) & 1];
+        const double total = cost[s] + cand.error[quantizer][j];
+        const int next = kDqNextState[s][cand.parity[quantizer][j]];
         if (total < next_cost[next]) {
           next_cost[next] = total;
           back_row[next] = uint8_t(s | (j << 3));
@@ -110,9 +114,8 @@ void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q
   for (size_t i = n; i-- > 0;) {
     const uint8_t pointer = back[i * 8 + size_t(state)];
     const int prev = pointer & 7;
-    const int j = pointer >> 3;
-    const double t = double(inverse_step) * double(x[i]);
-    q_out[i] = int32_t(dq_candidates(t).q[prev & 1][j]);
+    dq_candidates(double(inverse_step) * double(x[i]), cand);
+    q_out[i] = int32_t(cand.q[prev & 1][pointer >> 3]);
     state = prev;
   }
 }

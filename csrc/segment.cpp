@@ -20,6 +20,10 @@ namespace {
 constexpr int kNumInitSets = 9;
 constexpr int kMaxEgPrefixBins = 31;
 constexpr uint32_t kInitSetPenalty = 3u << 15;  // 3 bits, in 2^-15 bit units
+// The eco choice estimates bits over the rows covering the first 2^16
+// positions only: the init set matters most for the first bins of each
+// context, and this bounds the 9-fold estimation work on large tensors.
+constexpr int64_t kEcoEstimationPositions = int64_t(1) << 16;
 
 // Context index layout for n greater-than flags (§3.2): 90 + 4n models.
 struct ContextLayout {
@@ -177,14 +181,19 @@ std::vector<uint8_t> rows_to_skip(const int32_t* q, const SegmentSpec& spec) {
 // Walk the levels in raster scan, skipping flagged rows (Q2, Q3), and feed
 // their bins to `sink`. With feed_values_as_levels the stored values are fed
 // unchanged as levels (NNCodec's eco estimation under DQ feeds q, §3.4).
+// Stops after `max_positions` positions (skipped rows included).
 template <bool kTruncated, class Sink>
 void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
                 const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
-                bool feed_values_as_levels) {
+                bool feed_values_as_levels, int64_t max_positions) {
   const LevelLimits limits = level_limits(spec);
   int64_t prev_level = 0;
   int state = 0;
-  for (int64_t row = 0; row < spec.height; ++row) {
+  const int64_t num_rows =
+      spec.width > 0 ? std::min(spec.height, max_positions / spec.width +
+                                                 (max_positions % spec.width != 0))
+                     : 0;
+  for (int64_t row = 0; row < num_rows; ++row) {
     if (!skip_rows.empty() && skip_rows[size_t(row)]) {
       if (spec.dq) state = advance_dq_state_by_zeros(state, spec.width);
       continue;
@@ -234,11 +243,14 @@ struct InitSetCostSink {
 template <class Sink>
 void put_levels_any(Sink& sink, const ContextLayout& layout, const int32_t* q,
                     const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
-                    bool feed_values_as_levels) {
+                    bool feed_values_as_levels,
+                    int64_t max_positions = std::numeric_limits<int64_t>::max()) {
   if (spec.codebook_size > 0) {
-    put_levels<true>(sink, layout, q, spec, skip_rows, feed_values_as_levels);
+    put_levels<true>(sink, layout, q, spec, skip_rows, feed_values_as_levels,
+                     max_positions);
   } else {
-    put_levels<false>(sink, layout, q, spec, skip_rows, feed_values_as_levels);
+    put_levels<false>(sink, layout, q, spec, skip_rows, feed_values_as_levels,
+                      max_positions);
   }
 }
 
@@ -341,7 +353,8 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec)
   const ContextLayout layout(spec.unary_len);
   const std::vector<int> list = eco_context_list(spec);
   InitSetCostSink sink(layout.count);
-  put_levels_any(sink, layout, q, spec, skip_rows_for(q, spec), spec.dq);
+  put_levels_any(sink, layout, q, spec, skip_rows_for(q, spec), spec.dq,
+                 kEcoEstimationPositions);
 
   std::vector<uint8_t> init_sets;
   init_sets.reserve(list.size());
