@@ -71,7 +71,9 @@ class BaseState:
             parameter_id=dict(self.parameter_id),
         )
 
-    def advance(self, name: str, q: np.ndarray, device_id: int, parameter_id: int) -> None:
+    def advance(
+        self, name: str, q: np.ndarray, device_id: int, parameter_id: int
+    ) -> None:
         """Record one coded or decoded update of tensor ``name``.
 
         Mirrors NNCodec's ``update_base_param``: the depth grows by one (the
@@ -122,7 +124,9 @@ class BaseState:
                 state.device_id = _scalar_id(key, array)
             elif key.startswith(_Q_PREFIX):
                 if array.dtype.kind not in "iu":
-                    raise ValueError(f"base entry {key!r} has dtype {array.dtype}, expected int32")
+                    raise ValueError(
+                        f"base entry {key!r} has dtype {array.dtype}, expected int32"
+                    )
                 if array.size and (array.min() < -(1 << 31) or array.max() > _MAX_ID):
                     raise ValueError(f"base entry {key!r} has values outside int32")
                 state.parameters[key[len(_Q_PREFIX) :]] = array.astype(np.int32)
@@ -145,7 +149,8 @@ class BaseState:
                 for name, q in approx_param_base.get("parameters", {}).items()
             },
             put_node_depth={
-                k: int(v) for k, v in approx_param_base.get("put_node_depth", {}).items()
+                k: int(v)
+                for k, v in approx_param_base.get("put_node_depth", {}).items()
             },
             parameter_id={
                 k: int(v) for k, v in approx_param_base.get("parameter_id", {}).items()

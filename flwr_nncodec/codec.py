@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flwr_nncodec import _core
-from flwr_nncodec import hls
+from flwr_nncodec import _core, hls
 from flwr_nncodec.base_state import BaseState
 from flwr_nncodec.errors import NNCFormatError
 from flwr_nncodec.options import EncodeOptions, make_options, qp_range
@@ -204,8 +203,11 @@ def _as_codable_array(name: str, value: object) -> np.ndarray:
         with np.errstate(over="ignore"):
             converted = np.ascontiguousarray(array, dtype=np.float32)
         if not np.isfinite(converted).all():
-            bad = "NaN or infinity" if not np.isfinite(array.astype(np.float64)).all() \
+            bad = (
+                "NaN or infinity"
+                if not np.isfinite(array.astype(np.float64)).all()
                 else "values beyond the float32 range"
+            )
             raise ValueError(f"tensor {name!r} contains {bad}")
         return converted
     if kind == "b":
@@ -270,9 +272,7 @@ def _quantize_tensor(name: str, array: np.ndarray, opts: EncodeOptions) -> _Code
     q = _core.quantize(flat, qp, opts.qp_density, opts.use_dq, opts.lambda_scale)
     if bits is not None:
         q = (_clip_dq_to_bitdepth if opts.use_dq else _clip_to_bitdepth)(q, flat, bits)
-    return _CodedTensor(
-        hls.PT_FLOAT, dims, q, qp, opts.qp_density, opts.use_dq
-    )
+    return _CodedTensor(hls.PT_FLOAT, dims, q, qp, opts.qp_density, opts.use_dq)
 
 
 def _overflow_safe_qp(
@@ -354,9 +354,7 @@ def _dq_admissible(q: int, state: int) -> bool:
     return q == 0 or (q & 1) == (state & 1)
 
 
-def _clip_dq_to_bitdepth(
-    q: np.ndarray, flat: np.ndarray, bits: int
-) -> np.ndarray:
+def _clip_dq_to_bitdepth(q: np.ndarray, flat: np.ndarray, bits: int) -> np.ndarray:
     """Clip DQ indices to the bit-depth range without breaking the trellis.
 
     NNCodec clips after the trellis, which can leave an index of the wrong
@@ -379,15 +377,15 @@ def _clip_dq_to_bitdepth(
     for position in range(first, last + 1):
         parity = _dq_level(original[position], state) & 1
         if out[position] != original[position]:
-            out[position] = _nearest_admissible(
-                out[position], state, parity, low, high
-            )
+            out[position] = _nearest_admissible(out[position], state, parity, low, high)
         state = _DQ_NEXT_STATE[state][parity]
     return np.asarray(out, dtype=np.int32)
 
 
-def _nearest_admissible(target: int, state: int, parity: int, low: int, high: int) -> int:
-    """In-range q nearest ``target`` that is admissible in ``state`` with level parity."""
+def _nearest_admissible(
+    target: int, state: int, parity: int, low: int, high: int
+) -> int:
+    """In-range q nearest ``target``, admissible in ``state``, given level parity."""
     for distance in range(0, 8):
         for candidate in (target - distance, target + distance):
             if (
@@ -434,10 +432,17 @@ def _quantize_codebook(
     for zero in _codebook_zero_candidates(values, indices):
         codebook = _best_egk_codebook(values, zero)
         segment = _core.encode_segment(
-            indices, height, width, qp=cb_qp, qp_density=opts.qp_density, dq=False,
+            indices,
+            height,
+            width,
+            qp=cb_qp,
+            qp_density=opts.qp_density,
+            dq=False,
             hdsp_flag_present=opts.compress_differences,
-            row_skipping=opts.row_skipping, param_opt=opts.param_opt,
-            codebook_size=len(values), codebook_zero_offset=zero,
+            row_skipping=opts.row_skipping,
+            param_opt=opts.param_opt,
+            codebook_size=len(values),
+            codebook_zero_offset=zero,
             unary_len=CABAC_UNARY_LENGTH_MINUS1 + 1,
         )
         cost_bits = 8 * len(segment) + hls.codebook_num_bits(codebook)
@@ -446,9 +451,15 @@ def _quantize_codebook(
     assert best is not None
 
     uniform_segment = _core.encode_segment(
-        uniform.values, height, width, qp=uniform.qp, qp_density=opts.qp_density,
-        dq=uniform.dq, hdsp_flag_present=opts.compress_differences,
-        row_skipping=opts.row_skipping, param_opt=opts.param_opt,
+        uniform.values,
+        height,
+        width,
+        qp=uniform.qp,
+        qp_density=opts.qp_density,
+        dq=uniform.dq,
+        hdsp_flag_present=opts.compress_differences,
+        row_skipping=opts.row_skipping,
+        param_opt=opts.param_opt,
         unary_len=CABAC_UNARY_LENGTH_MINUS1 + 1,
     )
     if best[0] >= 8 * len(uniform_segment):
@@ -470,9 +481,7 @@ def _quantize_uniform_fallback(
     q = _core.quantize(flat, qp, opts.qp_density, opts.use_dq, opts.lambda_scale)
     if bits is not None:
         q = (_clip_dq_to_bitdepth if opts.use_dq else _clip_to_bitdepth)(q, flat, bits)
-    return _CodedTensor(
-        hls.PT_FLOAT, dims, q, qp, opts.qp_density, opts.use_dq
-    )
+    return _CodedTensor(hls.PT_FLOAT, dims, q, qp, opts.qp_density, opts.use_dq)
 
 
 def _codebook_zero_candidates(values: np.ndarray, indices: np.ndarray) -> list[int]:
@@ -504,10 +513,8 @@ def _ndu_header(
     name: str, coded: _CodedTensor, parameter_id: int, opts: EncodeOptions
 ) -> hls.NDUHeader:
     base = opts.base
-    if base is None:
-        depth = 0
-    else:
-        depth = base.put_node_depth.get(name, 0) + 1
+    # No base: a base model (depth 0). Otherwise one below the base's node.
+    depth = 0 if base is None else base.put_node_depth.get(name, 0) + 1
     tca = bool(
         opts.compress_differences
         and opts.tca
@@ -669,7 +676,9 @@ def decode(
                     header.name, levels, header.device_id, header.parameter_id
                 )
             except ValueError as exc:
-                raise NNCFormatError(str(exc), unit=unit.label, offset=unit.offset) from None
+                raise NNCFormatError(
+                    str(exc), unit=unit.label, offset=unit.offset
+                ) from None
     if update_base and base is not None and work_base is not None:
         _commit_base(base, work_base)
     return tensors
@@ -720,8 +729,12 @@ def _decode_ndu(
     is_float = header.payload_type == hls.PT_FLOAT
     try:
         q, segment_qp, consumed = _core.decode_segment(
-            np.frombuffer(payload, dtype=np.uint8), height, width,
-            has_qp=is_float, qp_density=mps.qp_density, dq=bool(header.dq_flag),
+            np.frombuffer(payload, dtype=np.uint8),
+            height,
+            width,
+            has_qp=is_float,
+            qp_density=mps.qp_density,
+            dq=bool(header.dq_flag),
             hdsp_flag_present=bool(header.parent_node_id_present_flag),
             tca_base=tca_base,
             codebook_size=0 if codebook is None else len(codebook.values),
@@ -731,13 +744,15 @@ def _decode_ndu(
     except (ValueError, IndexError, OverflowError, MemoryError) as exc:
         raise NNCFormatError(
             f"CABAC segment starting at byte {unit.payload_offset}: {exc}",
-            unit=unit.label, offset=unit.payload_offset,
+            unit=unit.label,
+            offset=unit.payload_offset,
         ) from None
     if consumed != len(payload):
         raise NNCFormatError(
             f"CABAC segment ends after {consumed} bytes but the unit holds "
             f"{len(payload)} payload bytes",
-            unit=unit.label, offset=unit.payload_offset + consumed,
+            unit=unit.label,
+            offset=unit.payload_offset + consumed,
         )
     if not is_float:
         return q.reshape(header.dims), q.reshape(header.dims)
@@ -747,7 +762,8 @@ def _decode_ndu(
     if not (step > 0.0 and math.isfinite(step)):
         raise NNCFormatError(
             f"qp {qp} gives a step size outside the float32 range",
-            unit=unit.label, offset=unit.payload_offset,
+            unit=unit.label,
+            offset=unit.payload_offset,
         )
     if codebook is not None:
         recon, levels = _reconstruct_codebook(q, codebook, qp, mps.qp_density)
@@ -766,7 +782,8 @@ def _tca_base_for_decode(
     def fail(reason: str) -> NNCFormatError:
         return NNCFormatError(
             f"NDU uses temporal context adaptation (TCA) but {reason}",
-            unit=unit.label, offset=unit.offset,
+            unit=unit.label,
+            offset=unit.offset,
         )
 
     name = header.name
@@ -776,8 +793,7 @@ def _tca_base_for_decode(
         raise fail(f"the base holds no tensor {name!r}")
     if header.device_id != base.device_id:
         raise fail(
-            f"its device_id {header.device_id} differs from the base's "
-            f"{base.device_id}"
+            f"its device_id {header.device_id} differs from the base's {base.device_id}"
         )
     if base.parameter_id.get(name) != header.parameter_id:
         raise fail(

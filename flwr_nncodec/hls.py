@@ -418,7 +418,9 @@ def parse_stream(
     return ParsedStream(profile_idc, mps, topology, units)
 
 
-def _read_unit_frame(data: bytes, offset: int, index: int) -> tuple[int, int, BitReader]:
+def _read_unit_frame(
+    data: bytes, offset: int, index: int
+) -> tuple[int, int, BitReader]:
     """Read nnr_unit_size() and the unit type; return a reader bounded to the unit."""
     probe = BitReader(data, offset, unit=f"unit #{index}")
     long_form = probe.u(1, "nnr_unit_size_flag")
@@ -496,7 +498,9 @@ def _parse_mps(reader: BitReader) -> ModelParameterSet:
         )
     qp_density = reader.u(3, "mps_qp_density")
     mps_qp = reader.i(13, "mps_quantization_parameter")
-    validation = reader.flt32("validation_set_performance") if validation_present else None
+    validation = (
+        reader.flt32("validation_set_performance") if validation_present else None
+    )
     reader.byte_alignment()
     return ModelParameterSet(
         topology_carriage_flag=topology_carriage,
@@ -515,9 +519,7 @@ def _parse_topology(reader: BitReader) -> Topology:
     storage_format = reader.u(8, "topology_storage_format")
     compression_format = reader.u(8, "topology_compression_format")
     if storage_format not in _STRING_TOPOLOGY_FORMATS:
-        raise reader.error(
-            f"topology_storage_format {storage_format} is not supported"
-        )
+        raise reader.error(f"topology_storage_format {storage_format} is not supported")
     if compression_format != 0:
         raise reader.error(
             f"topology_compression_format {compression_format} is not supported"
@@ -588,14 +590,10 @@ def _parse_ndu_header(
     if len(dims) > 1:
         shift = reader.ue(1, "first_tensor_dimension_shift")
         if shift:
-            raise reader.error(
-                f"first_tensor_dimension_shift {shift} is not supported"
-            )
+            raise reader.error(f"first_tensor_dimension_shift {shift} is not supported")
         scan_order = reader.u(4, "scan_order")
         if scan_order:
-            raise reader.error(
-                f"scan_order {scan_order} (block scan) is not supported"
-            )
+            raise reader.error(f"scan_order {scan_order} (block scan) is not supported")
     reader.byte_alignment()
     return NDUHeader(
         payload_type=payload_type,
@@ -650,9 +648,7 @@ def _parse_codebook(reader: BitReader) -> Codebook:
         raise reader.error(f"codebook_size {size} is impossible here", start)
     zero = (size >> 1) + reader.ie(2, "codebook_centre_offset")
     if not 0 <= zero < size:
-        raise reader.error(
-            f"codebook zero offset {zero} outside 0..{size - 1}", start
-        )
+        raise reader.error(f"codebook zero offset {zero} outside 0..{size - 1}", start)
     values = [0] * size
     values[zero] = reader.ie(7, "codebook_zero_value")
     for j in range(zero - 1, -1, -1):

@@ -70,7 +70,9 @@ def make_options(**options: object) -> EncodeOptions:
             f"valid options: {', '.join(_OPTION_NAMES)}"
         )
     defaults = EncodeOptions()
-    values = {name: options.get(name, getattr(defaults, name)) for name in _OPTION_NAMES}
+    values = {
+        name: options.get(name, getattr(defaults, name)) for name in _OPTION_NAMES
+    }
 
     qp_density = _integer("qp_density", values["qp_density"], 0, 7)
     low, high = qp_range(qp_density)

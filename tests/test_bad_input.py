@@ -14,9 +14,9 @@ import pytest
 import flwr_nncodec as nnc
 from flwr_nncodec import hls
 
-HEAD = bytes.fromhex("00040201" "0008068100400080" "00060e000000")
-NDU_W = bytes.fromhex("001d16097700d041c120a0c2a080" "dff7a00ea44606501f6042ba91dcb0")
-NDU_B = bytes.fromhex("001f16096200d0c1c3830a80" "b4d80007380003931e00000019984800018ffe")
+HEAD = bytes.fromhex("00040201000806810040008000060e000000")
+NDU_W = bytes.fromhex("001d16097700d041c120a0c2a080dff7a00ea44606501f6042ba91dcb0")
+NDU_B = bytes.fromhex("001f16096200d0c1c3830a80b4d80007380003931e00000019984800018ffe")
 STREAM = HEAD + NDU_W + NDU_B  # nnc-format §1.10, 78 bytes
 COMPLETE_LENGTHS = {12, 18, 47, 78}  # after MPS (TPL is optional), TPL, NDUs
 
@@ -28,8 +28,10 @@ def differential_stream() -> tuple[bytes, nnc.BaseState]:
     receiver = nnc.BaseState(device_id=1)
     options = dict(compress_differences=True, tca=True, device_id=1, qp=-30)
     for _ in range(2):
-        update = {"a": (rng.normal(size=(5, 7)) * 0.05).astype(np.float32),
-                  "b": rng.integers(-3, 4, size=6)}
+        update = {
+            "a": (rng.normal(size=(5, 7)) * 0.05).astype(np.float32),
+            "b": rng.integers(-3, 4, size=6),
+        }
         stream = nnc.encode(update, base=sender, update_base=True, **options)
         base_for_stream = receiver.copy()
         nnc.decode(stream, base=receiver, update_base=True)
@@ -89,7 +91,9 @@ def test_random_garbage_never_escapes_as_another_error():
         decode_or_error(garbage.tobytes())
         spliced = bytearray(STREAM)
         start = int(rng.integers(0, len(STREAM)))
-        spliced[start : start + 4] = rng.integers(0, 256, size=4, dtype=np.uint8).tobytes()
+        spliced[start : start + 4] = rng.integers(
+            0, 256, size=4, dtype=np.uint8
+        ).tobytes()
         decode_or_error(bytes(spliced))
 
 
@@ -115,8 +119,9 @@ def test_oversized_unit_is_refused_before_reading_it():
 
 def test_segment_shorter_than_its_unit_is_refused():
     padded = resize_unit(NDU_W, 1) + b"\x00"
-    with pytest.raises(nnc.NNCFormatError, match="segment ends after 15 bytes but the "
-                       "unit holds 16") as info:
+    with pytest.raises(
+        nnc.NNCFormatError, match="segment ends after 15 bytes but the unit holds 16"
+    ) as info:
         nnc.decode(HEAD + padded)
     assert info.value.unit == "NDU #3 'w'"
 
@@ -130,9 +135,13 @@ def test_missing_terminate_bin_is_refused():
 
 @pytest.mark.parametrize(
     ("unit_type", "pattern"),
-    [(9, "unknown nnr_unit_type 9"), (63, "unknown nnr_unit_type 63"),
-     (2, "LPS units are not supported"), (4, "QNT units are not supported"),
-     (6, "AGG units are not supported")],
+    [
+        (9, "unknown nnr_unit_type 9"),
+        (63, "unknown nnr_unit_type 63"),
+        (2, "LPS units are not supported"),
+        (4, "QNT units are not supported"),
+        (6, "AGG units are not supported"),
+    ],
 )
 def test_unknown_and_unsupported_unit_types(unit_type, pattern):
     unit = bytearray(NDU_B)
@@ -143,7 +152,9 @@ def test_unknown_and_unsupported_unit_types(unit_type, pattern):
     assert info.value.offset == 47
 
 
-@pytest.mark.parametrize("tail", [b"\x00", b"\x00\x04", b"\x00\x04\x02\x01", b"\xff" * 9])
+@pytest.mark.parametrize(
+    "tail", [b"\x00", b"\x00\x04", b"\x00\x04\x02\x01", b"\xff" * 9]
+)
 def test_garbage_after_the_last_unit_is_refused(tail):
     with pytest.raises(nnc.NNCFormatError) as info:
         nnc.decode(STREAM + tail)

@@ -12,45 +12,67 @@ W = np.array([[0.1, -0.2, 0.0], [0.05, 0.3, -0.01]], dtype=np.float32)
 B = np.array([0.5, -0.25, 0.001], dtype=np.float32)
 
 # nnc-format §1.9 / §1.10: what nncodec.nn.encode writes.
-HEAD = bytes.fromhex("00040201" "0008068100400080" "00060e000000")
+HEAD = bytes.fromhex("00040201000806810040008000060e000000")
 EXAMPLE_A = HEAD + bytes.fromhex(
-    "001d16097700d041c120a0c2a080" "dff7a00ea44606501f6042ba91dcb0")
+    "001d16097700d041c120a0c2a080dff7a00ea44606501f6042ba91dcb0"
+)
 EXAMPLE_A_URQ = HEAD + bytes.fromhex(
-    "001e16097700d040c120a0c2a080" "df668009a01e00016e7305400066" "5d46")
+    "001e16097700d040c120a0c2a080df668009a01e00016e73054000665d46"
+)
 EXAMPLE_B = EXAMPLE_A + bytes.fromhex(
-    "001f16096200d0c1c3830a80" "b4d80007380003931e00000019984800018ffe")
+    "001f16096200d0c1c3830a80b4d80007380003931e00000019984800018ffe"
+)
 
 # A differential TCA stream written by NNCodec 2.1.3 (nnc.compress with
 # compress_differences=True, tca=True, use_dq=False, qp=-44, device_id=3,
 # row_skipping=True, param_opt=False and the base below); 'z' is all zero.
-TCA_W = np.frombuffer(bytes.fromhex(
-    "687be23b2a9d863c248ed83b6082d5bc6155943c9d44123ce7f22fbcb86b3e3c19edee3b"
-    "3fc3c03bb003153a9c25333c3f5271bc828755bb19fb1dbcdc3a443c1c42503a1aaabfbb"
-    "9e1b80bcb38da8bb00c12a397f9eb4bbf804d43c14f1a43c33195ebd7bbf1abdc81365bb"
-    "e6570abc59038c3b926c8e3b4c7e2d3d8831b6bc9c77f7bb0758273d61e9533cc945593c"
-    "fb6d28bca40207bdd87f5b3b0fe30e3be016c9bc35e15fbcb2dbbcbac1c99abceecd00bb"
-    "934dfa3a0a933a3ad3e625bc338f423c4002923c6a45d23b100f86bc71bf6f3cd64f24bc"
-    "ab0a903c069aafbc89d3953c6d61d2b95398ccbc98b7cdbb"), dtype="<f4").reshape(6, 10)
-TCA_B = np.frombuffer(bytes.fromhex(
-    "6dd38d3acbc6b23bf5eba0bc986eb5bcbacc823bccf118bc49579a3b1ee1783c941107bd"
-    "3eb7a63b"), dtype="<f4")
+TCA_W = np.frombuffer(
+    bytes.fromhex(
+        "687be23b2a9d863c248ed83b6082d5bc6155943c9d44123ce7f22fbcb86b3e3c19edee3b"
+        "3fc3c03bb003153a9c25333c3f5271bc828755bb19fb1dbcdc3a443c1c42503a1aaabfbb"
+        "9e1b80bcb38da8bb00c12a397f9eb4bbf804d43c14f1a43c33195ebd7bbf1abdc81365bb"
+        "e6570abc59038c3b926c8e3b4c7e2d3d8831b6bc9c77f7bb0758273d61e9533cc945593c"
+        "fb6d28bca40207bdd87f5b3b0fe30e3be016c9bc35e15fbcb2dbbcbac1c99abceecd00bb"
+        "934dfa3a0a933a3ad3e625bc338f423c4002923c6a45d23b100f86bc71bf6f3cd64f24bc"
+        "ab0a903c069aafbc89d3953c6d61d2b95398ccbc98b7cdbb"
+    ),
+    dtype="<f4",
+).reshape(6, 10)
+TCA_B = np.frombuffer(
+    bytes.fromhex(
+        "6dd38d3acbc6b23bf5eba0bc986eb5bcbacc823bccf118bc49579a3b1ee1783c941107bd"
+        "3eb7a63b"
+    ),
+    dtype="<f4",
+)
 TCA_BASE_Q = np.array(
-    [[-3, 0, -1, 3, 2, -1, 1, 1, 3, -3], [0, 1, 0, 3, 3, 2, 0, 3, -3, 1],
-     [-2, -2, 1, 2, 3, -2, 3, 2, -1, -3], [2, 2, 0, -2, -2, -1, 2, -1, -3, 1],
-     [2, -2, 0, -1, 0, -3, 1, -2, 0, -1], [1, -3, -1, 1, 2, -1, -3, 2, 0, 1]],
-    dtype=np.int32)
+    [
+        [-3, 0, -1, 3, 2, -1, 1, 1, 3, -3],
+        [0, 1, 0, 3, 3, 2, 0, 3, -3, 1],
+        [-2, -2, 1, 2, 3, -2, 3, 2, -1, -3],
+        [2, 2, 0, -2, -2, -1, 2, -1, -3, 1],
+        [2, -2, 0, -1, 0, -3, 1, -2, 0, -1],
+        [1, -3, -1, 1, 2, -1, -3, 2, 0, 1],
+    ],
+    dtype=np.int32,
+)
 TCA_STREAM = bytes.fromhex(
     "00040201000806810840008000060e000000006f16097700ac1198c121a282a080d3904c00"
     "0d715c2239f417802774600cc40760044da24301c020482f20068630f39da882270cd45859"
     "7bfa13a841b2860cd2ca70b0fee373d1200016a01716baca0a4cda92184ddebe7f0d23e8b4"
     "a03ac8bbb5cbfd35950283f5d68603457478003c16096200ac5188c38a0a80b4d800134001"
     "bb4000050f5480001fb4fe0000042d5200068f000004bac0000647b3c00cac000001a73300"
-    "04fa2780")
+    "04fa2780"
+)
 
 
 def tca_base() -> nnc.BaseState:
-    return nnc.BaseState(device_id=3, parameters={"w": TCA_BASE_Q.copy()},
-                         put_node_depth={"w": 0}, parameter_id={"w": 0})
+    return nnc.BaseState(
+        device_id=3,
+        parameters={"w": TCA_BASE_Q.copy()},
+        put_node_depth={"w": 0},
+        parameter_id={"w": 0},
+    )
 
 
 def assert_same_floats(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -84,8 +106,16 @@ def test_two_tensors_write_example_b_and_decode_to_the_documented_values():
 def test_differential_tca_stream_equals_nncodecs():
     base = tca_base()
     params = {"w": TCA_W, "z": np.zeros((4, 4), np.float32), "b": TCA_B}
-    stream = nnc.encode(params, compress_differences=True, tca=True, use_dq=False,
-                        qp=-44, device_id=3, base=base, param_opt=False)
+    stream = nnc.encode(
+        params,
+        compress_differences=True,
+        tca=True,
+        use_dq=False,
+        qp=-44,
+        device_id=3,
+        base=base,
+        param_opt=False,
+    )
     assert stream == TCA_STREAM
     assert base == tca_base()  # no update_base: untouched
 
@@ -93,8 +123,16 @@ def test_differential_tca_stream_equals_nncodecs():
     assert [u.get("name") for u in units] == [None, None, None, "w", "b"]
     assert units[1]["parent_signalling"] is True
     w_unit, b_unit = units[3], units[4]
-    assert (w_unit["tca"], w_unit["device_id"], w_unit["put_node_depth"]) == (True, 3, 1)
-    assert (b_unit["tca"], b_unit["parameter_id"], b_unit["put_node_depth"]) == (False, 2, 1)
+    assert (w_unit["tca"], w_unit["device_id"], w_unit["put_node_depth"]) == (
+        True,
+        3,
+        1,
+    )
+    assert (b_unit["tca"], b_unit["parameter_id"], b_unit["put_node_depth"]) == (
+        False,
+        2,
+        1,
+    )
     assert w_unit["parent_node_id_present"] and b_unit["parent_node_id_present"]
 
 
@@ -167,9 +205,16 @@ def test_input_dtypes_are_converted_and_decoded_as_float32_or_int32():
     _, decoded = round_trip(params)
 
     assert {k: v.dtype.name for k, v in decoded.items()} == {
-        "f16": "float32", "f64": "float32", "bf16": "float32", "torch32": "float32",
-        "i64": "int32", "u8": "int32", "flag": "int32", "scalar": "float32",
-        "int_scalar": "int32"}
+        "f16": "float32",
+        "f64": "float32",
+        "bf16": "float32",
+        "torch32": "float32",
+        "i64": "int32",
+        "u8": "int32",
+        "flag": "int32",
+        "scalar": "float32",
+        "int_scalar": "int32",
+    }
     assert decoded["scalar"].shape == (1,) and decoded["int_scalar"].tolist() == [3]
     assert decoded["i64"].tolist() == params["i64"].tolist()
     assert decoded["flag"].tolist() == [1, 0, 1]
@@ -199,8 +244,11 @@ def test_encode_tensor_and_decode_tensor():
 
 def test_decode_accepts_bytes_like_inputs():
     expected = nnc.decode(EXAMPLE_B)
-    for form in (bytearray(EXAMPLE_B), memoryview(EXAMPLE_B),
-                 np.frombuffer(EXAMPLE_B, dtype=np.uint8)):
+    for form in (
+        bytearray(EXAMPLE_B),
+        memoryview(EXAMPLE_B),
+        np.frombuffer(EXAMPLE_B, dtype=np.uint8),
+    ):
         decoded = nnc.decode(form)
         assert all(np.array_equal(decoded[k], expected[k]) for k in expected)
     with pytest.raises(TypeError, match="bytes-like"):
@@ -245,7 +293,11 @@ def test_values_beyond_any_qp_are_refused():
     [
         ({"qp": -129}, ValueError, "qp = -129 is outside the range -128..127"),
         ({"qp": 128}, ValueError, "qp = 128"),
-        ({"qp": -40, "qp_density": 0}, ValueError, "qp = -40 is outside the range -32..31"),
+        (
+            {"qp": -40, "qp_density": 0},
+            ValueError,
+            "qp = -40 is outside the range -32..31",
+        ),
         ({"qp": -20, "qp_density": 0}, ValueError, "nonweight_qp = -75 is outside"),
         ({"nonweight_qp": -200}, ValueError, "nonweight_qp = -200"),
         ({"qp": 1.5}, TypeError, "qp must be an integer"),
@@ -310,8 +362,9 @@ def test_bitdepth_keeps_indices_in_range_and_round_trips():
 def test_codebook_mode_picks_a_codebook_for_few_distinct_values():
     levels = np.array([-80, -6, 0, 10, 34, 180], dtype=np.float32)
     few = np.random.default_rng(5).choice(levels, size=(16, 16)) / 256
-    result, decoded = round_trip({"few": few.astype(np.float32)},
-                                 approx_method="codebook", use_dq=False, qp=-32)
+    result, decoded = round_trip(
+        {"few": few.astype(np.float32)}, approx_method="codebook", use_dq=False, qp=-32
+    )
     unit = nnc.inspect(result.bitstream)[3]
     assert unit["codebook_size"] == 6 and unit["dq"] is False
     assert_same_floats(decoded["few"], few.astype(np.float32))
@@ -331,7 +384,8 @@ def test_codebook_mode_falls_back_to_uniform_when_cheaper():
 def test_differential_streams_drop_tensors_that_quantise_to_zero():
     tiny = np.full((3, 3), 1e-6, np.float32)  # below half a step at qp -32
     result = nnc.encode_with_reconstruction(
-        {"w": W, "tiny": tiny, "z": np.zeros(4, np.float32)}, compress_differences=True)
+        {"w": W, "tiny": tiny, "z": np.zeros(4, np.float32)}, compress_differences=True
+    )
     assert result.dropped == ("tiny", "z")
     assert list(nnc.decode(result.bitstream)) == ["w"]
     ndu = nnc.inspect(result.bitstream)[3]
@@ -354,14 +408,17 @@ def test_incremental_link_advances_both_bases_identically():
         if round_index == 2:
             update["b"] = np.zeros(8, np.float32)  # dropped this round
         result = nnc.encode_with_reconstruction(
-            update, base=sender, update_base=True, **options)
+            update, base=sender, update_base=True, **options
+        )
         decoded = nnc.decode(result.bitstream, base=receiver, update_base=True)
 
         assert sender == receiver
         for name, value in decoded.items():
             assert np.array_equal(value, result.reconstruction[name])
             assert np.array_equal(sender.parameters[name], result.levels[name])
-        units = {u["name"]: u for u in nnc.inspect(result.bitstream) if u["type"] == "NDU"}
+        units = {
+            u["name"]: u for u in nnc.inspect(result.bitstream) if u["type"] == "NDU"
+        }
         assert units["a"]["tca"] is (round_index > 0)
         assert units["a"]["put_node_depth"] == round_index + 1
 
@@ -375,8 +432,15 @@ def test_a_missed_update_is_detected_not_decoded_into_garbage():
     streams = []
     for _ in range(3):
         update = {"a": (rng.normal(size=(6, 6)) * 0.05).astype(np.float32)}
-        streams.append(nnc.encode(update, compress_differences=True, tca=True,
-                                  base=sender, update_base=True))
+        streams.append(
+            nnc.encode(
+                update,
+                compress_differences=True,
+                tca=True,
+                base=sender,
+                update_base=True,
+            )
+        )
     nnc.decode(streams[0], base=receiver, update_base=True)
     before = receiver.copy()
     with pytest.raises(nnc.NNCFormatError, match="put_node_depth 3 is not"):
@@ -387,7 +451,9 @@ def test_a_missed_update_is_detected_not_decoded_into_garbage():
 def test_base_state_plain_array_form():
     base = tca_base()
     arrays = base.to_arrays()
-    assert all(isinstance(v, np.ndarray) and v.dtype.kind == "i" for v in arrays.values())
+    assert all(
+        isinstance(v, np.ndarray) and v.dtype.kind == "i" for v in arrays.values()
+    )
     assert sorted(arrays) == ["depth/w", "device_id", "pid/w", "q/w"]
     assert nnc.BaseState.from_arrays(arrays) == base
     assert nnc.BaseState.from_nncodec(base.to_nncodec()) == base
@@ -405,11 +471,17 @@ def test_base_state_plain_array_form():
 def test_encoder_checks_tca_base_consistency():
     base = tca_base()
     with pytest.raises(ValueError, match="device_id 5 differs"):
-        nnc.encode({"w": TCA_W}, compress_differences=True, tca=True, device_id=5,
-                   base=base)
+        nnc.encode(
+            {"w": TCA_W}, compress_differences=True, tca=True, device_id=5, base=base
+        )
     with pytest.raises(ValueError, match="base has 60 values, tensor has 4"):
-        nnc.encode({"w": np.ones((2, 2), np.float32)}, compress_differences=True,
-                   tca=True, device_id=3, base=base)
+        nnc.encode(
+            {"w": np.ones((2, 2), np.float32)},
+            compress_differences=True,
+            tca=True,
+            device_id=3,
+            base=base,
+        )
 
 
 # --------------------------------------------------------------------------
@@ -419,7 +491,12 @@ def test_encoder_checks_tca_base_consistency():
 def test_inspect_describes_every_unit():
     units = nnc.inspect(EXAMPLE_B)
     assert [(u["type"], u["offset"], u["size"]) for u in units] == [
-        ("STR", 0, 4), ("MPS", 4, 8), ("TPL", 12, 6), ("NDU", 18, 29), ("NDU", 47, 31)]
+        ("STR", 0, 4),
+        ("MPS", 4, 8),
+        ("TPL", 12, 6),
+        ("NDU", 18, 29),
+        ("NDU", 47, 31),
+    ]
     w_unit = units[3]
     assert w_unit["name"] == "w" and w_unit["shape"] == (2, 3)
     assert (w_unit["qp"], w_unit["dq"], w_unit["payload_type"]) == (-32, True, "FLOAT")

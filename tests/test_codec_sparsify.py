@@ -88,8 +88,15 @@ def reference_unstructured(params, step, target):
         if sparsity(current) >= target:
             break
         gap = target - sparsity(current)
-        increment = 0.01 if gap < 0.05 else 0.05 if gap < 0.10 else 0.10 if gap < 0.30 \
+        increment = (
+            0.01
+            if gap < 0.05
+            else 0.05
+            if gap < 0.10
+            else 0.10
+            if gap < 0.30
             else increment
+        )
         delta += increment
         current = threshold_pass(stage1, delta)
     return current
@@ -120,10 +127,12 @@ def test_encoder_options_sparsify_before_coding():
     # URQ keeps zeros zero (the DQ trellis may not), so zero counts carry over.
     dense = nnc.encode_with_reconstruction(update, qp=-38, use_dq=False)
     sparse = nnc.encode_with_reconstruction(
-        update, qp=-38, use_dq=False, sparsity=0.5, struct_spars_factor=0.9)
+        update, qp=-38, use_dq=False, sparsity=0.5, struct_spars_factor=0.9
+    )
 
     assert zeros(sparse.reconstruction["conv.weight"]) >= 207
     assert zeros(sparse.reconstruction["fc.weight"]) >= 1438
     assert len(sparse.bitstream) < len(dense.bitstream)
-    assert np.array_equal(nnc.decode(sparse.bitstream)["fc.bias"],
-                          dense.reconstruction["fc.bias"])
+    assert np.array_equal(
+        nnc.decode(sparse.bitstream)["fc.bias"], dense.reconstruction["fc.bias"]
+    )

@@ -53,12 +53,17 @@ def test_exp_golomb_codes_match_the_spec(order, value, code):
     assert bits_of(writer).startswith(code)
     assert writer.num_bits == len(code) + (-len(code)) % 8
 
-    reader = BitReader(int(code.ljust(8 * ((len(code) + 7) // 8), "0"), 2).to_bytes(
-        (len(code) + 7) // 8, "big"))
+    reader = BitReader(
+        int(code.ljust(8 * ((len(code) + 7) // 8), "0"), 2).to_bytes(
+            (len(code) + 7) // 8, "big"
+        )
+    )
     assert reader.ue(order, "x") == value
 
 
-@pytest.mark.parametrize(("value", "mapped"), [(0, 0), (1, 1), (-1, 2), (2, 3), (-2, 4)])
+@pytest.mark.parametrize(
+    ("value", "mapped"), [(0, 0), (1, 1), (-1, 2), (2, 3), (-2, 4)]
+)
 def test_signed_exp_golomb_mapping(value, mapped):
     signed, unsigned = BitWriter(), BitWriter()
     signed.ie(2, value)
@@ -206,26 +211,48 @@ def test_urq_header_differs_only_in_dq_flag():
 def test_differential_tca_header_fields_of_example_c():
     mps = hls.ModelParameterSet(parent_signalling_enabled_flag=1)
     header = hls.NDUHeader(
-        hls.PT_FLOAT, "w", (2, 3), dq_flag=0, device_id=3, put_node_depth=1,
-        parent_node_id_present_flag=1, temporal_context_modeling_flag=1,
+        hls.PT_FLOAT,
+        "w",
+        (2, 3),
+        dq_flag=0,
+        device_id=3,
+        put_node_depth=1,
+        parent_node_id_present_flag=1,
+        temporal_context_modeling_flag=1,
     )
     written = hls.write_ndu(header, mps, b"\x00")
 
     bits = "".join(f"{b:08b}" for b in written[6:])  # after size, type and "w\0"
     expected = (
-        "1" "0101" "100000" "10001"  # node id: device 3, parameter 0, depth 1
-        "1" "00" "1" "10"  # parent present, type 0, TCA 1, parent_device_id 0
-        "0" "0"  # codebook_present, dq_flag
-        "1" "1" "0000"  # tensor_dimensions_flag, cabac_unary_length_flag, cpt 0
-        "0100" "10000010" "10000011"  # count ue(1)=2, dims ue(7)=2 and 3
+        "1"
+        "0101"
+        "100000"
+        "10001"  # node id: device 3, parameter 0, depth 1
+        "1"
+        "00"
+        "1"
+        "10"  # parent present, type 0, TCA 1, parent_device_id 0
+        "0"
+        "0"  # codebook_present, dq_flag
+        "1"
+        "1"
+        "0000"  # tensor_dimensions_flag, cabac_unary_length_flag, cpt 0
+        "0100"
+        "10000010"
+        "10000011"  # count ue(1)=2, dims ue(7)=2 and 3
         "00001010"  # cabac_unary_length_minus1 10
-        "1" "0000"  # first_tensor_dimension_shift 0, scan_order 0
+        "1"
+        "0000"  # first_tensor_dimension_shift 0, scan_order 0
     )
     assert bits.startswith(expected)
 
-    parsed = hls.parse_stream(
-        hls.write_start_unit() + hls.write_mps(mps) + hls.write_topology() + written
-    ).ndus[0].header
+    parsed = (
+        hls.parse_stream(
+            hls.write_start_unit() + hls.write_mps(mps) + hls.write_topology() + written
+        )
+        .ndus[0]
+        .header
+    )
     assert parsed == header
 
 
@@ -235,14 +262,16 @@ def test_int_payload_header_has_dq_but_no_codebook_flag():
     bits = "".join(f"{b:08b}" for b in written[2:])
     # type NDU, independently decodable, no partial counter; PT_INT, single
     # element, no decompressed format, input parameters present; "n"
-    assert bits.startswith("000101" "1" "0" "00000" "0" "0" "1" "01101110" "00000000")
+    assert bits.startswith("00010110000000010110111000000000")
     # node id 1, device 0, parameter 0, depth 0, then dq_flag 0 (no codebook flag)
-    assert bits[32:].startswith("1" "10" "100000" "10000" "0" "1" "1" "0000")
+    assert bits[32:].startswith("110100000100000110000")
     parsed = parse_one_ndu(written)
     assert parsed.payload_type == hls.PT_INT and parsed.codebook is None
 
 
-def parse_one_ndu(ndu: bytes, mps: hls.ModelParameterSet | None = None) -> hls.NDUHeader:
+def parse_one_ndu(
+    ndu: bytes, mps: hls.ModelParameterSet | None = None
+) -> hls.NDUHeader:
     mps = mps or hls.ModelParameterSet()
     stream = hls.write_start_unit() + hls.write_mps(mps) + hls.write_topology() + ndu
     return hls.parse_stream(stream).ndus[0].header
@@ -258,19 +287,35 @@ def test_codebook_syntax_round_trips():
     hls._write_codebook(writer, hls.Codebook(0, 0, (5,)))
     # egk 0000, size ue(2)=1 '101', centre offset ie(2)=0 '100', zero value
     # ie(7)=5 -> ue(7)=9 '10001001'
-    assert bits_of(writer).startswith("0000" "101" "100" "10001001")
+    assert bits_of(writer).startswith("000010110010001001")
 
 
 def test_parser_locates_units_of_example_b():
-    stream = (STR_BYTES + MPS_BYTES + TPL_BYTES + NDU_A_HEADER + NDU_A_SEGMENT
-              + NDU_B_HEADER + NDU_B_SEGMENT)
+    stream = (
+        STR_BYTES
+        + MPS_BYTES
+        + TPL_BYTES
+        + NDU_A_HEADER
+        + NDU_A_SEGMENT
+        + NDU_B_HEADER
+        + NDU_B_SEGMENT
+    )
     parsed = hls.parse_stream(stream)
 
     assert [(u.unit_type, u.offset, u.size) for u in parsed.units] == [
-        (0, 0, 4), (1, 4, 8), (3, 12, 6), (5, 18, 29), (5, 47, 31)]
+        (0, 0, 4),
+        (1, 4, 8),
+        (3, 12, 6),
+        (5, 18, 29),
+        (5, 47, 31),
+    ]
     assert parsed.profile_idc == 1 and parsed.mps == hls.ModelParameterSet()
     first, second = parsed.ndus
-    assert (first.header.name, first.header.dims, first.payload_offset) == ("w", (2, 3), 32)
+    assert (first.header.name, first.header.dims, first.payload_offset) == (
+        "w",
+        (2, 3),
+        32,
+    )
     assert (second.header.name, second.header.parameter_id) == ("b", 1)
     assert second.label == "NDU #4 'b'" and second.payload_size == 19
 

@@ -26,7 +26,16 @@ SETTINGS = settings(
 )
 
 DTYPES = st.sampled_from(
-    [np.float16, np.float32, np.float64, np.int8, np.int32, np.int64, np.uint16, np.bool_]
+    [
+        np.float16,
+        np.float32,
+        np.float64,
+        np.int8,
+        np.int32,
+        np.int64,
+        np.uint16,
+        np.bool_,
+    ]
 )
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6)
 
@@ -41,7 +50,9 @@ def tensors(draw):
         elements = st.booleans()
     else:
         info = np.iinfo(dtype)
-        elements = st.integers(max(int(info.min), 1 - 2**31), min(int(info.max), 2**31 - 1))
+        elements = st.integers(
+            max(int(info.min), 1 - 2**31), min(int(info.max), 2**31 - 1)
+        )
     return draw(hnp.arrays(dtype, shape, elements=elements))
 
 
@@ -66,7 +77,9 @@ def encoder_options(draw):
 @given(
     params=st.dictionaries(
         st.text(min_size=0, max_size=8).filter(lambda s: "\x00" not in s),
-        tensors(), min_size=1, max_size=4,
+        tensors(),
+        min_size=1,
+        max_size=4,
     ),
     options=encoder_options(),
 )
@@ -94,8 +107,11 @@ def test_decode_returns_exactly_the_encoders_reconstruction(params, options):
 
 @SETTINGS
 @given(
-    x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=8),
-                 elements=st.floats(-8.0, 8.0, width=32)),
+    x=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=1, max_dims=3, max_side=8),
+        elements=st.floats(-8.0, 8.0, width=32),
+    ),
     qp=st.integers(-60, -10),
     use_dq=st.booleans(),
 )
@@ -112,7 +128,9 @@ def test_quantisation_error_is_bounded_by_the_step(x, qp, use_dq):
 @SETTINGS
 @given(
     rounds=st.lists(
-        st.tuples(st.floats(0.0, 0.2), st.integers(0, 2**32 - 1)), min_size=1, max_size=4
+        st.tuples(st.floats(0.0, 0.2), st.integers(0, 2**32 - 1)),
+        min_size=1,
+        max_size=4,
     ),
     use_dq=st.booleans(),
     row_skipping=st.booleans(),
@@ -121,11 +139,21 @@ def test_incremental_links_stay_in_sync(rounds, use_dq, row_skipping):
     sender, receiver = nnc.BaseState(device_id=7), nnc.BaseState(device_id=7)
     for scale, seed in rounds:
         rng = np.random.default_rng(seed)
-        update = {"w": (rng.normal(size=(6, 5)) * scale).astype(np.float32),
-                  "n": rng.integers(-2, 3, size=4)}
+        update = {
+            "w": (rng.normal(size=(6, 5)) * scale).astype(np.float32),
+            "n": rng.integers(-2, 3, size=4),
+        }
         result = nnc.encode_with_reconstruction(
-            update, compress_differences=True, tca=True, device_id=7, qp=-30,
-            use_dq=use_dq, row_skipping=row_skipping, base=sender, update_base=True)
+            update,
+            compress_differences=True,
+            tca=True,
+            device_id=7,
+            qp=-30,
+            use_dq=use_dq,
+            row_skipping=row_skipping,
+            base=sender,
+            update_base=True,
+        )
         decoded = nnc.decode(result.bitstream, base=receiver, update_base=True)
         assert sender == receiver
         for name, value in decoded.items():
@@ -134,15 +162,24 @@ def test_incremental_links_stay_in_sync(rounds, use_dq, row_skipping):
 
 @st.composite
 def ndu_headers(draw):
-    dims = tuple(draw(st.lists(st.integers(0, 300), min_size=1, max_size=5).filter(
-        lambda d: math.prod(d) <= 1 << 16)))
+    dims = tuple(
+        draw(
+            st.lists(st.integers(0, 300), min_size=1, max_size=5).filter(
+                lambda d: math.prod(d) <= 1 << 16
+            )
+        )
+    )
     payload_type = draw(st.sampled_from([hls.PT_INT, hls.PT_FLOAT]))
     parent = draw(st.integers(0, 1))
     codebook = None
     if payload_type == hls.PT_FLOAT and draw(st.booleans()):
-        values = sorted(draw(st.sets(st.integers(-5000, 5000), min_size=1, max_size=12)))
+        values = sorted(
+            draw(st.sets(st.integers(-5000, 5000), min_size=1, max_size=12))
+        )
         codebook = hls.Codebook(
-            draw(st.integers(0, 15)), draw(st.integers(0, len(values) - 1)), tuple(values)
+            draw(st.integers(0, 15)),
+            draw(st.integers(0, len(values) - 1)),
+            tuple(values),
         )
     return hls.NDUHeader(
         payload_type=payload_type,
@@ -164,18 +201,27 @@ def ndu_headers(draw):
 @given(header=ndu_headers(), parent_signalling=st.integers(0, 1))
 def test_ndu_headers_round_trip_through_the_parser(header, parent_signalling):
     if not parent_signalling:
-        header = hls.NDUHeader(**{**header.__dict__, "parent_node_id_present_flag": 0,
-                                  "temporal_context_modeling_flag": 0,
-                                  "parent_device_id": 0})
+        header = hls.NDUHeader(
+            **{
+                **header.__dict__,
+                "parent_node_id_present_flag": 0,
+                "temporal_context_modeling_flag": 0,
+                "parent_device_id": 0,
+            }
+        )
     mps = hls.ModelParameterSet(parent_signalling_enabled_flag=parent_signalling)
     payload = b"\x5a" * max(8, math.prod(header.dims) // 512 + 1)
-    stream = hls.write_start_unit() + hls.write_mps(mps) + hls.write_topology() \
+    stream = (
+        hls.write_start_unit()
+        + hls.write_mps(mps)
+        + hls.write_topology()
         + hls.write_ndu(header, mps, payload)
+    )
 
     parsed = hls.parse_stream(stream)
     (unit,) = parsed.ndus
     assert unit.header == header
-    assert stream[unit.payload_offset:] == payload
+    assert stream[unit.payload_offset :] == payload
 
 
 @SETTINGS
@@ -192,8 +238,10 @@ def test_ndu_headers_round_trip_through_the_parser(header, parent_signalling):
 )
 def test_bit_writer_and_reader_are_inverse(fields):
     fields = [
-        (kind, n, value % (1 << n)) if kind == "u"
-        else (kind, n, max(-(1 << (n - 1)), min(value, (1 << (n - 1)) - 1))) if kind == "i"
+        (kind, n, value % (1 << n))
+        if kind == "u"
+        else (kind, n, max(-(1 << (n - 1)), min(value, (1 << (n - 1)) - 1)))
+        if kind == "i"
         else (kind, n, value)
         for kind, n, value in fields
     ]
@@ -224,6 +272,7 @@ def test_other_qp_densities_round_trip(density):
     low = -(1 << (5 + density))
     x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6)
     result = nnc.encode_with_reconstruction(
-        {"x": x}, qp_density=density, qp=low // 2, nonweight_qp=low // 2)
+        {"x": x}, qp_density=density, qp=low // 2, nonweight_qp=low // 2
+    )
     assert nnc.inspect(result.bitstream)[1]["qp_density"] == density
     assert np.array_equal(nnc.decode(result.bitstream)["x"], result.reconstruction["x"])
