@@ -20,7 +20,8 @@ else
 fi
 
 # torch is pinned: an unpinned torch would pull a multi-GB CUDA build.
-echo "[nncodec-venv] installing numpy<2, torch==2.13.0, nncodec==2.1.3, pytest, hypothesis"
+echo "[nncodec-venv] installing numpy<2, torch==2.13.0, nncodec==2.1.3," \
+  "pytest, hypothesis"
 "$venv/bin/pip" install -q "numpy<2" "torch==2.13.0" "nncodec==2.1.3" \
   "pytest>=7" "hypothesis>=6"
 

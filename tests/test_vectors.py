@@ -314,7 +314,8 @@ def test_our_encoder_round_trips_sequence(name):
         decoded = nnc.decode(result.bitstream, base=decoder_base, update_base=True)
 
         for tensor, value in decoded.items():
-            assert_bit_exact(value, result.reconstruction[tensor], f"{where}: {tensor!r}")
+            assert_bit_exact(value, result.reconstruction[tensor],
+                             f"{where}: {tensor!r}")
         for tensor in set(params) - set(decoded):
             assert not np.any(result.reconstruction.get(tensor, 0)), (
                 f"{where}: {tensor!r} left out of the stream but not zero")

@@ -205,7 +205,8 @@ def with_outliers(rng, x, count, magnitude):
     flat = x.reshape(-1)
     positions = rng.choice(flat.size, size=count, replace=False)
     signs = rng.choice([-1.0, 1.0], size=count)
-    flat[positions] = (signs * magnitude * rng.uniform(0.5, 1.0, count)).astype(np.float32)
+    magnitudes = magnitude * rng.uniform(0.5, 1.0, count)
+    flat[positions] = (signs * magnitudes).astype(np.float32)
     return x
 
 
@@ -227,22 +228,22 @@ def small_levels(rng, shape, values, scale):
 # The matrix
 
 
-def single_cases():
-    """(name, axes, options, params) for every single-stream vector."""
-    cases = []
+class CaseList(list):
+    """(name, axes, options, params) tuples; options start from BASE_OPTIONS."""
 
-    def add(name, axes, params, **option_overrides):
-        options = {**BASE_OPTIONS, **option_overrides}
-        cases.append((name, axes, options, params))
+    def add(self, name, axes, params, **option_overrides):
+        self.append((name, axes, {**BASE_OPTIONS, **option_overrides}, params))
 
-    # Quantiser x qp x row skipping, on a multi-tensor model.
+
+def grid_cases(cases: CaseList) -> None:
+    """Quantiser x qp x row skipping, on a multi-tensor model."""
     for use_dq in (False, True):
         for qp in (-60, -50, -44, -38, -32, -26, -18, -10):
             for row_skipping in (True, False):
                 rng = np.random.default_rng(1000 + qp * 4 + 2 * use_dq + row_skipping)
                 quantiser = "dq" if use_dq else "urq"
                 rs = "rs" if row_skipping else "nors"
-                add(
+                cases.add(
                     f"grid_{quantiser}_qp{-qp}_{rs}",
                     {"quantiser": quantiser, "qp": qp, "row_skipping": row_skipping,
                      "shape": "multi", "model": "multi"},
@@ -250,7 +251,9 @@ def single_cases():
                     qp=qp, use_dq=use_dq, row_skipping=row_skipping,
                 )
 
-    # Shapes, one tensor each (nonweight_qp = qp so 1-D tensors are not tiny).
+
+def shape_cases(cases: CaseList) -> None:
+    """Shapes, one tensor each (nonweight_qp = qp so 1-D tensors are not tiny)."""
     shapes = {
         "1x1": (1, 1), "7x1": (7, 1), "1x13": (1, 13), "2x3": (2, 3),
         "1d_1": (1,), "1d_37": (37,), "3x5x7x2": (3, 5, 7, 2),
@@ -260,18 +263,20 @@ def single_cases():
         quantiser = "dq" if use_dq else "urq"
         for shape_name, shape in shapes.items():
             rng = np.random.default_rng(2000 + len(cases))
-            add(
+            cases.add(
                 f"shape_{shape_name}_{quantiser}",
                 {"quantiser": quantiser, "shape": shape_name, "qp": -38},
                 {"t": gaussian(rng, shape, 0.2)},
                 qp=-38, nonweight_qp=-38, use_dq=use_dq,
             )
 
-    # All-zero tensors and all-zero rows.
+
+def zero_cases(cases: CaseList) -> None:
+    """All-zero tensors and all-zero rows."""
     for use_dq in (False, True):
         quantiser = "dq" if use_dq else "urq"
         rng = np.random.default_rng(3000 + use_dq)
-        add(
+        cases.add(
             f"zeros_{quantiser}",
             {"quantiser": quantiser, "zeros": "tensors+rows", "model": "multi"},
             {
@@ -283,19 +288,21 @@ def single_cases():
             },
             use_dq=use_dq,
         )
-        add(
+        cases.add(
             f"zeros_only_{quantiser}_nors",
             {"quantiser": quantiser, "zeros": "tensor", "row_skipping": False},
             {"z": np.zeros((4, 6), np.float32)},
             use_dq=use_dq, row_skipping=False,
         )
 
-    # Outliers: long Exp-Golomb remainders, and a value that overflows int32 at
-    # the requested qp (NNCodec raises qp until it fits, then signals that qp).
+
+def outlier_cases(cases: CaseList) -> None:
+    """Outliers: long Exp-Golomb remainders, and a value that overflows int32 at
+    the requested qp (NNCodec raises qp until it fits, then signals that qp)."""
     for use_dq in (False, True):
         quantiser = "dq" if use_dq else "urq"
         rng = np.random.default_rng(4000 + use_dq)
-        add(
+        cases.add(
             f"outliers_{quantiser}",
             {"quantiser": quantiser, "outliers": "large", "qp": -50},
             {
@@ -306,18 +313,20 @@ def single_cases():
         )
         big = gaussian(rng, (4, 5))
         big[1, 2] = 3.0e6
-        add(
+        cases.add(
             f"outliers_int32_overflow_{quantiser}",
             {"quantiser": quantiser, "outliers": "qp_raised", "qp": -60},
             {"w": big},
             qp=-60, use_dq=use_dq,
         )
 
-    # int32 tensors (NNR_PT_INT), alone and mixed with float tensors.
+
+def integer_cases(cases: CaseList) -> None:
+    """int32 tensors (NNR_PT_INT), alone and mixed with float tensors."""
     rng = np.random.default_rng(5000)
     ints_2d = rng.integers(-300, 300, (6, 7)).astype(np.int32)
     ints_2d[[1, 4]] = 0
-    add(
+    cases.add(
         "int32_mixed_dq",
         {"quantiser": "dq", "dtype": "int32+float32", "model": "multi"},
         {
@@ -327,19 +336,21 @@ def single_cases():
             "big": np.array([[2**30, -(2**30)], [123456789, 0]], np.int32),
         },
     )
-    add(
+    cases.add(
         "int32_only_urq_nors",
         {"quantiser": "urq", "dtype": "int32", "row_skipping": False},
         {"n": rng.integers(-5, 6, (3, 9)).astype(np.int32)},
         use_dq=False, row_skipping=False,
     )
 
-    # Bit depth (integer-aligned qp per tensor).
+
+def bitdepth_cases(cases: CaseList) -> None:
+    """Bit depth (integer-aligned qp per tensor)."""
     for bitdepth in (4, 8):
         for use_dq in (False, True):
             quantiser = "dq" if use_dq else "urq"
             rng = np.random.default_rng(6000 + bitdepth + use_dq)
-            add(
+            cases.add(
                 f"bitdepth{bitdepth}_{quantiser}",
                 {"quantiser": quantiser, "bitdepth": bitdepth, "model": "multi"},
                 {
@@ -350,8 +361,10 @@ def single_cases():
                 bitdepth=bitdepth, use_dq=use_dq,
             )
 
-    # Codebook: approx_method='codebook' (NNCodec codebook_mode 2 keeps the
-    # codebook only when it is smaller) and codebook_mode 1 (always codebook).
+
+def codebook_cases(cases: CaseList) -> None:
+    """Codebook: approx_method='codebook' (NNCodec codebook_mode 2 keeps the
+    codebook only when it is smaller) and codebook_mode 1 (always codebook)."""
     for use_dq in (False, True):
         quantiser = "dq" if use_dq else "urq"
         rng = np.random.default_rng(7000 + use_dq)
@@ -364,14 +377,14 @@ def single_cases():
             "gauss": gaussian(rng, (7, 9), 0.05),
         }
         for mode in (2, 1):
-            add(
+            cases.add(
                 f"codebook_mode{mode}_{quantiser}",
                 {"quantiser": quantiser, "codebook": f"mode{mode}", "model": "multi"},
                 cb_params,
                 approx_method="codebook", nncodec_codebook_mode=mode,
                 qp=-24, nonweight_qp=-24, use_dq=use_dq,
             )
-        add(
+        cases.add(
             f"codebook_mode1_{quantiser}_param_opt_off",
             {"quantiser": quantiser, "codebook": "mode1", "param_opt": False,
              "model": "multi"},
@@ -379,7 +392,7 @@ def single_cases():
             approx_method="codebook", nncodec_codebook_mode=1,
             qp=-24, nonweight_qp=-24, use_dq=use_dq, param_opt=False,
         )
-        add(
+        cases.add(
             f"codebook_single_value_{quantiser}",
             {"quantiser": quantiser, "codebook": "size1"},
             {"c": np.full((4, 6), 0.25, np.float32), "one": small_levels(
@@ -388,32 +401,36 @@ def single_cases():
             qp=-24, use_dq=use_dq,
         )
 
-    # A unit over 32 KiB (long nnr_unit_size).
+
+def long_unit_cases(cases: CaseList) -> None:
+    """A unit over 32 KiB (long nnr_unit_size)."""
     rng = np.random.default_rng(8000)
-    add(
+    cases.add(
         "long_unit_urq",
         {"quantiser": "urq", "long_unit": True, "qp": -46},
         {"big.weight": gaussian(rng, (176, 176), 0.1), "b": gaussian(rng, (5,))},
         qp=-46, use_dq=False,
     )
 
-    # Encoder-side variants that change the levels the decoder sees.
+
+def encoder_variant_cases(cases: CaseList) -> None:
+    """Encoder-side variants that change the levels the decoder sees."""
     for use_dq in (False, True):
         quantiser = "dq" if use_dq else "urq"
         rng = np.random.default_rng(9000 + use_dq)
-        add(
+        cases.add(
             f"param_opt_off_{quantiser}",
             {"quantiser": quantiser, "param_opt": False, "model": "multi"},
             model_core(rng),
             param_opt=False, use_dq=use_dq,
         )
-        add(
+        cases.add(
             f"rdoq_lambda1_{quantiser}",
             {"quantiser": quantiser, "lambda_scale": 1.0, "model": "multi"},
             model_core(rng),
             lambda_scale=1.0, use_dq=use_dq,
         )
-        add(
+        cases.add(
             f"nonweight_qp_none_{quantiser}",
             {"quantiser": quantiser, "nonweight_qp": None, "model": "multi"},
             model_core(rng),
@@ -422,13 +439,26 @@ def single_cases():
 
     for density in (1, 3):
         rng = np.random.default_rng(9100 + density)
-        add(
+        cases.add(
             f"qp_density{density}_dq",
             {"quantiser": "dq", "qp_density": density, "model": "multi"},
             model_core(rng),
             qp_density=density, qp=-20 * density, nonweight_qp=-30 * density,
         )
 
+
+def single_cases() -> CaseList:
+    """Every single-stream vector, in a fixed order (seeds depend on it)."""
+    cases = CaseList()
+    grid_cases(cases)
+    shape_cases(cases)
+    zero_cases(cases)
+    outlier_cases(cases)
+    integer_cases(cases)
+    bitdepth_cases(cases)
+    codebook_cases(cases)
+    long_unit_cases(cases)
+    encoder_variant_cases(cases)
     return cases
 
 
@@ -497,7 +527,8 @@ def describe_decoded(decoded, snapshot, arrays, prefix):
             if name in snapshot["dq_flag"]:
                 facts["dq_flag"] = int(snapshot["dq_flag"][name])
             if name in snapshot["codebooks"]:
-                arrays[f"{prefix}cb:{name}"] = snapshot["codebooks"][name].astype(np.int32)
+                codebook = snapshot["codebooks"][name].astype(np.int32)
+                arrays[f"{prefix}cb:{name}"] = codebook
                 facts["codebook_zero_offset"] = int(
                     snapshot["codebook_zero_offsets"][name]
                 )
@@ -514,16 +545,12 @@ def base_facts(base: dict) -> dict:
     }
 
 
-def json_options(options: dict) -> dict:
-    return {k: v for k, v in options.items()}
-
-
 def write_single(ref, out_dir, name, axes, options, params):
     arrays = {f"in:{k}": v for k, v in params.items()}
     entry = {
         "kind": "single",
         "axes": axes,
-        "options": json_options(options),
+        "options": dict(options),
         "nncodec_kwargs": nncodec_kwargs(options),
         "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                    for k, v in params.items()},
@@ -566,7 +593,7 @@ def write_sequence(ref, out_dir, name, axes, options, steps):
     entry = {
         "kind": "sequence",
         "axes": axes,
-        "options": json_options(options),
+        "options": dict(options),
         "nncodec_kwargs": {**nncodec_kwargs(options), "update_base_param": True},
         "initial_base": base_facts(empty_base),
         "steps": [],
@@ -628,12 +655,14 @@ def main(argv=None) -> int:
     for name, axes, options, params in single_cases():
         if args.only and args.only not in name:
             continue
-        manifest["vectors"][name] = write_single(ref, out_dir, name, axes, options, params)
+        entry = write_single(ref, out_dir, name, axes, options, params)
+        manifest["vectors"][name] = entry
         log.info("%s: %s", name, manifest["vectors"][name].get("nncodec_error", "ok"))
     for name, axes, options, steps in sequence_cases():
         if args.only and args.only not in name:
             continue
-        manifest["vectors"][name] = write_sequence(ref, out_dir, name, axes, options, steps)
+        entry = write_sequence(ref, out_dir, name, axes, options, steps)
+        manifest["vectors"][name] = entry
         log.info("%s: ok", name)
 
     with open(out_dir / "manifest.json", "w") as f:
@@ -641,7 +670,8 @@ def main(argv=None) -> int:
         f.write("\n")
 
     total = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
-    log.info("%d vectors, %.1f KiB in %s", len(manifest["vectors"]), total / 1024, out_dir)
+    count = len(manifest["vectors"])
+    log.info("%d vectors, %.1f KiB in %s", count, total / 1024, out_dir)
     return 0
 
 
