@@ -17,7 +17,15 @@ import numpy as np
 from flwr_nncodec import _core, hls
 from flwr_nncodec.base_state import BaseState
 from flwr_nncodec.errors import NNCFormatError
-from flwr_nncodec.options import EncodeOptions, make_options, qp_range
+from flwr_nncodec.inspection import inspect
+from flwr_nncodec.options import EncodeOptions, make_options
+from flwr_nncodec.quantization import (
+    CodedTensor,
+    matrix_shape,
+    quantize_tensor,
+    reconstruct,
+    reconstruct_codebook,
+)
 from flwr_nncodec.sparsify import sparsify_structured, sparsify_unstructured
 
 __all__ = [
@@ -33,16 +41,7 @@ __all__ = [
 
 # Largest tensor decode() allocates unless told otherwise (1 GiB of float32).
 DEFAULT_MAX_ELEMENTS = 1 << 28
-CABAC_UNARY_LENGTH_MINUS1 = 10  # NNCodec's value: 11 greater-than flags
 _INT32_MAX = (1 << 31) - 1
-# NNCodec's overflow check: |round(x / step)| must stay below these (§2.2).
-_OVERFLOW_LIMIT_DQ = (1 << 31) - 3
-_OVERFLOW_LIMIT_URQ = (1 << 31) - 1
-# The core refuses max|x| / step above this (its DQ trellis looks 2 steps out).
-_CORE_SCALED_LIMIT = 2147483647.0 - 4.0
-_BITDEPTH_PERCENTILE = 99.95
-_CODEBOOK_EGK_CHOICES = range(16)
-_CODEBOOK_FULL_SEARCH_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -72,20 +71,6 @@ class EncodeResult:
     levels: dict[str, np.ndarray]
     qp: dict[str, int] = field(default_factory=dict)
     dropped: tuple[str, ...] = ()
-
-
-@dataclass
-class _CodedTensor:
-    """One tensor after quantisation, ready for its NDU."""
-
-    payload_type: int
-    dims: tuple[int, ...]
-    values: np.ndarray  # int32[n]: q, INT values, or codebook indices
-    qp: int | None = None
-    qp_density: int = 2
-    dq: bool = False
-    codebook: hls.Codebook | None = None
-    segment: bytes | None = None  # already coded (codebook trial)
 
 
 # --------------------------------------------------------------------------
@@ -149,16 +134,14 @@ def encode_with_reconstruction(
     dropped: list[str] = []
 
     for parameter_id, (name, array) in enumerate(tensors.items()):
-        coded = _quantize_tensor(name, array, opts)
-        recon, level = _reconstruct_encoded(coded)
+        coded = quantize_tensor(name, array, opts)
+        recon, level = reconstruct(coded)
         if opts.compress_differences and not np.any(recon):
             dropped.append(name)
             continue
         header = _ndu_header(name, coded, parameter_id, opts)
         tca_base = _tca_base_for(name, header, opts.base, coded)
-        segment = coded.segment
-        if segment is None:
-            segment = _encode_segment(coded, opts, header, tca_base)
+        segment = _encode_segment(coded, opts, header, tca_base)
         chunks.append(hls.write_ndu(header, mps, segment))
         shape = coded.dims
         reconstruction[name] = recon.reshape(shape)
@@ -252,265 +235,8 @@ def _sparsify(
     return tensors
 
 
-def _quantize_tensor(name: str, array: np.ndarray, opts: EncodeOptions) -> _CodedTensor:
-    dims = tuple(int(d) for d in array.shape)
-    flat = array.reshape(-1)
-    if array.dtype == np.int32:
-        return _CodedTensor(hls.PT_INT, dims, flat)
-
-    is_weight = array.ndim > 1
-    if opts.bitdepth is not None:
-        bits = opts.bitdepth if (opts.bitdepth > 7 or is_weight) else 8
-        qp = _bitdepth_qp(flat, bits, opts.qp_density)
-    else:
-        bits = None
-        qp = opts.qp if is_weight else opts.effective_nonweight_qp
-
-    if opts.approx_method == "codebook":
-        return _quantize_codebook(name, flat, dims, qp, bits, opts)
-    qp = _overflow_safe_qp(name, flat, qp, opts.qp_density, opts.use_dq)
-    q = _core.quantize(flat, qp, opts.qp_density, opts.use_dq, opts.lambda_scale)
-    if bits is not None:
-        q = (_clip_dq_to_bitdepth if opts.use_dq else _clip_to_bitdepth)(q, flat, bits)
-    return _CodedTensor(hls.PT_FLOAT, dims, q, qp, opts.qp_density, opts.use_dq)
-
-
-def _overflow_safe_qp(
-    name: str, flat: np.ndarray, qp: int, qp_density: int, dq: bool
-) -> int:
-    """qp, raised as NNCodec does when max|x| / step overflows int32 (§2.2)."""
-    if flat.size == 0:
-        return qp
-    max_abs = np.float32(np.max(np.abs(flat)))
-    inverse_step = np.float32(1) / np.float32(_core.step_size(qp, qp_density))
-    with np.errstate(over="ignore"):
-        scaled = float(max_abs * inverse_step)  # float32 product, as NNCodec
-    limit = _OVERFLOW_LIMIT_DQ if dq else _OVERFLOW_LIMIT_URQ
-    if not math.isfinite(scaled) or math.floor(scaled + 0.5) > limit:
-        qp = _nncodec_overflow_qp(max_abs, qp_density)
-    low, high = qp_range(qp_density)
-    while qp <= high and float(max_abs) / _core.step_size(qp, qp_density) > (
-        _CORE_SCALED_LIMIT
-    ):
-        qp += 1
-    if not low <= qp <= high:
-        raise ValueError(
-            f"tensor {name!r}: max|x| = {float(max_abs):g} needs qp {qp}, outside "
-            f"the codable range {low}..{high}"
-        )
-    return qp
-
-
-def _nncodec_overflow_qp(max_abs: np.float32, qp_density: int) -> int:
-    """Smallest qp whose step keeps max|x| within int32, NNCodec's formula."""
-    k = 1 << qp_density
-    min_step = float(max_abs) / float((1 << 31) - 3)
-    base_qp = np.float32(math.floor(math.log2(min_step)) * k)
-    exponent = float(np.float32(base_qp / np.float32(k)))
-    new_qp = np.float32(float(base_qp) + ((min_step * k) / 2.0**exponent - k))
-    return int(math.ceil(float(new_qp)))
-
-
-def _bitdepth_qp(flat: np.ndarray, bits: int, qp_density: int) -> int:
-    """Per-tensor qp of the integer bit-depth mode (§2.4), NNCodec's rule."""
-    if flat.size == 0 or not np.any(flat):
-        return 0
-    magnitudes = np.abs(flat).astype(np.float64)
-    unsigned = not np.any(flat < 0)
-    denominator = 2**bits - 1 if unsigned else 2 ** (bits - 1) - 1
-    step = np.percentile(magnitudes, _BITDEPTH_PERCENTILE) / denominator
-    if step == 0:
-        step = np.max(magnitudes) / denominator
-    k = 1 << qp_density
-    base_qp = np.floor(np.log2(step)) * k
-    qp = base_qp + (step * k / 2 ** (base_qp / k) - k)
-    low, high = qp_range(qp_density)
-    return int(np.round(np.clip(qp, low, high)))
-
-
-def _bitdepth_bounds(flat: np.ndarray, bits: int) -> tuple[int, int]:
-    """Integer range of the bit-depth mode: unsigned if no value is negative."""
-    if not np.any(flat < 0):
-        return 0, 2**bits - 1
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
-def _clip_to_bitdepth(q: np.ndarray, flat: np.ndarray, bits: int) -> np.ndarray:
-    low, high = _bitdepth_bounds(flat, bits)
-    return np.clip(q, low, high).astype(np.int32)
-
-
-# DQ state transition T[s][k & 1] (nnc-format §2.3).
-_DQ_NEXT_STATE = ((0, 2), (7, 5), (1, 3), (6, 4), (2, 0), (5, 7), (3, 1), (4, 6))
-
-
-def _dq_level(q: int, state: int) -> int:
-    """Level k coded for reconstruction index q in DQ state ``state``."""
-    sign = (q > 0) - (q < 0)
-    return (q + sign * (state & 1)) >> 1
-
-
-def _dq_admissible(q: int, state: int) -> bool:
-    return q == 0 or (q & 1) == (state & 1)
-
-
-def _clip_dq_to_bitdepth(q: np.ndarray, flat: np.ndarray, bits: int) -> np.ndarray:
-    """Clip DQ indices to the bit-depth range without breaking the trellis.
-
-    NNCodec clips after the trellis, which can leave an index of the wrong
-    parity for its state (the stream then decodes to other values). Here a
-    clipped index is moved to the nearest in-range index that is admissible
-    in its state and has the same level parity, so every later state, and
-    thus every later index, stays valid.
-    """
-    low, high = _bitdepth_bounds(flat, bits)
-    clipped = np.clip(q, low, high).astype(np.int32)
-    changed = np.flatnonzero(clipped != q)
-    if changed.size == 0:
-        return clipped
-    original = q.tolist()
-    out = clipped.tolist()
-    first, last = int(changed[0]), int(changed[-1])
-    state = 0
-    for position in range(first):
-        state = _DQ_NEXT_STATE[state][_dq_level(original[position], state) & 1]
-    for position in range(first, last + 1):
-        parity = _dq_level(original[position], state) & 1
-        if out[position] != original[position]:
-            out[position] = _nearest_admissible(out[position], state, parity, low, high)
-        state = _DQ_NEXT_STATE[state][parity]
-    return np.asarray(out, dtype=np.int32)
-
-
-def _nearest_admissible(
-    target: int, state: int, parity: int, low: int, high: int
-) -> int:
-    """In-range q nearest ``target``, admissible in ``state``, given level parity."""
-    for distance in range(0, 8):
-        for candidate in (target - distance, target + distance):
-            if (
-                low <= candidate <= high
-                and _dq_admissible(candidate, state)
-                and _dq_level(candidate, state) & 1 == parity
-            ):
-                return candidate
-    raise ValueError(f"no admissible DQ index near {target} in {low}..{high}")
-
-
-def _quantize_codebook(
-    name: str,
-    flat: np.ndarray,
-    dims: tuple[int, ...],
-    qp: int,
-    bits: int | None,
-    opts: EncodeOptions,
-) -> _CodedTensor:
-    """approx_method="codebook" (NNCodec's codebook_mode 2, §2.5).
-
-    URQ at qp - 2**qp_density when DQ was asked for (NNCodec's DQ-equivalent
-    step), unique values as the codebook; kept only if the codebook stream is
-    smaller than the uniform one. The zero offset is chosen by trial
-    encoding (every offset for small codebooks, else the entries around 0
-    and around the most frequent value).
-    """
-    uniform = _quantize_uniform_fallback(name, flat, dims, qp, bits, opts)
-    if flat.size == 0:
-        return uniform
-    cb_qp = qp - (1 << opts.qp_density) if opts.use_dq else qp
-    low, _ = qp_range(opts.qp_density)
-    if cb_qp < low:
-        return uniform
-    cb_qp = _overflow_safe_qp(name, flat, cb_qp, opts.qp_density, False)
-    q = _core.quantize(flat, cb_qp, opts.qp_density, False, opts.lambda_scale)
-    if bits is not None:
-        q = _clip_to_bitdepth(q, flat, bits)
-    values, indices = np.unique(q, return_inverse=True)
-    indices = indices.astype(np.int32).reshape(-1)
-    height, width = _matrix_shape(dims)
-
-    best: tuple[int, bytes, hls.Codebook] | None = None
-    for zero in _codebook_zero_candidates(values, indices):
-        codebook = _best_egk_codebook(values, zero)
-        segment = _core.encode_segment(
-            indices,
-            height,
-            width,
-            qp=cb_qp,
-            qp_density=opts.qp_density,
-            dq=False,
-            hdsp_flag_present=opts.compress_differences,
-            row_skipping=opts.row_skipping,
-            param_opt=opts.param_opt,
-            codebook_size=len(values),
-            codebook_zero_offset=zero,
-            unary_len=CABAC_UNARY_LENGTH_MINUS1 + 1,
-        )
-        cost_bits = 8 * len(segment) + hls.codebook_num_bits(codebook)
-        if best is None or cost_bits < best[0]:
-            best = (cost_bits, segment, codebook)
-    assert best is not None
-
-    uniform_segment = _core.encode_segment(
-        uniform.values,
-        height,
-        width,
-        qp=uniform.qp,
-        qp_density=opts.qp_density,
-        dq=uniform.dq,
-        hdsp_flag_present=opts.compress_differences,
-        row_skipping=opts.row_skipping,
-        param_opt=opts.param_opt,
-        unary_len=CABAC_UNARY_LENGTH_MINUS1 + 1,
-    )
-    if best[0] >= 8 * len(uniform_segment):
-        return uniform
-    return _CodedTensor(
-        hls.PT_FLOAT, dims, indices, cb_qp, opts.qp_density, False, codebook=best[2]
-    )
-
-
-def _quantize_uniform_fallback(
-    name: str,
-    flat: np.ndarray,
-    dims: tuple[int, ...],
-    qp: int,
-    bits: int | None,
-    opts: EncodeOptions,
-) -> _CodedTensor:
-    qp = _overflow_safe_qp(name, flat, qp, opts.qp_density, opts.use_dq)
-    q = _core.quantize(flat, qp, opts.qp_density, opts.use_dq, opts.lambda_scale)
-    if bits is not None:
-        q = (_clip_dq_to_bitdepth if opts.use_dq else _clip_to_bitdepth)(q, flat, bits)
-    return _CodedTensor(hls.PT_FLOAT, dims, q, qp, opts.qp_density, opts.use_dq)
-
-
-def _codebook_zero_candidates(values: np.ndarray, indices: np.ndarray) -> list[int]:
-    size = len(values)
-    if size <= _CODEBOOK_FULL_SEARCH_SIZE:
-        return list(range(size))
-    nearest_zero = int(np.argmin(np.abs(values.astype(np.int64))))
-    most_frequent = int(np.argmax(np.bincount(indices, minlength=size)))
-    candidates = set()
-    for centre in (nearest_zero, most_frequent):
-        for offset in (centre - 1, centre, centre + 1):
-            if 0 <= offset < size:
-                candidates.add(offset)
-    return sorted(candidates)
-
-
-def _best_egk_codebook(values: np.ndarray, zero: int) -> hls.Codebook:
-    entries = tuple(int(v) for v in values)
-    options = [hls.Codebook(egk, zero, entries) for egk in _CODEBOOK_EGK_CHOICES]
-    return min(options, key=hls.codebook_num_bits)
-
-
-def _matrix_shape(dims: tuple[int, ...]) -> tuple[int, int]:
-    """(height, width) of the coding matrix: shape[0] x product(shape[1:])."""
-    return dims[0], math.prod(dims[1:])
-
-
 def _ndu_header(
-    name: str, coded: _CodedTensor, parameter_id: int, opts: EncodeOptions
+    name: str, coded: CodedTensor, parameter_id: int, opts: EncodeOptions
 ) -> hls.NDUHeader:
     base = opts.base
     # No base: a base model (depth 0). Otherwise one below the base's node.
@@ -532,12 +258,12 @@ def _ndu_header(
         parent_node_id_present_flag=int(opts.compress_differences),
         temporal_context_modeling_flag=int(tca),
         codebook=coded.codebook,
-        cabac_unary_length_minus1=CABAC_UNARY_LENGTH_MINUS1,
+        cabac_unary_length_minus1=hls.NNCODEC_UNARY_LENGTH_MINUS1,
     )
 
 
 def _tca_base_for(
-    name: str, header: hls.NDUHeader, base: BaseState | None, coded: _CodedTensor
+    name: str, header: hls.NDUHeader, base: BaseState | None, coded: CodedTensor
 ) -> np.ndarray | None:
     """The base levels of ``name`` when the NDU uses TCA, after NNCodec's checks."""
     if not header.temporal_context_modeling_flag:
@@ -564,12 +290,12 @@ def _tca_base_for(
 
 
 def _encode_segment(
-    coded: _CodedTensor,
+    coded: CodedTensor,
     opts: EncodeOptions,
     header: hls.NDUHeader,
     tca_base: np.ndarray | None,
 ) -> bytes:
-    height, width = _matrix_shape(coded.dims)
+    height, width = matrix_shape(coded.dims)
     codebook = coded.codebook
     return _core.encode_segment(
         coded.values,
@@ -584,30 +310,8 @@ def _encode_segment(
         tca_base=tca_base,
         codebook_size=0 if codebook is None else len(codebook.values),
         codebook_zero_offset=0 if codebook is None else codebook.zero_offset,
-        unary_len=CABAC_UNARY_LENGTH_MINUS1 + 1,
+        unary_len=hls.NNCODEC_UNARY_LENGTH_MINUS1 + 1,
     )
-
-
-def _reconstruct_encoded(coded: _CodedTensor) -> tuple[np.ndarray, np.ndarray]:
-    """(reconstruction, base levels) of a quantised tensor, both flat."""
-    if coded.payload_type == hls.PT_INT:
-        return coded.values, coded.values
-    assert coded.qp is not None
-    if coded.codebook is not None:
-        return _reconstruct_codebook(
-            coded.values, coded.codebook, coded.qp, coded.qp_density
-        )
-    return _core.dequantize(coded.values, coded.qp, coded.qp_density), coded.values
-
-
-def _reconstruct_codebook(
-    indices: np.ndarray, codebook: hls.Codebook, qp: int, qp_density: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(codebook[index] * step, index - zero offset), both flat."""
-    entries = np.asarray(codebook.values, dtype=np.int64)
-    values = np.ascontiguousarray(entries[indices], dtype=np.int32)
-    levels = (indices.astype(np.int64) - codebook.zero_offset).astype(np.int32)
-    return _core.dequantize(values, qp, qp_density), levels
 
 
 def _commit_base(target: BaseState, source: BaseState) -> None:
@@ -658,7 +362,7 @@ def decode(
         stream whose base does not match; the message names the unit and
         the byte offset.
     """
-    data = _as_bytes(bitstream)
+    data = hls.bitstream_bytes(bitstream)
     if update_base and base is None:
         raise ValueError("update_base=True needs a base (BaseState)")
     if base is not None and not isinstance(base, BaseState):
@@ -695,21 +399,6 @@ def decode_tensor(bitstream: bytes, **kwargs: object) -> np.ndarray:
     return next(iter(tensors.values()))
 
 
-def _as_bytes(bitstream: object) -> bytes:
-    if isinstance(bitstream, bytes):
-        return bitstream
-    if isinstance(bitstream, (bytearray, memoryview)):
-        return bytes(bitstream)
-    if isinstance(bitstream, np.ndarray):
-        if bitstream.dtype != np.uint8 or bitstream.ndim != 1:
-            raise TypeError(
-                f"bitstream array must be 1-D uint8, got {bitstream.dtype} "
-                f"shape {bitstream.shape}"
-            )
-        return bitstream.tobytes()
-    raise TypeError(f"bitstream must be bytes-like, got {type(bitstream).__name__}")
-
-
 def _decode_ndu(
     data: bytes,
     unit: hls.ParsedUnit,
@@ -725,7 +414,7 @@ def _decode_ndu(
 
     tca_base = _tca_base_for_decode(unit, header, base)
     codebook = header.codebook
-    height, width = _matrix_shape(header.dims)
+    height, width = matrix_shape(header.dims)
     is_float = header.payload_type == hls.PT_FLOAT
     try:
         q, segment_qp, consumed = _core.decode_segment(
@@ -766,7 +455,7 @@ def _decode_ndu(
             offset=unit.payload_offset,
         )
     if codebook is not None:
-        recon, levels = _reconstruct_codebook(q, codebook, qp, mps.qp_density)
+        recon, levels = reconstruct_codebook(q, codebook, qp, mps.qp_density)
     else:
         recon, levels = _core.dequantize(q, qp, mps.qp_density), q
     return recon.reshape(header.dims), levels.reshape(header.dims)
@@ -811,120 +500,3 @@ def _tca_base_for_decode(
             f"the base tensor has {levels.size} values, the NDU {header.num_elements}"
         )
     return levels
-
-
-# --------------------------------------------------------------------------
-# Inspection
-# --------------------------------------------------------------------------
-
-
-def inspect(
-    bitstream: bytes, *, max_elements: int = hls.MAX_ELEMENTS_HARD_LIMIT
-) -> list[dict[str, object]]:
-    """Describe every NNR unit of ``bitstream`` without decoding tensors.
-
-    Returns one dict per unit with ``index``, ``type`` ("STR", "MPS", "TPL",
-    "NDU"), ``type_code``, ``offset``, ``size`` (bytes, size field included)
-    and ``long_size``, plus the unit's fields. NDU dicts carry ``name``,
-    ``shape``, ``payload_type``, ``qp`` (read from the first bins of the
-    CABAC segment; None for INT), ``dq``, ``device_id``, ``parameter_id``,
-    ``put_node_depth``, ``parent_node_id_present``, ``tca``,
-    ``codebook_size`` and ``payload_size``. Raises NNCFormatError like
-    :func:`decode` for malformed headers.
-    """
-    data = _as_bytes(bitstream)
-    parsed = hls.parse_stream(data, max_elements=max_elements)
-    return [_describe_unit(data, unit, parsed.mps) for unit in parsed.units]
-
-
-def _describe_unit(
-    data: bytes, unit: hls.ParsedUnit, mps: hls.ModelParameterSet
-) -> dict[str, object]:
-    info: dict[str, object] = {
-        "index": unit.index,
-        "type": hls.unit_type_name(unit.unit_type),
-        "type_code": unit.unit_type,
-        "offset": unit.offset,
-        "size": unit.size,
-        "long_size": data[unit.offset] >= 0x80,
-    }
-    header = unit.header
-    if unit.unit_type == hls.NNR_STR:
-        info["general_profile_idc"] = header
-    elif isinstance(header, hls.ModelParameterSet):
-        info.update(
-            topology_carriage=bool(header.topology_carriage_flag),
-            quantization_method_flags=header.quantization_method_flags,
-            parent_signalling=bool(header.parent_signalling_enabled_flag),
-            pre_flag=bool(header.pre_flag),
-            qp_density=header.qp_density,
-            quantization_parameter=header.quantization_parameter,
-        )
-    elif isinstance(header, hls.Topology):
-        info.update(
-            topology_storage_format=header.storage_format,
-            topology_compression_format=header.compression_format,
-        )
-    elif isinstance(header, hls.NDUHeader):
-        info.update(_describe_ndu(data, unit, header, mps))
-    return info
-
-
-def _describe_ndu(
-    data: bytes, unit: hls.ParsedUnit, header: hls.NDUHeader, mps: hls.ModelParameterSet
-) -> dict[str, object]:
-    qp = None
-    if header.payload_type == hls.PT_FLOAT:
-        payload = data[unit.payload_offset : unit.offset + unit.size]
-        offset = _peek_qp_offset(payload, 6 + mps.qp_density)
-        qp = None if offset is None else offset + mps.quantization_parameter
-    codebook = header.codebook
-    return {
-        "name": header.name,
-        "shape": header.dims,
-        "payload_type": hls.PAYLOAD_TYPE_NAMES[header.payload_type],
-        "qp": qp,
-        "dq": bool(header.dq_flag),
-        "device_id": header.device_id,
-        "parameter_id": header.parameter_id,
-        "put_node_depth": header.put_node_depth,
-        "parent_node_id_present": bool(header.parent_node_id_present_flag),
-        "tca": bool(header.temporal_context_modeling_flag),
-        "codebook_size": 0 if codebook is None else len(codebook.values),
-        "cabac_unary_length": header.cabac_unary_length_minus1 + 1,
-        "header_size": unit.payload_offset - unit.offset,
-        "payload_size": unit.payload_size,
-    }
-
-
-def _peek_qp_offset(segment: bytes, num_bins: int) -> int | None:
-    """The qp offset: the first ``num_bins`` bypass bins of a CABAC segment.
-
-    Bypass decoding at the initial range 510 (§3.6): offset = 2*offset +
-    next bit, bin = 1 (and offset -= range) when offset >= range. Returns
-    None when the segment is too short.
-    """
-    bits_needed = 9 + num_bins
-    if 8 * len(segment) < bits_needed:
-        return None
-    window = int.from_bytes(segment[: (bits_needed + 7) // 8], "big")
-    total_bits = 8 * ((bits_needed + 7) // 8)
-
-    def bit(position: int) -> int:
-        return (window >> (total_bits - 1 - position)) & 1
-
-    value = 0
-    for position in range(9):
-        value = 2 * value + bit(position)
-    code_range, result = 510, 0
-    for position in range(9, bits_needed):
-        value = 2 * value + bit(position)
-        result <<= 1
-        if value >= 2 * code_range:
-            raise AssertionError("bypass offset out of range")
-        if value >= code_range:
-            result |= 1
-            value -= code_range
-    if result >= 1 << (num_bins - 1):
-        result -= 1 << num_bins
-    return result

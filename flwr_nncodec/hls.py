@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from flwr_nncodec.bitio import BitReader, BitWriter
 from flwr_nncodec.errors import NNCFormatError
 
@@ -27,6 +29,7 @@ __all__ = [
     "ParsedStream",
     "ParsedUnit",
     "Topology",
+    "bitstream_bytes",
     "parse_stream",
     "unit_type_name",
     "write_mps",
@@ -60,6 +63,7 @@ _STRING_TOPOLOGY_FORMATS = {0: "UNREC", 1: "NNEF", 2: "ONNX", 3: "PYT", 4: "TEF"
 TPL_UNREC = 0
 
 SUPPORTED_PROFILE_IDC = 1
+NNCODEC_UNARY_LENGTH_MINUS1 = 10  # 11 greater-than flags in every NNCodec stream
 SHORT_UNIT_LIMIT_BYTES = 32768  # a unit shorter than this uses the 2-byte size
 MAX_UNIT_BYTES = (1 << 31) - 1
 MAX_TENSOR_DIMS = 32
@@ -348,6 +352,22 @@ class ParsedStream:
     @property
     def ndus(self) -> list[ParsedUnit]:
         return [unit for unit in self.units if unit.unit_type == NNR_NDU]
+
+
+def bitstream_bytes(bitstream: object) -> bytes:
+    """``bytes`` of a bytes-like bitstream (bytes, bytearray, memoryview, uint8[n])."""
+    if isinstance(bitstream, bytes):
+        return bitstream
+    if isinstance(bitstream, (bytearray, memoryview)):
+        return bytes(bitstream)
+    if isinstance(bitstream, np.ndarray):
+        if bitstream.dtype != np.uint8 or bitstream.ndim != 1:
+            raise TypeError(
+                f"bitstream array must be 1-D uint8, got {bitstream.dtype} "
+                f"shape {bitstream.shape}"
+            )
+        return bitstream.tobytes()
+    raise TypeError(f"bitstream must be bytes-like, got {type(bitstream).__name__}")
 
 
 def parse_stream(
