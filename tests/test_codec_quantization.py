@@ -28,7 +28,7 @@ def states_one_by_one(q: np.ndarray) -> list[int]:
 
 
 def assert_admissible(q: np.ndarray) -> None:
-    for value, state in zip(q.tolist(), states_one_by_one(q)):
+    for value, state in zip(q.tolist(), states_one_by_one(q), strict=True):
         assert value == 0 or (value & 1) == (state & 1), (value, state)
 
 
@@ -45,7 +45,7 @@ def test_clipping_dq_indices_keeps_every_index_admissible():
     naive = np.clip(q, -8, 7)
     broken = [
         v != 0 and (v & 1) != (s & 1)
-        for v, s in zip(naive.tolist(), states_one_by_one(naive))
+        for v, s in zip(naive.tolist(), states_one_by_one(naive), strict=True)
     ]
     assert any(broken)  # NNCodec's plain clip leaves inadmissible indices
 
