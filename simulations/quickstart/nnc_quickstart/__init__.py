@@ -1,0 +1,1 @@
+"""nnc-quickstart: federated digits with NNC-coded model traffic."""
