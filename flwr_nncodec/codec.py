@@ -423,7 +423,7 @@ def _decode_ndu(
             width,
             has_qp=is_float,
             qp_density=mps.qp_density,
-            dq=bool(header.dq_flag),
+            dq=is_float and bool(header.dq_flag),  # NNCodec ignores it for INT
             hdsp_flag_present=bool(header.parent_node_id_present_flag),
             tca_base=tca_base,
             codebook_size=0 if codebook is None else len(codebook.values),

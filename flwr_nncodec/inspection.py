@@ -89,31 +89,28 @@ def _describe_ndu(
 def _peek_qp_offset(segment: bytes, num_bins: int) -> int | None:
     """The qp offset: the first ``num_bins`` bypass bins of a CABAC segment.
 
-    Bypass decoding at the initial range 510 (§3.6): offset = 2*offset +
-    next bit, bin = 1 (and offset -= range) when offset >= range. Returns
-    None when the segment is too short.
+    Bypass decoding at the initial range 510 (§3.6): the offset register
+    starts with the first 9 bits; per bin, offset = 2*offset + next bit, and
+    the bin is 1 (offset -= range) when offset >= range. Returns None when
+    the segment is too short or its first bits are not a valid offset.
     """
     bits_needed = 9 + num_bins
-    if 8 * len(segment) < bits_needed:
+    num_bytes = (bits_needed + 7) // 8
+    if len(segment) < num_bytes:
         return None
-    window = int.from_bytes(segment[: (bits_needed + 7) // 8], "big")
-    total_bits = 8 * ((bits_needed + 7) // 8)
+    window = int.from_bytes(segment[:num_bytes], "big")
+    bits = [(window >> (8 * num_bytes - 1 - i)) & 1 for i in range(bits_needed)]
 
-    def bit(position: int) -> int:
-        return (window >> (total_bits - 1 - position)) & 1
-
-    value = 0
-    for position in range(9):
-        value = 2 * value + bit(position)
-    code_range, result = 510, 0
-    for position in range(9, bits_needed):
-        value = 2 * value + bit(position)
-        result <<= 1
-        if value >= 2 * code_range:
-            raise AssertionError("bypass offset out of range")
-        if value >= code_range:
-            result |= 1
-            value -= code_range
+    code_range = 510
+    offset = int("".join(map(str, bits[:9])), 2)
+    if offset >= code_range:
+        return None  # an encoder never produces this
+    result = 0
+    for bit in bits[9:]:
+        offset = 2 * offset + bit
+        result = (result << 1) | (offset >= code_range)
+        if offset >= code_range:
+            offset -= code_range
     if result >= 1 << (num_bins - 1):
         result -= 1 << num_bins
     return result

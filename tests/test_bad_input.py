@@ -216,3 +216,16 @@ def test_tca_flag_without_base_is_refused_not_decoded():
     wrong_shape.parameters["a"] = np.zeros(3, np.int32)
     with pytest.raises(nnc.NNCFormatError, match="base tensor has 3 values"):
         nnc.decode(stream, base=wrong_shape)
+
+
+def test_inspect_of_corrupted_streams_only_raises_format_errors():
+    stream, _ = differential_stream()
+    for bit in range(8 * len(stream)):
+        corrupted = bytearray(stream)
+        corrupted[bit // 8] ^= 0x80 >> (bit % 8)
+        try:
+            units = nnc.inspect(bytes(corrupted))
+        except nnc.NNCFormatError as error:
+            assert_located(error, len(stream))
+        else:
+            assert sum(u["size"] for u in units) == len(stream)

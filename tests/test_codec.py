@@ -514,3 +514,20 @@ def test_long_units_are_found_and_flagged():
     assert unit["long_size"] is True and unit["size"] >= 32768
     assert unit["offset"] + unit["size"] == len(stream)
     assert hls.parse_stream(stream).ndus[0].header.dims == (200, 200)
+
+
+@pytest.mark.parametrize("qp", [-128, -75, -33, -1, 0, 1, 64, 127])
+def test_inspect_reads_the_qp_from_the_segment(qp):
+    tiny = np.full((2, 2), 1e-3, np.float32)
+    stream = nnc.encode({"w": tiny}, qp=qp)
+    assert qps_in(stream) == {"w": qp}
+    assert nnc.decode(stream)["w"].shape == (2, 2)
+
+
+def test_raw_float_payloads_decode():
+    values = np.array([[1.5, -2.0], [0.0, 3.25]], dtype="<f4")
+    header = hls.NDUHeader(hls.PT_RAW_FLOAT, "raw", (2, 2))
+    ndu = hls.write_ndu(header, hls.ModelParameterSet(), values.tobytes())
+    decoded = nnc.decode(HEAD + ndu)["raw"]
+    assert_same_floats(decoded, values.astype(np.float32))
+    assert nnc.inspect(HEAD + ndu)[3]["payload_type"] == "RAW_FLOAT"
