@@ -9,8 +9,9 @@ scripts/setup_nncodec_venv.sh):
   tests/vectors (same inputs and options), TCA sequences included: NNCodec's
   arrays equal our own reconstruction (``encode_with_reconstruction``), and
   NNCodec's advanced ``approx_param_base`` equals our encoder's ``BaseState``;
-* NNCodec's encoder -> our decoder on freshly drawn inputs and options
-  (seeded), single streams and TCA sequences.
+* both directions again on freshly drawn inputs and options (seeded):
+  our random streams -> NNCodec, NNCodec's single streams and TCA sequences
+  -> our decoder.
 """
 
 from __future__ import annotations
@@ -167,6 +168,32 @@ def test_we_decode_nncodec_stream(seed):
     reference = nncodec_decode(bitstream)
     ours = nnc.decode(bitstream)
     assert_same_tensors(ours, reference, list(reference), f"seed {seed} {options}")
+
+
+def random_codec_options(rng: np.random.Generator) -> dict:
+    """flwr-nncodec options drawn like ``random_nncodec_options(extras=True)``."""
+    drawn = random_nncodec_options(rng, extras=True)
+    options = {k: drawn[k] for k in
+               ("qp", "nonweight_qp", "use_dq", "row_skipping", "param_opt")}
+    if "int_quant_bw" in drawn:
+        options["bitdepth"] = drawn["int_quant_bw"]
+    if "codebook_mode" in drawn:
+        options["approx_method"] = "codebook"
+    if "lambda_scale" in drawn:
+        options["lambda_scale"] = drawn["lambda_scale"]
+    return options
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_nncodec_decodes_our_random_stream(seed):
+    rng = np.random.default_rng(500 + seed)
+    params = random_model(rng)
+    options = random_codec_options(rng)
+    result = nnc.encode_with_reconstruction(params, **options)
+
+    reference = nncodec_decode(result.bitstream)
+    assert_same_tensors(reference, result.reconstruction, list(params),
+                        f"seed {seed} {options}")
 
 
 @pytest.mark.parametrize("seed", range(6))
