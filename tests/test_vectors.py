@@ -6,9 +6,13 @@ encoder inputs and NNCodec's decoded arrays. No NNCodec is needed here:
 * every vector decodes bit-exact to NNCodec's arrays, with the same tensor
   names in the same order (TCA sequences through ``BaseState`` advanced with
   ``update_base=True``, and also from each step's stored base);
-* ``inspect`` finds every NNR unit at NNCodec's offsets, sizes and types;
+* ``inspect`` finds every NNR unit at NNCodec's offsets, sizes and types, and
+  reads the NDU header fields NNCodec's decoder saw (shape, qp, dq_flag,
+  codebook size, node ids, TCA flag);
 * golden round trip: our encoder on the vector's input, with the vector's
-  options, gives a stream our decoder maps exactly to our reconstruction.
+  options, gives a stream our decoder maps exactly to our reconstruction;
+* where NNCodec's stream follows from its inputs alone (URQ, param_opt off),
+  our encoder writes the same bytes.
 """
 
 from __future__ import annotations
@@ -71,14 +75,6 @@ def assert_decoded_like_reference(decoded, facts, names, arrays, prefix, where):
                          levels=arrays.get(f"{prefix}q:{name}"))
 
 
-def unit_type_code(unit: dict) -> int:
-    value = unit["type"]
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    text = str(value).upper().removeprefix("NNR_")
-    return UNIT_TYPE_CODES[text]
-
-
 def assert_units_like_reference(bitstream: bytes, expected_units, facts, names,
                                 where, *, ndu_header=None):
     """``inspect`` agrees with NNCodec on framing and on every NDU header.
@@ -90,12 +86,13 @@ def assert_units_like_reference(bitstream: bytes, expected_units, facts, names,
     assert len(units) == len(expected_units), f"{where}: {len(units)} units"
     for index, (unit, expected) in enumerate(zip(units, expected_units)):
         here = f"{where}: unit #{index}"
-        assert unit_type_code(unit) == UNIT_TYPE_CODES[expected["type"]], here
+        assert unit["type"] == expected["type"], f"{here} type {unit['type']}"
+        assert unit["type_code"] == UNIT_TYPE_CODES[expected["type"]], here
         assert int(unit["offset"]) == expected["offset"], f"{here} offset"
         assert int(unit["size"]) == expected["size"], f"{here} size"
         assert bool(unit["long_size"]) == expected["long_size"], f"{here} size form"
 
-    ndus = [u for u in units if unit_type_code(u) == 5]
+    ndus = [u for u in units if u["type"] == "NDU"]
     assert [u["name"] for u in ndus] == names, f"{where}: NDU names"
     for unit in ndus:
         name = unit["name"]
