@@ -147,7 +147,10 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
+    # np.ascontiguousarray would turn 0-d arrays into shape (1,).
+    return ArrayRecord(
+        {name: Array(np.array(a, order="C", copy=True)) for name, a in arrays.items()}
+    )
 
 
 def to_reference(arrays: dict[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:

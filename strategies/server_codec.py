@@ -35,7 +35,7 @@ from flwr.common.logger import log
 from flwr_nncodec import flower_link as link
 from flwr_nncodec.flower_options import NNCOptions
 
-from .traffic import RoundTraffic, metric_entries, write_history
+from .traffic import RoundTraffic, config_bytes, metric_entries, write_history
 
 # Error code of a reply the server could not decode ("NN").
 DECODE_ERROR_CODE = 0x4E4E
@@ -110,6 +110,7 @@ class NNCServerCodec:
             message.content = RecordDict(records)
 
             traffic.bytes_down += link.payload_bytes(payload)
+            traffic.config_bytes_down += config_bytes(entries)
             traffic.messages_down += 1
             traffic.resyncs += int(resync)
         return messages
@@ -307,6 +308,7 @@ class NNCServerCodec:
         if type(version) is not int or not 0 <= version <= self.version:
             raise link.LinkError(f"reply reports version {version!r}, chain is at {self.version}")
         node.version, node.resyncing = version, False
+        traffic.config_bytes_up += config_bytes(link_record)
 
         records = {k: v for k, v in content.items() if k != link.LINK_RECORD_KEY}
         if phase == "train":
@@ -419,7 +421,10 @@ class NNCServerCodec:
         """Per-round traffic and run totals, as written to history.json."""
         rounds = [self.rounds[r].to_json() for r in sorted(self.rounds)]
         totals: dict[str, int | float] = {}
-        for key in ("bytes_down", "bytes_up", "bytes_float32", "resyncs", "decode_failures"):
+        for key in (
+            "bytes_down", "bytes_up", "bytes_float32", "resyncs", "decode_failures",
+            "config_bytes_down", "config_bytes_up",
+        ):
             totals[key] = sum(entry[key] for entry in rounds)
         coded = totals["bytes_down"] + totals["bytes_up"]
         totals["ratio"] = totals["bytes_float32"] / coded if coded else 0.0

@@ -21,6 +21,9 @@ class PhaseTraffic:
     models_up: int = 0
     resyncs: int = 0
     decode_failures: int = 0
+    # nnc.* ConfigRecord entries on top of the payloads (Flower's own count).
+    config_bytes_down: int = 0
+    config_bytes_up: int = 0
 
     def add(self, other: PhaseTraffic) -> None:
         for name in asdict(self):
@@ -68,6 +71,8 @@ class RoundTraffic:
             "models_up": traffic.models_up,
             "resyncs": traffic.resyncs,
             "decode_failures": traffic.decode_failures,
+            "config_bytes_down": traffic.config_bytes_down,
+            "config_bytes_up": traffic.config_bytes_up,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -80,6 +85,28 @@ class RoundTraffic:
 def metric_entries(summary: dict[str, int | float]) -> dict[str, int | float]:
     """The same figures as MetricRecord keys (``nnc-bytes-down``, ...)."""
     return {"nnc-" + key.replace("_", "-"): value for key, value in summary.items()}
+
+
+def config_bytes(entries: Any) -> int:
+    """Bytes of ConfigRecord entries as Flower counts them (keys included).
+
+    Same rule as ``ConfigRecord.count_bytes`` (numbers 8 bytes, bools 1,
+    strings and bytes their length), which fails on empty lists; here an
+    empty list counts only its key.
+    """
+    total = 0
+    for key, value in entries.items():
+        values = value if isinstance(value, list) else [value]
+        total += len(key) + sum(_scalar_bytes(v) for v in values)
+    return total
+
+
+def _scalar_bytes(value: Any) -> int:
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, (int, float)):
+        return 8
+    return len(value)
 
 
 def write_history(path: Path, document: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedAvgM
 from flwr.supercore.task_identity import TaskIdentity
 
-from flwr_nncodec import NNCFedAvg, NNCStrategy, nnc_mod
+from flwr_nncodec import NNCFedAvg, NNCMod, NNCStrategy, nnc_mod
 from flwr_nncodec import flower_link as link
 
 NUM_FEATURES, NUM_OUTPUTS = 64, 16
@@ -56,6 +56,11 @@ def _loss(arrays: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _make_client_app(mods: list) -> ClientApp:
+    """Linear regression trained by 5 full-batch gradient steps per round.
+
+    An integer ``steps`` tensor, when the model has one, counts the steps like
+    a BatchNorm ``num_batches_tracked`` buffer.
+    """
     app = ClientApp(mods=mods)
 
     @app.train()
@@ -69,6 +74,8 @@ def _make_client_app(mods: list) -> ClientApp:
             w -= np.float32(0.05) * (error.T @ x) / len(x)
             b -= np.float32(0.05) * error.mean(axis=0)
         trained = {"fc.weight": w.astype(np.float32), "fc.bias": b.astype(np.float32)}
+        if "steps" in arrays:
+            trained["steps"] = np.asarray(np.asarray(arrays["steps"]) + 5)
         metrics = {"train-loss": _loss(trained, x, y), "num-examples": len(x)}
         content = RecordDict(
             {"arrays": ArrayRecord({k: Array(v) for k, v in trained.items()}),
@@ -86,14 +93,15 @@ def _make_client_app(mods: list) -> ClientApp:
     return app
 
 
-def _initial_arrays() -> ArrayRecord:
+def _initial_arrays(with_int_buffer: bool = False) -> ArrayRecord:
     rng = np.random.default_rng(3)
-    return ArrayRecord(
-        {
-            "fc.weight": Array(rng.normal(0, 0.3, (NUM_OUTPUTS, NUM_FEATURES)).astype(np.float32)),
-            "fc.bias": Array(np.zeros(NUM_OUTPUTS, np.float32)),
-        }
-    )
+    arrays = {
+        "fc.weight": Array(rng.normal(0, 0.3, (NUM_OUTPUTS, NUM_FEATURES)).astype(np.float32)),
+        "fc.bias": Array(np.zeros(NUM_OUTPUTS, np.float32)),
+    }
+    if with_int_buffer:
+        arrays["steps"] = Array(np.array(0, dtype=np.int64))
+    return ArrayRecord(arrays)
 
 
 # -- the fake grid ------------------------------------------------------------
@@ -185,10 +193,10 @@ def _task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-def _run(strategy, grid: LoopbackGrid, num_rounds: int, seed: int = 0):
+def _run(strategy, grid: LoopbackGrid, num_rounds: int, seed: int = 0, **model):
     random.seed(seed)  # node sampling
     return strategy.start(
-        grid=grid, initial_arrays=_initial_arrays(), num_rounds=num_rounds,
+        grid=grid, initial_arrays=_initial_arrays(**model), num_rounds=num_rounds,
         train_config=ConfigRecord({"lr": 0.05}),
     )
 
@@ -398,3 +406,84 @@ def test_mod_passes_through_plain_messages():
     for name, value in _arrays(b.arrays).items():
         np.testing.assert_array_equal(_arrays(a.arrays)[name], value)
     assert with_mod.bytes_up == without.bytes_up
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(compress_downstream=False),
+        dict(compress_upstream=False),
+        dict(compress_differences=False),
+        dict(tca=False, err_accumulation=False),
+        dict(use_dq=True),
+    ],
+    ids=["plain-downlink", "plain-uplink", "whole-models", "no-tca", "dq"],
+)
+def test_option_variants_match_fedavg_near_lossless(options):
+    """Every link variant stays in sync: near-lossless it reproduces FedAvg."""
+    # Prepare
+    plain = LoopbackGrid(_make_client_app([]), num_nodes=3)
+    coded = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
+
+    # Execute
+    expected = _run(FedAvg(min_available_nodes=3), plain, num_rounds=3)
+    strategy = NNCFedAvg(min_available_nodes=3, **{**NEAR_LOSSLESS, **options})
+    result = _run(strategy, coded, num_rounds=3)
+
+    # Assert
+    got, want = _arrays(result.arrays), _arrays(expected.arrays)
+    tolerance = 1e-4 if options.get("use_dq") else 2e-5
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=tolerance)
+    assert sum(coded.errors) == 0
+    history = strategy.codec.history()
+    num_params = NUM_OUTPUTS * NUM_FEATURES + NUM_OUTPUTS
+    if options.get("compress_upstream") is False:
+        # Plain float32 weights (plus .npy headers) travel up.
+        assert history["totals"]["bytes_up"] > 3 * 3 * num_params * 4
+    if options.get("compress_downstream") is False:
+        assert history["rounds"][1]["bytes_down"] > 6 * num_params * 4
+
+
+def test_integer_buffers_travel_losslessly():
+    """An int64 0-d buffer is coded as NNC integers; FedAvg's float cast restarts
+    the chain once and the run still reproduces FedAvg."""
+    # Prepare
+    plain = LoopbackGrid(_make_client_app([]), num_nodes=3)
+    coded = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
+
+    # Execute
+    expected = _run(FedAvg(min_available_nodes=3), plain, 3, with_int_buffer=True)
+    strategy = NNCFedAvg(min_available_nodes=3, **NEAR_LOSSLESS)
+    result = _run(strategy, coded, 3, with_int_buffer=True)
+
+    # Assert
+    got, want = _arrays(result.arrays), _arrays(expected.arrays)
+    assert got["steps"].shape == () and float(got["steps"]) == 15.0
+    for name in want:
+        assert got[name].dtype == want[name].dtype
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=2e-5)
+    assert sum(coded.errors) == 0
+
+
+def test_nncmod_uplink_override_sends_plain_weights():
+    """NNCMod(compress_upstream=False) on the nodes: server takes plain replies."""
+    # Prepare
+    grid = LoopbackGrid(_make_client_app([NNCMod(compress_upstream=False)]), 3)
+    strategy = NNCFedAvg(min_available_nodes=3)
+
+    # Execute
+    _run(strategy, grid, num_rounds=2)
+
+    # Assert
+    num_params = NUM_OUTPUTS * NUM_FEATURES + NUM_OUTPUTS
+    for entry in strategy.codec.history()["rounds"]:
+        assert entry["bytes_up"] == sum(grid.bytes_up[2 * entry["round"] - 2 : 2 * entry["round"]])
+        assert entry["bytes_up"] > 3 * num_params * 4
+        assert entry["decode_failures"] == 0
+
+
+def test_nncmod_rejects_unknown_option():
+    """A misspelt override fails at construction, naming it."""
+    with pytest.raises(TypeError, match="diffqp"):
+        NNCMod(diffqp=-20)

@@ -1,0 +1,163 @@
+"""Units of the Flower layer: options, manifests, payload framing, accounting."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+from flwr.app import Array, ConfigRecord
+
+from flwr_nncodec import flower_link as link
+from flwr_nncodec.flower_options import NNCOptions
+from flwr_nncodec.strategies.traffic import RoundTraffic, config_bytes
+
+
+def test_options_defaults_follow_fl_py_except_row_skipping():
+    """Defaults are NNCodec fl.py's (nnc-format §5.1), with row skipping on."""
+    options = NNCOptions()
+    assert (options.qp, options.diff_qp, options.nonweight_qp) == (-26, -26, -75)
+    assert (options.sparsity, options.struct_spars_factor) == (0.6, 0.9)
+    assert options.use_dq is False and options.tca and options.err_accumulation
+    assert options.compress_differences and options.compress_upstream
+    assert options.row_skipping is True
+
+
+def test_options_round_trip_through_config():
+    """to_config / from_config preserve every field under nnc.<name> keys."""
+    options = NNCOptions(diff_qp=-40, sparsity=0.25, tca=False)
+    config = ConfigRecord(options.to_config())
+    assert config["nnc.diff_qp"] == -40
+    assert NNCOptions.from_config(config) == options
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"qp": -129}, r"qp must lie in \[-128, 127\], got -129"),
+        ({"sparsity": 1.0}, r"sparsity must lie in \[0, 1\), got 1.0"),
+        ({"struct_spars_factor": -0.5}, r"got -0.5"),
+        ({"use_dq": 1}, r"use_dq must be bool, got 1"),
+        ({"diff_qp": True}, r"diff_qp must be int, got True"),
+    ],
+    ids=["qp-below-8-bit", "sparsity-one", "negative-gain", "int-as-bool", "bool-as-int"],
+)
+def test_options_reject_bad_values_naming_them(overrides, message):
+    """Invalid options raise and name the value received."""
+    with pytest.raises((TypeError, ValueError), match=message):
+        NNCOptions(**overrides)
+
+
+def test_options_from_config_rejects_wrong_type():
+    """A config value of the wrong type names its key."""
+    with pytest.raises(TypeError, match="nnc.tca must be bool"):
+        NNCOptions.from_config({"nnc.tca": "yes"})
+
+
+def test_manifest_round_trip_and_counts():
+    """Manifests keep names, dtypes and shapes, 0-d included."""
+    arrays = {
+        "w": np.zeros((3, 4), np.float32),
+        "b": np.zeros(3, np.float64),
+        "n": np.array(7, np.int64),
+    }
+    manifest = link.manifest_of(arrays)
+    assert link.manifest_from_json(link.manifest_to_json(manifest)) == manifest
+    assert link.count_parameters(manifest) == 12 + 3 + 1
+    assert manifest[2].shape == ()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        json.dumps({"w": 1}),
+        json.dumps([["w", "float32", [-1]]]),
+        json.dumps([["w", "object", [1]]]),
+        json.dumps([["w", "float32", [2]], ["w", "float32", [2]]]),
+        json.dumps([["w", "float32", [1 << 20, 1 << 20]]]),
+    ],
+    ids=["not-json", "not-a-list", "negative-dim", "bad-dtype", "duplicate", "too-big"],
+)
+def test_manifest_from_json_rejects_malformed(text):
+    """Untrusted manifests are checked field by field."""
+    with pytest.raises(link.LinkError, match="nnc.manifest"):
+        link.manifest_from_json(text)
+
+
+def test_segments_pack_and_unpack():
+    """Several bitstreams share one payload Array and come back identical."""
+    segments = [b"abc", b"", b"\x00\xff" * 5]
+    array, lengths, crc32 = link.pack_segments(segments)
+    assert array.stype == link.PAYLOAD_STYPE and array.shape == (13,)
+    assert lengths == [3, 0, 10] and crc32 == zlib.crc32(b"".join(segments))
+    assert link.unpack_segments(array, lengths, crc32) == segments
+
+
+@pytest.mark.parametrize(
+    "lengths, crc_delta, message",
+    [
+        ([3, 9], 0, "does not split a 13-byte payload"),
+        ([3, -1, 11], 0, "does not split"),
+        ("13", 0, "does not split"),
+        ([13], 1, "CRC-32"),
+    ],
+    ids=["short-lengths", "negative-length", "not-a-list", "bad-crc"],
+)
+def test_unpack_segments_rejects_inconsistent_framing(lengths, crc_delta, message):
+    """Lengths must tile the payload exactly and the CRC must match."""
+    array, _, crc32 = link.pack_segments([b"abc", b"\x00\xff" * 5])
+    with pytest.raises(link.LinkError, match=message):
+        link.unpack_segments(array, lengths, crc32 + crc_delta)
+
+
+def test_unpack_segments_rejects_foreign_stype():
+    """A plain numpy Array is not taken for a payload."""
+    with pytest.raises(link.LinkError, match="stype"):
+        link.unpack_segments(Array(np.zeros(3, np.uint8)), [3], 0)
+
+
+def test_decode_update_rejects_tensors_outside_the_manifest():
+    """A stream naming an unknown tensor is refused, not merged."""
+    from flwr_nncodec import encode
+
+    manifest = link.manifest_of({"w": np.zeros((2, 2), np.float32)})
+    bitstream = encode({"v": np.ones((2, 2), np.float32)}, qp=-40)
+    with pytest.raises(link.LinkError, match="not in the model"):
+        link.decode_update(bitstream, manifest, base=None)
+
+
+def test_decode_update_fills_dropped_tensors_with_zeros():
+    """Differential streams drop all-zero tensors; they come back as zeros."""
+    arrays = {"w": np.ones((2, 3), np.float32), "z": np.zeros((4, 4), np.float32)}
+    manifest = link.manifest_of(arrays)
+    options = NNCOptions(diff_qp=-60, sparsity=0.0, struct_spars_factor=0.0)
+    bitstream, reconstruction = link.encode_update(
+        arrays, manifest, options, base=None, device_id=1, sparsify=False
+    )
+    decoded = link.decode_update(bitstream, manifest, base=None)
+    assert set(decoded) == {"w", "z"}
+    np.testing.assert_array_equal(decoded["z"], np.zeros((4, 4), np.float32))
+    for name in arrays:
+        np.testing.assert_array_equal(decoded[name], reconstruction[name])
+
+
+def test_round_traffic_figures():
+    """Ratios and bits per parameter follow from counted bytes and transfers."""
+    traffic = RoundTraffic(server_round=1, num_parameters=1000)
+    train = traffic.phase("train")
+    train.bytes_down, train.messages_down = 1000, 2
+    train.bytes_up, train.models_up = 500, 2
+    figures = traffic.summary()
+    assert figures["bytes_float32"] == 4 * 1000 * 4
+    assert figures["ratio"] == pytest.approx(16000 / 1500)
+    assert figures["bits_per_param_down"] == pytest.approx(8 * 1000 / 2000)
+    assert figures["bits_per_param_up"] == pytest.approx(8 * 500 / 2000)
+
+
+def test_config_bytes_counts_like_flower_and_allows_empty_lists():
+    """Same count as ConfigRecord.count_bytes, plus empty lists."""
+    entries = {"nnc.version": 3, "nnc.kind": "delta", "nnc.tca": True, "nnc.s": [1, 2]}
+    assert config_bytes(entries) == ConfigRecord(entries).count_bytes()
+    assert config_bytes({"nnc.segments": []}) == len("nnc.segments")
