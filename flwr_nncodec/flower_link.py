@@ -153,7 +153,9 @@ def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     )
 
 
-def to_reference(arrays: dict[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:
+def to_reference(
+    arrays: dict[str, np.ndarray], manifest: Manifest
+) -> dict[str, np.ndarray]:
     """The form each end keeps a model in: float32 or int64, manifest shapes."""
     reference = {}
     for spec in manifest:
@@ -191,7 +193,9 @@ def pack_segments(segments: list[bytes]) -> tuple[Array, list[int], int]:
 def unpack_segments(array: Array, lengths: Any, crc32: Any) -> list[bytes]:
     """Split a payload Array back into its bitstreams, checking lengths and CRC."""
     if array.stype != PAYLOAD_STYPE:
-        raise LinkError(f"payload has stype {array.stype!r}, expected {PAYLOAD_STYPE!r}")
+        raise LinkError(
+            f"payload has stype {array.stype!r}, expected {PAYLOAD_STYPE!r}"
+        )
     data = bytes(array.data)
     valid_lengths = isinstance(lengths, list) and all(
         type(n) is int and n >= 0 for n in lengths
@@ -202,7 +206,8 @@ def unpack_segments(array: Array, lengths: Any, crc32: Any) -> list[bytes]:
         )
     if zlib.crc32(data) != crc32:
         raise LinkError(
-            f"payload CRC-32 {zlib.crc32(data):#010x} differs from {KEY_CRC32}={crc32!r}"
+            f"payload CRC-32 {zlib.crc32(data):#010x} differs from "
+            f"{KEY_CRC32}={crc32!r}"
         )
 
     segments, offset = [], 0
@@ -312,7 +317,9 @@ def _sparsified(tensors: dict[str, np.ndarray], options: Any) -> dict[str, np.nd
     return tensors
 
 
-def decode_update(bitstream: bytes, manifest: Manifest, *, base: Any | None) -> dict[str, np.ndarray]:
+def decode_update(
+    bitstream: bytes, manifest: Manifest, *, base: Any | None
+) -> dict[str, np.ndarray]:
     """Decode one update against ``base`` (advanced in place when given).
 
     Raises the codec's NNCFormatError for a broken stream and LinkError when

@@ -127,8 +127,10 @@ class NNCOptions:
             if key not in config:
                 continue
             value = config[key]
-            if expected is float and isinstance(value, int) and not isinstance(
-                value, bool
+            if (
+                expected is float
+                and isinstance(value, int)
+                and not isinstance(value, bool)
             ):
                 value = float(value)
             _check_type(key, value, expected)

@@ -67,7 +67,11 @@ class NodeLinkState:
             if STATE_RESIDUAL in state:
                 loaded.residual = link.record_to_arrays(state[STATE_RESIDUAL])
         except (KeyError, TypeError, ValueError) as err:
-            log(WARNING, "nnc_mod: stored link state unusable (%s); starting afresh", err)
+            log(
+                WARNING,
+                "nnc_mod: stored link state unusable (%s); starting afresh",
+                err,
+            )
             return cls()
         return loaded
 
@@ -76,8 +80,13 @@ class NodeLinkState:
         self.__dict__.update(NodeLinkState(chain_id=chain_id).__dict__)
 
     def save(self, state: RecordDict) -> None:
-        for key in (STATE_META, STATE_REFERENCE, STATE_DOWN_BASE, STATE_UP_BASE,
-                    STATE_RESIDUAL):
+        for key in (
+            STATE_META,
+            STATE_REFERENCE,
+            STATE_DOWN_BASE,
+            STATE_UP_BASE,
+            STATE_RESIDUAL,
+        ):
             if key in state:
                 del state[key]
         if self.manifest is None or self.reference is None:
@@ -118,7 +127,9 @@ class NNCMod:
         self, message: Message, context: Context, call_next: ClientAppCallable
     ) -> Message:
         category = message.metadata.message_type.split(".")[0]
-        config_key = _link_config_key(message) if category in ("train", "evaluate") else None
+        config_key = (
+            _link_config_key(message) if category in ("train", "evaluate") else None
+        )
         if config_key is None:
             return call_next(message, context)
 
@@ -164,7 +175,10 @@ class NNCMod:
         log(
             INFO,
             "nnc_mod: %s v%d: %d B in, %d B out",
-            category, state.version, bytes_in, bytes_out,
+            category,
+            state.version,
+            bytes_in,
+            bytes_out,
         )
         return reply
 
@@ -172,7 +186,9 @@ class NNCMod:
         self, message: Message, config: ConfigRecord, state: NodeLinkState
     ) -> tuple[str, int]:
         """Bring ``state`` to the message's version; returns the array key and bytes."""
-        array_keys = [k for k, v in message.content.items() if isinstance(v, ArrayRecord)]
+        array_keys = [
+            k for k, v in message.content.items() if isinstance(v, ArrayRecord)
+        ]
         if len(array_keys) != 1:
             raise link.LinkError(f"expected one ArrayRecord, got {len(array_keys)}")
         record = message.content[array_keys[0]]
@@ -199,7 +215,8 @@ class NNCMod:
                 state.reference = link.zero_reference(state.manifest)
                 state.down_base = (
                     link.new_base_state(link.DOWNLINK_DEVICE_ID)
-                    if options.tca_active else None
+                    if options.tca_active
+                    else None
                 )
                 state.version = 0
             if state.manifest is None or state.reference is None:
@@ -211,7 +228,9 @@ class NNCMod:
                 )
             segments = _segments(config, record, expected=target - start)
             for segment in segments[state.version - start :]:
-                update = link.decode_update(segment, state.manifest, base=state.down_base)
+                update = link.decode_update(
+                    segment, state.manifest, base=state.down_base
+                )
                 state.reference = {
                     k: state.reference[k] + update[k] for k in state.reference
                 }
@@ -236,20 +255,28 @@ class NNCMod:
 
         trained = link.record_to_arrays(content[array_keys[0]])
         if list(trained) != [spec.name for spec in state.manifest]:
-            raise link.LinkError("trained model's tensors differ from the received model")
+            raise link.LinkError(
+                "trained model's tensors differ from the received model"
+            )
         trained = link.to_reference(trained, state.manifest)
 
         if options.compress_differences:
             update = {k: trained[k] - state.reference[k] for k in trained}
             if options.err_accumulation and state.residual is not None:
                 update = {
-                    k: update[k] + state.residual[k] if k in state.residual else update[k]
+                    k: update[k] + state.residual[k]
+                    if k in state.residual
+                    else update[k]
                     for k in update
                 }
             base, seq = self._uplink_base(config, options, state)
             bitstream, reconstruction = link.encode_update(
-                update, state.manifest, options, base=base,
-                device_id=link.UPLINK_DEVICE_ID, sparsify=True,
+                update,
+                state.manifest,
+                options,
+                base=base,
+                device_id=link.UPLINK_DEVICE_ID,
+                sparsify=True,
             )
             if options.err_accumulation:
                 state.residual = {
@@ -261,8 +288,12 @@ class NNCMod:
             kind = link.KIND_DELTA
         else:
             bitstream, _ = link.encode_update(
-                trained, state.manifest, options, base=None,
-                device_id=link.UPLINK_DEVICE_ID, sparsify=False,
+                trained,
+                state.manifest,
+                options,
+                base=None,
+                device_id=link.UPLINK_DEVICE_ID,
+                sparsify=False,
             )
             seq, kind = 0, link.KIND_INTRA
 
@@ -294,7 +325,9 @@ class NNCMod:
         return link.new_base_state(link.UPLINK_DEVICE_ID), 0
 
 
-def nnc_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+def nnc_mod(
+    message: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
     """Flower mod that NNC-decodes incoming and NNC-codes outgoing models.
 
     Register it first: ``ClientApp(mods=[nnc_mod])``. It needs no arguments:
@@ -338,10 +371,14 @@ def _segments(config: ConfigRecord, record: ArrayRecord, expected: int) -> list[
     if list(record.keys()) != [link.PAYLOAD_KEY]:
         raise link.LinkError(f"payload record holds {list(record.keys())[:4]}")
     segments = link.unpack_segments(
-        record[link.PAYLOAD_KEY], config.get(link.KEY_SEGMENTS), config.get(link.KEY_CRC32)
+        record[link.PAYLOAD_KEY],
+        config.get(link.KEY_SEGMENTS),
+        config.get(link.KEY_CRC32),
     )
     if len(segments) != expected:
-        raise link.LinkError(f"payload holds {len(segments)} segments, expected {expected}")
+        raise link.LinkError(
+            f"payload holds {len(segments)} segments, expected {expected}"
+        )
     return segments
 
 

@@ -6,4 +6,11 @@ from .nnc_strategy import NNCCodingMixin, NNCStrategy
 from .server_codec import NNCServerCodec
 from .traffic import PhaseTraffic, RoundTraffic
 
-__all__ = ["NNCCodingMixin", "NNCFedAvg", "NNCServerCodec", "NNCStrategy", "PhaseTraffic", "RoundTraffic"]
+__all__ = [
+    "NNCCodingMixin",
+    "NNCFedAvg",
+    "NNCServerCodec",
+    "NNCStrategy",
+    "PhaseTraffic",
+    "RoundTraffic",
+]

@@ -73,7 +73,9 @@ class NNCCodingMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         decoded = self.codec.decode_replies(server_round, "evaluate", replies)
-        metrics = super().aggregate_evaluate(server_round, decoded)  # type: ignore[misc]
+        metrics = super().aggregate_evaluate(  # type: ignore[misc]
+            server_round, decoded
+        )
         return self.codec.finish_phase(server_round, "evaluate", metrics)
 
 

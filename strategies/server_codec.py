@@ -73,7 +73,6 @@ class NNCServerCodec:
         self.manifest: link.Manifest | None = None
         self.reference: dict[str, np.ndarray] | None = None
         self.target: dict[str, np.ndarray] | None = None
-        self.global_record: ArrayRecord | None = None
         self.down_base: Any | None = None
         self.segments: dict[int, bytes] = {}
         self.nodes: dict[int, NodeLink] = {}
@@ -104,7 +103,11 @@ class NNCServerCodec:
             config = ConfigRecord(dict(content.get(configrecord_key, ConfigRecord())))
             config.update(entries)
 
-            records = {k: v for k, v in content.items() if k not in (arrayrecord_key, configrecord_key)}
+            records = {
+                k: v
+                for k, v in content.items()
+                if k not in (arrayrecord_key, configrecord_key)
+            }
             records[arrayrecord_key] = payload
             records[configrecord_key] = config
             message.content = RecordDict(records)
@@ -122,7 +125,6 @@ class NNCServerCodec:
         if manifest != self.manifest:
             self._restart_chain(manifest)
         target = link.to_reference(model, manifest)
-        self.global_record = arrays
         if self.target is not None and _same_model(target, self.target):
             return
 
@@ -144,8 +146,12 @@ class NNCServerCodec:
             self.segments[self.version + 1] = bitstream
         else:
             bitstream, reconstruction = link.encode_update(
-                target, manifest, options, base=None,
-                device_id=link.DOWNLINK_DEVICE_ID, sparsify=False,
+                target,
+                manifest,
+                options,
+                base=None,
+                device_id=link.DOWNLINK_DEVICE_ID,
+                sparsify=False,
             )
             self.reference = reconstruction
             self.segments = {self.version + 1: bitstream}
@@ -156,12 +162,17 @@ class NNCServerCodec:
 
     def _restart_chain(self, manifest: link.Manifest) -> None:
         if self.manifest is not None:
-            log(WARNING, "nnc: model layout changed; restarting every link from version 0")
+            log(
+                WARNING,
+                "nnc: model layout changed; restarting every link from version 0",
+            )
         self.manifest = manifest
         self.reference = link.zero_reference(manifest)
         self.target = None
         self.down_base = (
-            link.new_base_state(link.DOWNLINK_DEVICE_ID) if self.options.tca_active else None
+            link.new_base_state(link.DOWNLINK_DEVICE_ID)
+            if self.options.tca_active
+            else None
         )
         self.segments = {}
         self.nodes = {}
@@ -203,11 +214,11 @@ class NNCServerCodec:
 
         start = self._catchup_start(node.version)
         if start is None:
-            record = link.arrays_to_record(self.reference)
+            # Keyframe: the reference as float32 arrays, and the chain's TCA base.
+            keyframe = dict(self.reference)
             if self.down_base is not None:
-                record = link.arrays_to_record(
-                    {**self.reference, **link.base_state_to_arrays(self.down_base)}
-                )
+                keyframe.update(link.base_state_to_arrays(self.down_base))
+            record = link.arrays_to_record(keyframe)
             entries.update({link.KEY_KIND: link.KIND_FULL, link.KEY_FROM_VERSION: 0})
             entries[link.KEY_MANIFEST] = manifest_json
             return record, entries, node.resyncing
@@ -220,7 +231,9 @@ class NNCServerCodec:
             up_to_date = start == self.version
             versions = range(0) if up_to_date else range(self.version, self.version + 1)
             kind = link.KIND_DELTA if up_to_date else link.KIND_INTRA
-        payload, lengths, crc32 = link.pack_segments([self.segments[v] for v in versions])
+        payload, lengths, crc32 = link.pack_segments(
+            [self.segments[v] for v in versions]
+        )
         entries.update(
             {
                 link.KEY_KIND: kind,
@@ -264,8 +277,12 @@ class NNCServerCodec:
             node = self.nodes.setdefault(node_id, NodeLink())
             if reply.has_error():
                 if reply.error.code == link.RESYNC_ERROR_CODE:
-                    log(WARNING, "nnc: node %d is out of step, resyncing it: %s",
-                        node_id, reply.error.reason)
+                    log(
+                        WARNING,
+                        "nnc: node %d is out of step, resyncing it: %s",
+                        node_id,
+                        reply.error.reason,
+                    )
                     self._forget_node(node)
                 decoded.append(reply)
                 continue
@@ -304,9 +321,13 @@ class NNCServerCodec:
         chain_id = link_record.get(link.KEY_CHAIN)
         version = link_record.get(link.KEY_VERSION)
         if chain_id != self.chain_id:
-            raise link.LinkError(f"reply belongs to chain {chain_id!r}, not {self.chain_id}")
+            raise link.LinkError(
+                f"reply belongs to chain {chain_id!r}, not {self.chain_id}"
+            )
         if type(version) is not int or not 0 <= version <= self.version:
-            raise link.LinkError(f"reply reports version {version!r}, chain is at {self.version}")
+            raise link.LinkError(
+                f"reply reports version {version!r}, chain is at {self.version}"
+            )
         node.version, node.resyncing = version, False
         traffic.config_bytes_up += config_bytes(link_record)
 
@@ -370,7 +391,9 @@ class NNCServerCodec:
 
     def _round(self, server_round: int) -> RoundTraffic:
         if server_round not in self.rounds:
-            num_parameters = link.count_parameters(self.manifest) if self.manifest else 0
+            num_parameters = (
+                link.count_parameters(self.manifest) if self.manifest else 0
+            )
             self.rounds[server_round] = RoundTraffic(server_round, num_parameters)
         return self.rounds[server_round]
 
@@ -387,9 +410,15 @@ class NNCServerCodec:
                 INFO,
                 "nnc: %s round %d: down %d B to %d nodes, up %d B from %d nodes "
                 "(float32 %d B, ratio %.1f; %.3f / %.3f bits per parameter down / up)",
-                phase, server_round, figures["bytes_down"], figures["messages_down"],
-                figures["bytes_up"], figures["models_up"], figures["bytes_float32"],
-                figures["ratio"], figures["bits_per_param_down"],
+                phase,
+                server_round,
+                figures["bytes_down"],
+                figures["messages_down"],
+                figures["bytes_up"],
+                figures["models_up"],
+                figures["bytes_float32"],
+                figures["ratio"],
+                figures["bits_per_param_down"],
                 figures["bits_per_param_up"],
             )
             entries = metric_entries(figures)
@@ -410,8 +439,11 @@ class NNCServerCodec:
                 INFO,
                 "nnc: round %d total: %d B down + %d B up = %d B vs %d B float32 "
                 "(ratio %.1f)",
-                server_round, totals["bytes_down"], totals["bytes_up"],
-                totals["bytes_down"] + totals["bytes_up"], totals["bytes_float32"],
+                server_round,
+                totals["bytes_down"],
+                totals["bytes_up"],
+                totals["bytes_down"] + totals["bytes_up"],
+                totals["bytes_float32"],
                 totals["ratio"],
             )
         self._write_history()
@@ -422,8 +454,13 @@ class NNCServerCodec:
         rounds = [self.rounds[r].to_json() for r in sorted(self.rounds)]
         totals: dict[str, int | float] = {}
         for key in (
-            "bytes_down", "bytes_up", "bytes_float32", "resyncs", "decode_failures",
-            "config_bytes_down", "config_bytes_up",
+            "bytes_down",
+            "bytes_up",
+            "bytes_float32",
+            "resyncs",
+            "decode_failures",
+            "config_bytes_down",
+            "config_bytes_up",
         ):
             totals[key] = sum(entry[key] for entry in rounds)
         coded = totals["bytes_down"] + totals["bytes_up"]
@@ -431,7 +468,9 @@ class NNCServerCodec:
         return {
             "format": "flwr-nncodec-history/1",
             "options": self.options.to_config(),
-            "num_parameters": link.count_parameters(self.manifest) if self.manifest else 0,
+            "num_parameters": link.count_parameters(self.manifest)
+            if self.manifest
+            else 0,
             "chain_version": self.version,
             "rounds": rounds,
             "totals": totals,
@@ -443,10 +482,15 @@ class NNCServerCodec:
 
     def summary_lines(self) -> list[str]:
         o = self.options
-        links = [n for n, on in (("down", o.compress_downstream), ("up", o.compress_upstream)) if on]
+        links = [
+            n
+            for n, on in (("down", o.compress_downstream), ("up", o.compress_upstream))
+            if on
+        ]
         return [
             f"NNC (ISO/IEC 15938-17) coding: {' + '.join(links) or 'off'}link",
-            f"diff_qp {o.diff_qp} | qp {o.qp} | nonweight_qp {o.nonweight_qp} | dq {o.use_dq}",
+            f"diff_qp {o.diff_qp} | qp {o.qp} | nonweight_qp {o.nonweight_qp} "
+            f"| dq {o.use_dq}",
             f"sparsity {o.sparsity} | struct_spars_factor {o.struct_spars_factor} "
             f"| row_skipping {o.row_skipping}",
             f"differences {o.compress_differences} | TCA {o.tca_active} "

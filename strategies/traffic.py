@@ -60,7 +60,9 @@ class RoundTraffic:
             "bytes_float32_up": float32_up,
             "ratio_down": _ratio(float32_down, traffic.bytes_down),
             "ratio_up": _ratio(float32_up, traffic.bytes_up),
-            "ratio": _ratio(float32_down + float32_up, traffic.bytes_down + traffic.bytes_up),
+            "ratio": _ratio(
+                float32_down + float32_up, traffic.bytes_down + traffic.bytes_up
+            ),
             "bits_per_param_down": _bits_per_param(
                 traffic.bytes_down, traffic.messages_down, self.num_parameters
             ),

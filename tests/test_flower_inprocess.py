@@ -78,8 +78,10 @@ def _make_client_app(mods: list) -> ClientApp:
             trained["steps"] = np.asarray(np.asarray(arrays["steps"]) + 5)
         metrics = {"train-loss": _loss(trained, x, y), "num-examples": len(x)}
         content = RecordDict(
-            {"arrays": ArrayRecord({k: Array(v) for k, v in trained.items()}),
-             "metrics": MetricRecord(metrics)}
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in trained.items()}),
+                "metrics": MetricRecord(metrics),
+            }
         )
         return Message(content, reply_to=msg)
 
@@ -96,7 +98,9 @@ def _make_client_app(mods: list) -> ClientApp:
 def _initial_arrays(with_int_buffer: bool = False) -> ArrayRecord:
     rng = np.random.default_rng(3)
     arrays = {
-        "fc.weight": Array(rng.normal(0, 0.3, (NUM_OUTPUTS, NUM_FEATURES)).astype(np.float32)),
+        "fc.weight": Array(
+            rng.normal(0, 0.3, (NUM_OUTPUTS, NUM_FEATURES)).astype(np.float32)
+        ),
         "fc.bias": Array(np.zeros(NUM_OUTPUTS, np.float32)),
     }
     if with_int_buffer:
@@ -114,9 +118,11 @@ class LoopbackGrid(Grid):
         self.app = app
         self.contexts = {
             1000 + i: Context(
-                run_id=1, node_id=1000 + i,
+                run_id=1,
+                node_id=1000 + i,
                 node_config={"partition-id": i, "num-partitions": num_nodes},
-                state=RecordDict(), run_config={},
+                state=RecordDict(),
+                run_config={},
             )
             for i in range(num_nodes)
         }
@@ -170,7 +176,8 @@ class LoopbackGrid(Grid):
                 received += _array_bytes(reply)
             replies.append(
                 Message(metadata=reply.metadata, content=copy.deepcopy(reply.content))
-                if reply.has_content() else reply
+                if reply.has_content()
+                else reply
             )
         self.bytes_down.append(sent)
         self.bytes_up.append(received)
@@ -196,7 +203,9 @@ def _task_identity():
 def _run(strategy, grid: LoopbackGrid, num_rounds: int, seed: int = 0, **model):
     random.seed(seed)  # node sampling
     return strategy.start(
-        grid=grid, initial_arrays=_initial_arrays(**model), num_rounds=num_rounds,
+        grid=grid,
+        initial_arrays=_initial_arrays(**model),
+        num_rounds=num_rounds,
         train_config=ConfigRecord({"lr": 0.05}),
     )
 
@@ -278,15 +287,15 @@ def test_reported_bytes_equal_payload_bytes(tmp_path):
     assert grid.bytes_up[0] > 0
 
 
-@pytest.mark.parametrize("catchup_bytes_limit", [None, 0], ids=["chain-replay", "keyframe"])
+@pytest.mark.parametrize(
+    "catchup_bytes_limit", [None, 0], ids=["chain-replay", "keyframe"]
+)
 def test_node_that_loses_its_state_is_resynced(catchup_bytes_limit):
     """A node wiped mid-run fails one round, is resynced, and the run completes."""
     # Prepare
     grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
     victim = 1001
-    strategy = NNCFedAvg(
-        min_available_nodes=3, catchup_bytes_limit=catchup_bytes_limit
-    )
+    strategy = NNCFedAvg(min_available_nodes=3, catchup_bytes_limit=catchup_bytes_limit)
 
     def wipe(call: int, message: Message) -> None:
         if call == 5 and message.metadata.dst_node_id == victim:  # round 3 train
@@ -316,8 +325,11 @@ def test_partial_participation_five_rounds_matches_fedavg():
     plain = LoopbackGrid(_make_client_app([]), num_nodes=4)
     coded = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=4)
     common = dict(
-        fraction_train=0.5, fraction_evaluate=0.5, min_train_nodes=2,
-        min_evaluate_nodes=2, min_available_nodes=4,
+        fraction_train=0.5,
+        fraction_evaluate=0.5,
+        min_train_nodes=2,
+        min_evaluate_nodes=2,
+        min_available_nodes=4,
     )
 
     # Execute
@@ -331,7 +343,9 @@ def test_partial_participation_five_rounds_matches_fedavg():
     got, want = _arrays(result.arrays), _arrays(expected.arrays)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=0, atol=2e-5)
-    segments_sent = [r["phases"]["train"]["bytes_down"] for r in strategy.codec.history()["rounds"]]
+    segments_sent = [
+        r["phases"]["train"]["bytes_down"] for r in strategy.codec.history()["rounds"]
+    ]
     assert all(b > 0 for b in segments_sent)  # half the nodes are stale each round
 
 
@@ -356,7 +370,11 @@ def test_corrupt_reply_is_dropped_and_counted(damage):
             link_record[link.KEY_SEGMENTS] = [len(data)]
             link_record[link.KEY_CRC32] = __import__("zlib").crc32(bytes(data))
         reply.content["arrays"] = ArrayRecord(
-            {link.PAYLOAD_KEY: Array("uint8", (len(data),), link.PAYLOAD_STYPE, bytes(data))}
+            {
+                link.PAYLOAD_KEY: Array(
+                    "uint8", (len(data),), link.PAYLOAD_STYPE, bytes(data)
+                )
+            }
         )
 
     grid.tamper_reply = tamper
@@ -478,7 +496,9 @@ def test_nncmod_uplink_override_sends_plain_weights():
     # Assert
     num_params = NUM_OUTPUTS * NUM_FEATURES + NUM_OUTPUTS
     for entry in strategy.codec.history()["rounds"]:
-        assert entry["bytes_up"] == sum(grid.bytes_up[2 * entry["round"] - 2 : 2 * entry["round"]])
+        assert entry["bytes_up"] == sum(
+            grid.bytes_up[2 * entry["round"] - 2 : 2 * entry["round"]]
+        )
         assert entry["bytes_up"] > 3 * num_params * 4
         assert entry["decode_failures"] == 0
 

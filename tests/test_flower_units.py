@@ -8,10 +8,10 @@ import zlib
 import numpy as np
 import pytest
 from flwr.app import Array, ConfigRecord
+from flwr_nncodec.strategies.traffic import RoundTraffic, config_bytes
 
 from flwr_nncodec import flower_link as link
 from flwr_nncodec.flower_options import NNCOptions
-from flwr_nncodec.strategies.traffic import RoundTraffic, config_bytes
 
 
 def test_options_defaults_follow_fl_py_except_row_skipping():
@@ -41,7 +41,13 @@ def test_options_round_trip_through_config():
         ({"use_dq": 1}, r"use_dq must be bool, got 1"),
         ({"diff_qp": True}, r"diff_qp must be int, got True"),
     ],
-    ids=["qp-below-8-bit", "sparsity-one", "negative-gain", "int-as-bool", "bool-as-int"],
+    ids=[
+        "qp-below-8-bit",
+        "sparsity-one",
+        "negative-gain",
+        "int-as-bool",
+        "bool-as-int",
+    ],
 )
 def test_options_reject_bad_values_naming_them(overrides, message):
     """Invalid options raise and name the value received."""

@@ -28,21 +28,27 @@ def _namespace_command() -> list[str] | None:
     # Plain unshare needs CAP_SYS_ADMIN; -r maps us to root in a user namespace.
     for command in (["unshare", "-n"], ["unshare", "-rn"]):
         try:
-            subprocess.run(command + ["true"], check=True, capture_output=True, timeout=10)
+            subprocess.run(
+                command + ["true"], check=True, capture_output=True, timeout=10
+            )
         except (OSError, subprocess.SubprocessError):
             continue
         return command
     return None
 
 
-def _run_quickstart(mode: str, work: Path, rounds: int, nodes: int) -> tuple[dict, dict]:
+def _run_quickstart(
+    mode: str, work: Path, rounds: int, nodes: int
+) -> tuple[dict, dict]:
     namespace = _namespace_command()
     if namespace is None:
         pytest.skip("needs a private network namespace (unshare -n or -rn)")
 
     process = subprocess.Popen(
         namespace + ["bash", str(SCRIPT), mode, str(work), str(rounds), str(nodes)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -52,7 +58,9 @@ def _run_quickstart(mode: str, work: Path, rounds: int, nodes: int) -> tuple[dic
         output, _ = process.communicate(timeout=30)  # stops its servers by PID
 
     logs = work / "logs"
-    run_log = (logs / "flwr-run.log").read_text(errors="replace") if logs.exists() else ""
+    run_log = (
+        (logs / "flwr-run.log").read_text(errors="replace") if logs.exists() else ""
+    )
     listing = json.loads((work / "ls.json").read_text())
     assert len(listing["runs"]) == 1, output
     run = listing["runs"][0]
@@ -81,7 +89,7 @@ def test_simulation_three_supernodes(tmp_path):
 
 
 def test_deployment_superlink_two_supernodes(tmp_path):
-    """SuperLink + 2 SuperNodes on loopback; its traffic counters see the coded bytes."""
+    """SuperLink + 2 SuperNodes on loopback; its counters see the coded bytes."""
     run, history = _run_quickstart("deployment", tmp_path, rounds=2, nodes=2)
     _check_history(history, rounds=2, nodes=2)
 

@@ -22,7 +22,9 @@ def train_fn(msg: Message, context: Context) -> Message:
     x, y = load_partition(partition_id, int(context.node_config["num-partitions"]))
     server_round = int(msg.content["config"]["server-round"])
     loss = train(
-        net, x, y,
+        net,
+        x,
+        y,
         epochs=int(context.run_config["local-epochs"]),
         lr=float(context.run_config["learning-rate"]),
         batch_size=int(context.run_config["batch-size"]),

@@ -28,7 +28,9 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return (x / 16.0).astype(np.float32), y.astype(np.int64)
 
 
-def load_partition(partition_id: int, num_partitions: int) -> tuple[np.ndarray, np.ndarray]:
+def load_partition(
+    partition_id: int, num_partitions: int
+) -> tuple[np.ndarray, np.ndarray]:
     """IID share ``partition_id`` of the training digits (fixed shuffle)."""
     x, y = _digits()
     x, y = x[:-NUM_TEST_SAMPLES], y[:-NUM_TEST_SAMPLES]
@@ -43,7 +45,12 @@ def load_test_set() -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(
-    net: Net, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, batch_size: int,
+    net: Net,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    lr: float,
+    batch_size: int,
     seed: int,
 ) -> float:
     """Plain SGD; returns the mean loss of the last epoch."""
