@@ -41,7 +41,7 @@ __all__ = [
 
 # Largest tensor decode() allocates unless told otherwise (1 GiB of float32).
 DEFAULT_MAX_ELEMENTS = 1 << 28
-_INT32_MAX = (1 << 31) - 1
+_INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
 @dataclass(frozen=True)
@@ -196,14 +196,13 @@ def _as_codable_array(name: str, value: object) -> np.ndarray:
     if kind == "b":
         return np.ascontiguousarray(array, dtype=np.int32)
     if kind in "iu":
-        # -2**31 is excluded: its magnitude does not fit the int32 level coder.
         if array.size and (
-            int(array.min()) < -_INT32_MAX or int(array.max()) > _INT32_MAX
+            int(array.min()) < _INT32_MIN or int(array.max()) > _INT32_MAX
         ):
             raise ValueError(
                 f"integer tensor {name!r} ({array.dtype}) has values in "
-                f"[{int(array.min())}, {int(array.max())}], outside the codable "
-                f"range [{-_INT32_MAX}, {_INT32_MAX}]"
+                f"[{int(array.min())}, {int(array.max())}], outside the int32 "
+                f"range NNC codes integer tensors in"
             )
         return np.ascontiguousarray(array, dtype=np.int32)
     raise TypeError(f"tensor {name!r} has unsupported dtype {array.dtype}")

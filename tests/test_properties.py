@@ -51,7 +51,7 @@ def tensors(draw):
     else:
         info = np.iinfo(dtype)
         elements = st.integers(
-            max(int(info.min), 1 - 2**31), min(int(info.max), 2**31 - 1)
+            max(int(info.min), -(2**31)), min(int(info.max), 2**31 - 1)
         )
     return draw(hnp.arrays(dtype, shape, elements=elements))
 
