@@ -70,11 +70,13 @@ MAX_TENSOR_DIMS = 32
 MAX_ELEMENTS_HARD_LIMIT = (1 << 31) - 1  # the core's int32 element count
 
 # Each renormalisation of the 9-bit CABAC range consumes at least one payload
-# bit and at most (510 - 256) / 2 = 127 decisions fit between two of them
-# (rLPS >= 2), so a segment of B bytes codes fewer than 1024 * B + 2048 bins.
-# Every non-skipped element and every row flag costs at least one bin.
+# bit, and at most 128 decisions fit between two of them (rLPS >= 2 shrinks
+# the range from <= 510 to below 256), so a segment of B bytes codes fewer
+# than 128 * (8 * B + 16) + 128 < 1024 * B + 4096 bins. Every non-skipped
+# element and every row flag costs at least one bin; NNCodec's all-zero 1-D
+# tensors reach about 780 elements per byte.
 _MAX_BINS_PER_PAYLOAD_BYTE = 1024
-_BIN_SLACK = 2048
+_BIN_SLACK = 4096
 
 
 def unit_type_name(unit_type: int) -> str:

@@ -348,7 +348,13 @@ def test_parser_caps_dimensions_before_allocating():
     with pytest.raises(NNCFormatError, match="count_tensor_dimensions 40"):
         parse_one_ndu(hls.write_ndu(many, mps, b"\x00"))
 
-    # A 1-D tensor of 10**6 elements cannot fit in a 3-byte CABAC segment.
+    # A 1-D tensor of 10**6 elements cannot fit in a 3-byte CABAC segment
+    # (at most 1024 * 3 + 4096 bins); 7000 elements can.
     implausible = hls.NDUHeader(hls.PT_FLOAT, "w", (10**6,))
     with pytest.raises(NNCFormatError, match="cannot be coded in a 3-byte payload"):
         parse_one_ndu(hls.write_ndu(implausible, mps, b"\x00\x00\x00"))
+    plausible = hls.NDUHeader(hls.PT_FLOAT, "w", (7000,))
+    assert parse_one_ndu(hls.write_ndu(plausible, mps, b"\x00\x00\x00")) == plausible
+    # With row skipping possible only the rows must fit, not the elements.
+    rows = hls.NDUHeader(hls.PT_FLOAT, "w", (7000, 10**5))
+    assert parse_one_ndu(hls.write_ndu(rows, mps, b"\x00\x00\x00")) == rows
