@@ -60,10 +60,11 @@ struct ContextModel {
 
 // Estimated cost of coding `bin` with a model in state P, in 2^-15 bit units
 // (encoder decisions only: eco choice and rate-aware quantisation).
-extern const uint32_t* const kBinCostTable;  // 2 * 8192 entries
+extern const uint32_t* const kBinCostTable;  // 2 * 1024 entries
 
 inline uint32_t bin_cost(const ContextModel& model, int bin) {
-  return kBinCostTable[(model.probability() + 4096) * 2 + bin];
+  // |P| < 4096 for every reachable state, so the index stays in 0..1023.
+  return kBinCostTable[(512 + (model.probability() >> 3)) * 2 + bin];
 }
 
 // HEVC-style arithmetic encoder: `low` register with carry propagation via

@@ -179,8 +179,9 @@ std::vector<uint8_t> rows_to_skip(const int32_t* q, const SegmentSpec& spec) {
 }
 
 // Walk the levels in raster scan, skipping flagged rows (Q2, Q3), and feed
-// their bins to `sink`. With feed_values_as_levels the stored values are fed
-// unchanged as levels (NNCodec's eco estimation under DQ feeds q, §3.4).
+// their bins to `sink`. With feed_values_as_levels the stored values are
+// binarised unchanged, while the DQ state still follows the true levels
+// (NNCodec's eco estimation under DQ feeds q, §3.4).
 // Stops after `max_positions` positions (skipped rows included).
 template <bool kTruncated, class Sink>
 void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
@@ -200,12 +201,11 @@ void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
     }
     const int64_t row_start = row * spec.width;
     for (int64_t pos = row_start; pos < row_start + spec.width; ++pos) {
-      const int64_t level = feed_values_as_levels
-                                ? int64_t(q[pos])
-                                : level_from_value(q[pos], spec, state, pos);
+      const int64_t level = level_from_value(q[pos], spec, state, pos);
+      const int64_t fed = feed_values_as_levels ? int64_t(q[pos]) : level;
       const PositionContexts ctx = position_contexts(prev_level, state, spec.tca_base, pos);
-      put_level<kTruncated>(sink, layout, level, ctx, limits);
-      prev_level = level;
+      put_level<kTruncated>(sink, layout, fed, ctx, limits);
+      prev_level = fed;
       if (spec.dq) state = kDqNextState[state][level & 1];
     }
   }
@@ -352,9 +352,11 @@ std::vector<int> eco_context_list(const SegmentSpec& spec) {
 std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec) {
   const ContextLayout layout(spec.unary_len);
   const std::vector<int> list = eco_context_list(spec);
+  // NNCodec estimates codebook levels without the truncations (§2.5), so
+  // the extra gt pair of the eco list sees bins there.
   InitSetCostSink sink(layout.count);
-  put_levels_any(sink, layout, q, spec, skip_rows_for(q, spec), spec.dq,
-                 kEcoEstimationPositions);
+  put_levels<false>(sink, layout, q, spec, skip_rows_for(q, spec), spec.dq,
+                    kEcoEstimationPositions);
 
   std::vector<uint8_t> init_sets;
   init_sets.reserve(list.size());
