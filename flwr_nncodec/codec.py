@@ -30,6 +30,7 @@ from flwr_nncodec.sparsify import sparsify_structured, sparsify_unstructured
 
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",
+    "DEFAULT_MAX_TOTAL_ELEMENTS",
     "EncodeResult",
     "decode",
     "decode_tensor",
@@ -39,8 +40,10 @@ __all__ = [
     "inspect",
 ]
 
-# Largest tensor decode() allocates unless told otherwise (1 GiB of float32).
+# What decode() allocates at most unless told otherwise: 1 GiB of float32 per
+# tensor, 8 GiB for the whole stream.
 DEFAULT_MAX_ELEMENTS = 1 << 28
+DEFAULT_MAX_TOTAL_ELEMENTS = 1 << 31
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -331,6 +334,7 @@ def decode(
     base: BaseState | None = None,
     update_base: bool = False,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_total_elements: int = DEFAULT_MAX_TOTAL_ELEMENTS,
 ) -> dict[str, np.ndarray]:
     """Decode an NNC bitstream into ``{name: array}`` in stream order.
 
@@ -344,8 +348,9 @@ def decode(
         Advance ``base`` with every decoded tensor (NNCodec's
         ``update_base_param``). The base changes only if the whole stream
         decodes.
-    max_elements : int
-        Largest tensor (in elements) the decoder will allocate.
+    max_elements, max_total_elements : int
+        Largest tensor, and largest sum over all tensors, in elements, that
+        the decoder will allocate; checked on the headers before decoding.
 
     Returns
     -------
@@ -366,7 +371,9 @@ def decode(
         raise ValueError("update_base=True needs a base (BaseState)")
     if base is not None and not isinstance(base, BaseState):
         raise TypeError(f"base must be a BaseState or None, got {type(base).__name__}")
-    parsed = hls.parse_stream(data, max_elements=max_elements)
+    parsed = hls.parse_stream(
+        data, max_elements=max_elements, max_total_elements=max_total_elements
+    )
     work_base = base.copy() if (update_base and base is not None) else base
     tensors: dict[str, np.ndarray] = {}
     for unit in parsed.ndus:

@@ -373,12 +373,17 @@ def bitstream_bytes(bitstream: object) -> bytes:
 
 
 def parse_stream(
-    data: bytes, *, max_elements: int = MAX_ELEMENTS_HARD_LIMIT
+    data: bytes,
+    *,
+    max_elements: int = MAX_ELEMENTS_HARD_LIMIT,
+    max_total_elements: int | None = None,
 ) -> ParsedStream:
     """Split ``data`` into NNR units and parse every header.
 
     The stream must be STR, MPS, an optional TPL, then NDUs, with nothing
-    after the last unit. Raises :class:`NNCFormatError` on any violation.
+    after the last unit. ``max_elements`` caps each tensor and
+    ``max_total_elements`` (if given) all tensors together, before anything
+    is allocated. Raises :class:`NNCFormatError` on any violation.
     """
     data = bytes(data)
     if not data:
@@ -388,6 +393,7 @@ def parse_stream(
     mps: ModelParameterSet | None = None
     topology: Topology | None = None
     names: set[str] = set()
+    total_elements = 0
     offset = 0
     while offset < len(data):
         index = len(units)
@@ -420,6 +426,13 @@ def parse_stream(
             if name in names:
                 raise reader.error(f"tensor name {name!r} occurs twice", offset)
             names.add(name)
+            total_elements += header.num_elements  # type: ignore[attr-defined]
+            if max_total_elements is not None and total_elements > max_total_elements:
+                raise reader.error(
+                    f"the stream's tensors hold more than {max_total_elements} "
+                    "elements in total (max_total_elements)",
+                    offset,
+                )
             payload_offset = reader.byte_offset
             _check_payload_plausible(reader, header, offset + size)  # type: ignore
         elif unit_type in _UNIT_NAMES:

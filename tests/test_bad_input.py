@@ -184,6 +184,12 @@ def test_duplicate_tensor_names_are_refused():
 def test_declared_size_beyond_max_elements_is_refused_without_allocating():
     with pytest.raises(nnc.NNCFormatError, match="more than the limit of 5"):
         nnc.decode(STREAM, max_elements=5)
+    with pytest.raises(
+        nnc.NNCFormatError, match="more than 8 elements in total"
+    ) as info:
+        nnc.decode(STREAM, max_total_elements=8)  # 6 + 3 elements
+    assert info.value.unit == "NDU #4 'b'" and info.value.offset == 47
+    assert len(nnc.decode(STREAM, max_elements=6, max_total_elements=9)) == 2
 
     header = hls.NDUHeader(hls.PT_INT, "huge", (1 << 16, 1 << 16))
     huge = hls.write_ndu(header, hls.ModelParameterSet(), b"\x00" * 8)
