@@ -113,6 +113,10 @@ def encode(params: Mapping[str, object], **options: object) -> bytes:
       coding whenever they are > 0 (NNCodec's ``nn.encode`` only does so
       when ``epoch > 0``; ``fl.encode`` always does).
     * Decoding returns float32 for every float input dtype.
+    * Empty tensors are coded like NNCodec codes them. NNCodec's decoder
+      crashes (division by zero) on shapes like (3, 0), whose rows are
+      empty; this package decodes them.
+    * Inputs are not modified; the result shares no memory with them.
     """
     return encode_with_reconstruction(params, **options).bitstream
 

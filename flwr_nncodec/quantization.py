@@ -83,7 +83,8 @@ def reconstruct(coded: CodedTensor) -> tuple[np.ndarray, np.ndarray]:
     and INT tensors, codebook index minus the zero offset for codebooks.
     """
     if coded.payload_type == hls.PT_INT:
-        return coded.values, coded.values
+        values = coded.values.copy()  # may be a view of the caller's array
+        return values, values
     assert coded.qp is not None
     if coded.codebook is not None:
         return reconstruct_codebook(

@@ -531,3 +531,13 @@ def test_raw_float_payloads_decode():
     decoded = nnc.decode(HEAD + ndu)["raw"]
     assert_same_floats(decoded, values.astype(np.float32))
     assert nnc.inspect(HEAD + ndu)[3]["payload_type"] == "RAW_FLOAT"
+
+
+def test_results_share_no_memory_with_the_inputs():
+    ints = np.arange(6, dtype=np.int32).reshape(2, 3)
+    floats = W.copy()
+    result = nnc.encode_with_reconstruction({"i": ints, "w": floats}, sparsity=0.5)
+    assert np.array_equal(floats, W)  # sparsification worked on a copy
+    for array in (*result.reconstruction.values(), *result.levels.values()):
+        assert not np.shares_memory(array, ints)
+        assert not np.shares_memory(array, floats)
