@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -43,6 +44,8 @@ def _run_quickstart(
     namespace = _namespace_command()
     if namespace is None:
         pytest.skip("needs a private network namespace (unshare -n or -rn)")
+    if shutil.which("ip") is None:
+        pytest.skip("needs iproute2's `ip` to bring up loopback in the namespace")
 
     process = subprocess.Popen(
         namespace + ["bash", str(SCRIPT), mode, str(work), str(rounds), str(nodes)],
