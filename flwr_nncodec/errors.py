@@ -13,7 +13,9 @@ class NNCFormatError(ValueError):
     message : str
         What went wrong, naming the offending field and value.
     unit : str, optional
-        The NNR unit being read, e.g. ``"NDU #2 'fc.weight'"``.
+        The NNR unit being read: its type, its index among all units of the
+        stream (STR is #0) and, for an NDU, the tensor name once read, e.g.
+        ``"NDU #3 'fc.weight'"``.
     offset : int, optional
         Byte offset in the whole bitstream where the problem was found.
 
