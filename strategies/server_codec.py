@@ -93,6 +93,7 @@ class NNCServerCodec:
         messages = list(messages)
         if not messages:
             return messages
+        arrays = _broadcast_model(messages, arrayrecord_key, arrays)
         self._advance_chain(arrays)
         traffic = self._round(server_round).phase(phase)
 
@@ -496,6 +497,23 @@ class NNCServerCodec:
             f"differences {o.compress_differences} | TCA {o.tca_active} "
             f"| err_accumulation {o.err_accumulation}",
         ]
+
+
+def _broadcast_model(
+    messages: list[Message], arrayrecord_key: str, arrays: ArrayRecord
+) -> ArrayRecord:
+    # The model the strategy actually sends; the chain needs one for all nodes.
+    records = [m.content.get(arrayrecord_key) for m in messages]
+    first = records[0] if isinstance(records[0], ArrayRecord) else arrays
+    for record in records[1:]:
+        if record is not first and not _same_model(
+            link.record_to_arrays(record), link.record_to_arrays(first)
+        ):
+            raise ValueError(
+                "NNC links send one model to all nodes, but the strategy built "
+                f"different '{arrayrecord_key}' records per node"
+            )
+    return first
 
 
 def _same_model(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
