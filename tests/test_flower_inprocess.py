@@ -507,3 +507,19 @@ def test_nncmod_rejects_unknown_option():
     """A misspelt override fails at construction, naming it."""
     with pytest.raises(TypeError, match="diffqp"):
         NNCMod(diffqp=-20)
+
+
+def test_start_logs_codec_summary_and_round_traffic(caplog):
+    """Flower's log shows the NNC settings and each round's bytes and ratio."""
+    # Prepare
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=2)
+    caplog.set_level("INFO", logger="flwr")
+
+    # Execute
+    _run(NNCFedAvg(diff_qp=-30), grid, num_rounds=1)
+
+    # Assert
+    text = caplog.text
+    assert "NNC (ISO/IEC 15938-17) coding: down + uplink" in text
+    assert "diff_qp -30 | qp -26" in text
+    assert "nnc: round 1 total:" in text and "vs 24960 B float32" in text  # 6 transfers
