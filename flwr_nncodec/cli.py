@@ -246,6 +246,16 @@ def _mse_of(
     return mse, num_float_params
 
 
+def _corrupt_stream_message(path: Path, data: bytes, error: Exception) -> str:
+    """Name the file and the format error; hint when it is a parameter file."""
+    message = f"{path}: corrupt NNC bitstream: {error}"
+    looks_like_zip = data[:4] == b"PK\x03\x04"  # .npz and .pt archives
+    looks_like_safetensors = len(data) > 8 and data[8:9] == b"{"
+    if looks_like_zip or looks_like_safetensors:
+        message += " (this looks like a parameter file: use 'encode' to code it)"
+    return message
+
+
 def _check_output_path(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise UserError(f"{path}: file exists (use --force to overwrite it)")
@@ -333,7 +343,7 @@ def command_decode(args: argparse.Namespace) -> int:
             _want_progress(args, len(bitstream), PROGRESS_MIN_BYTES),
         )
     except _format_error() as error:
-        raise UserError(f"{args.input}: corrupt NNC bitstream: {error}") from None
+        raise UserError(_corrupt_stream_message(args.input, bitstream, error)) from None
     except ValueError as error:
         raise UserError(f"{args.input}: cannot decode: {error}") from None
     decode_seconds = time.perf_counter() - started
@@ -439,7 +449,7 @@ def command_info(args: argparse.Namespace) -> int:
     try:
         summary = describe_bitstream(bitstream)
     except _format_error() as error:
-        raise UserError(f"{args.input}: corrupt NNC bitstream: {error}") from None
+        raise UserError(_corrupt_stream_message(args.input, bitstream, error)) from None
     except ValueError as error:
         raise UserError(f"{args.input}: cannot read: {error}") from None
 

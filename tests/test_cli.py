@@ -148,6 +148,8 @@ def test_user_errors_exit_1_with_one_line_and_no_traceback(tmp_path):
     unsupported.write_text("not a model")
     corrupt_npz = tmp_path / "corrupt.npz"
     corrupt_npz.write_bytes(b"PK\x03\x04 broken")
+    parameter_file = tmp_path / "weights.npz"
+    model_io.save_parameters(parameter_file, small_model())
     not_a_stream = tmp_path / "junk.nnc"
     not_a_stream.write_bytes(b"\x00\x04\x02\x01" + b"\xff" * 20)
 
@@ -160,6 +162,7 @@ def test_user_errors_exit_1_with_one_line_and_no_traceback(tmp_path):
         (["decode", str(not_a_stream), str(tmp_path / "d.npz")],
          [str(not_a_stream), "corrupt NNC bitstream"]),
         (["info", str(not_a_stream)], [str(not_a_stream), "corrupt NNC bitstream"]),
+        (["info", str(parameter_file)], [str(parameter_file), "use 'encode' to code it"]),
         (["decode", str(tmp_path / "none.nnc"), str(tmp_path / "e.npz")],
          ["none.nnc", "no such file"]),
         (["decode", str(not_a_stream), str(tmp_path / "out.bin")],
