@@ -4,7 +4,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
-#include <nanobind/stl/string.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
@@ -13,11 +13,13 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nnc_tables.hpp"
 #include "quantize.hpp"
 #include "segment.hpp"
+#include "tensor_coder.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -28,6 +30,7 @@ template <class T>
 using InArray = nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 template <class T>
 using OutArray = nb::ndarray<nb::numpy, T, nb::ndim<1>>;
+using OptionalBase = std::optional<InArray<int32_t>>;
 
 // Hand a heap buffer of n values to NumPy without copying it.
 template <class T>
@@ -38,29 +41,36 @@ OutArray<T> to_numpy(std::unique_ptr<T[]> data, size_t n) {
 }
 
 template <class T>
-void check_length(const InArray<T>& array, int64_t expected, const char* what) {
+void check_length(const InArray<T>& array, int64_t expected, const std::string& what) {
   if (int64_t(array.shape(0)) != expected) {
-    throw std::invalid_argument(std::string(what) + " has " +
-                                std::to_string(array.shape(0)) +
+    throw std::invalid_argument(what + " has " + std::to_string(array.shape(0)) +
                                 " elements, expected height*width = " +
                                 std::to_string(expected));
   }
 }
 
-nnc::SegmentSpec make_spec(int64_t height, int64_t width, int qp_density, bool dq,
-                           bool hdsp_flag_present,
-                           const std::optional<InArray<int32_t>>& tca_base,
-                           int64_t codebook_size, int64_t codebook_zero_offset,
-                           int unary_len, const char* operation) {
+struct SpecArgs {
+  int64_t height;
+  int64_t width;
+  int qp_density;
+  bool dq;
+  bool hdsp_flag_present;
+  int64_t codebook_size;
+  int64_t codebook_zero_offset;
+  int unary_len;
+};
+
+nnc::SegmentSpec make_spec(const SpecArgs& args, const OptionalBase& tca_base,
+                           const char* operation) {
   nnc::SegmentSpec spec;
-  spec.height = height;
-  spec.width = width;
-  spec.qp_density = qp_density;
-  spec.dq = dq;
-  spec.hdsp_flag_present = hdsp_flag_present;
-  spec.codebook_size = codebook_size;
-  spec.codebook_zero_offset = codebook_zero_offset;
-  spec.unary_len = unary_len;
+  spec.height = args.height;
+  spec.width = args.width;
+  spec.qp_density = args.qp_density;
+  spec.dq = args.dq;
+  spec.hdsp_flag_present = args.hdsp_flag_present;
+  spec.codebook_size = args.codebook_size;
+  spec.codebook_zero_offset = args.codebook_zero_offset;
+  spec.unary_len = args.unary_len;
   const int64_t n = nnc::validate_spec(spec, operation);
   if (tca_base) {
     check_length(*tca_base, n, "tca_base");
@@ -72,12 +82,12 @@ nnc::SegmentSpec make_spec(int64_t height, int64_t width, int qp_density, bool d
 nb::bytes encode_segment(InArray<int32_t> q, int64_t height, int64_t width,
                          std::optional<int> qp, int qp_density, bool dq,
                          bool hdsp_flag_present, bool row_skipping, bool param_opt,
-                         std::optional<InArray<int32_t>> tca_base, int64_t codebook_size,
+                         OptionalBase tca_base, int64_t codebook_size,
                          int64_t codebook_zero_offset, int unary_len,
                          std::optional<InArray<uint8_t>> eco_init_sets) {
-  nnc::SegmentSpec spec = make_spec(height, width, qp_density, dq, hdsp_flag_present,
-                                    tca_base, codebook_size, codebook_zero_offset,
-                                    unary_len, "encode_segment");
+  const SpecArgs args{height, width, qp_density, dq, hdsp_flag_present,
+                      codebook_size, codebook_zero_offset, unary_len};
+  nnc::SegmentSpec spec = make_spec(args, tca_base, "encode_segment");
   check_length(q, height * width, "q");
   spec.has_qp = qp.has_value();
   spec.qp = qp.value_or(0);
@@ -95,15 +105,9 @@ nb::bytes encode_segment(InArray<int32_t> q, int64_t height, int64_t width,
   return nb::bytes(segment.data(), segment.size());
 }
 
-nnc::DecodedSegment decode_into(InArray<uint8_t> data, int64_t height, int64_t width,
-                                bool has_qp, int qp_density, bool dq,
-                                bool hdsp_flag_present,
-                                const std::optional<InArray<int32_t>>& tca_base,
-                                int64_t codebook_size, int64_t codebook_zero_offset,
-                                int unary_len, int32_t* q) {
-  nnc::SegmentSpec spec = make_spec(height, width, qp_density, dq, hdsp_flag_present,
-                                    tca_base, codebook_size, codebook_zero_offset,
-                                    unary_len, "decode_segment");
+nnc::DecodedSegment decode_into(const InArray<uint8_t>& data, const SpecArgs& args,
+                                bool has_qp, const OptionalBase& tca_base, int32_t* q) {
+  nnc::SegmentSpec spec = make_spec(args, tca_base, "decode_segment");
   spec.has_qp = has_qp;
   nb::gil_scoped_release release;
   return nnc::decode_segment(data.data(), data.shape(0), spec, q);
@@ -111,39 +115,47 @@ nnc::DecodedSegment decode_into(InArray<uint8_t> data, int64_t height, int64_t w
 
 std::tuple<OutArray<int32_t>, std::optional<int>, size_t> decode_segment(
     InArray<uint8_t> data, int64_t height, int64_t width, bool has_qp, int qp_density,
-    bool dq, bool hdsp_flag_present, std::optional<InArray<int32_t>> tca_base,
-    int64_t codebook_size, int64_t codebook_zero_offset, int unary_len) {
-  nnc::SegmentSpec spec;  // validated again in decode_into
-  spec.height = height;
-  spec.width = width;
-  spec.codebook_size = codebook_size;
-  spec.codebook_zero_offset = codebook_zero_offset;
-  spec.qp_density = qp_density;
-  spec.unary_len = unary_len;
-  nnc::validate_spec(spec, "decode_segment");
+    bool dq, bool hdsp_flag_present, OptionalBase tca_base, int64_t codebook_size,
+    int64_t codebook_zero_offset, int unary_len) {
+  const SpecArgs args{height, width, qp_density, dq, hdsp_flag_present,
+                      codebook_size, codebook_zero_offset, unary_len};
+  make_spec(args, tca_base, "decode_segment");  // validate before allocating
   const size_t n = size_t(height * width);
   std::unique_ptr<int32_t[]> q(new int32_t[n]);
-  const nnc::DecodedSegment result =
-      decode_into(data, height, width, has_qp, qp_density, dq, hdsp_flag_present,
-                  tca_base, codebook_size, codebook_zero_offset, unary_len, q.get());
+  const nnc::DecodedSegment result = decode_into(data, args, has_qp, tca_base, q.get());
   std::optional<int> qp;
   if (has_qp) qp = result.qp;
   return {to_numpy(std::move(q), n), qp, result.consumed_bytes};
 }
 
-std::vector<int> decode_eco_init_sets(
-    InArray<uint8_t> data, int64_t height, int64_t width, bool has_qp, int qp_density,
-    bool dq, bool hdsp_flag_present, std::optional<InArray<int32_t>> tca_base,
-    int64_t codebook_size, int64_t codebook_zero_offset, int unary_len) {
-  nnc::SegmentSpec spec;
-  spec.height = height;
-  spec.width = width;
-  nnc::validate_spec(spec, "decode_eco_init_sets");
+std::vector<int> decode_eco_init_sets(InArray<uint8_t> data, int64_t height,
+                                      int64_t width, bool has_qp, int qp_density,
+                                      bool dq, bool hdsp_flag_present,
+                                      OptionalBase tca_base, int64_t codebook_size,
+                                      int64_t codebook_zero_offset, int unary_len) {
+  const SpecArgs args{height, width, qp_density, dq, hdsp_flag_present,
+                      codebook_size, codebook_zero_offset, unary_len};
+  make_spec(args, tca_base, "decode_eco_init_sets");
   std::vector<int32_t> q(size_t(height * width));
-  const nnc::DecodedSegment result =
-      decode_into(data, height, width, has_qp, qp_density, dq, hdsp_flag_present,
-                  tca_base, codebook_size, codebook_zero_offset, unary_len, q.data());
+  const nnc::DecodedSegment result = decode_into(data, args, has_qp, tca_base, q.data());
   return std::vector<int>(result.init_sets.begin(), result.init_sets.end());
+}
+
+std::vector<int> choose_eco_init_sets(InArray<int32_t> q, int64_t height, int64_t width,
+                                      bool dq, bool row_skipping, OptionalBase tca_base,
+                                      int64_t codebook_size,
+                                      int64_t codebook_zero_offset, int unary_len) {
+  const SpecArgs args{height, width, 2, dq, false, codebook_size, codebook_zero_offset,
+                      unary_len};
+  nnc::SegmentSpec spec = make_spec(args, tca_base, "choose_eco_init_sets");
+  check_length(q, height * width, "q");
+  spec.row_skipping = row_skipping;
+  std::vector<uint8_t> sets;
+  {
+    nb::gil_scoped_release release;
+    sets = nnc::choose_init_sets(q.data(), spec);
+  }
+  return std::vector<int>(sets.begin(), sets.end());
 }
 
 OutArray<int32_t> quantize(InArray<float> x, int qp, int qp_density, bool dq,
@@ -167,22 +179,93 @@ OutArray<float> dequantize(InArray<int32_t> q, int qp, int qp_density) {
   return to_numpy(std::move(x), n);
 }
 
-std::vector<int> choose_eco_init_sets(InArray<int32_t> q, int64_t height, int64_t width,
-                                      bool dq, bool row_skipping,
-                                      std::optional<InArray<int32_t>> tca_base,
-                                      int64_t codebook_size, int64_t codebook_zero_offset,
-                                      int unary_len) {
-  nnc::SegmentSpec spec = make_spec(height, width, 2, dq, false, tca_base, codebook_size,
-                                    codebook_zero_offset, unary_len,
-                                    "choose_eco_init_sets");
-  check_length(q, height * width, "q");
-  spec.row_skipping = row_skipping;
-  std::vector<uint8_t> sets;
+// Options shared by the fused encoders.
+struct TensorOptions {
+  int qp_density;
+  bool dq;
+  double lambda_scale;
+  bool hdsp_flag_present;
+  bool row_skipping;
+  bool param_opt;
+  int unary_len;
+};
+
+nnc::TensorJob make_job(const InArray<float>& x, int64_t height, int64_t width, int qp,
+                        const OptionalBase& tca_base, const TensorOptions& options,
+                        const std::string& what) {
+  const SpecArgs args{height, width, options.qp_density, options.dq,
+                      options.hdsp_flag_present, 0, 0, options.unary_len};
+  nnc::TensorJob job;
+  job.spec = make_spec(args, tca_base, "encode_tensor");
+  check_length(x, height * width, what);
+  job.spec.has_qp = true;
+  job.spec.qp = qp;
+  job.spec.row_skipping = options.row_skipping;
+  job.spec.param_opt = options.param_opt;
+  job.x = x.data();
+  job.lambda_scale = options.lambda_scale;
+  return job;
+}
+
+std::tuple<nb::bytes, OutArray<int32_t>> encode_tensor(
+    InArray<float> x, int64_t height, int64_t width, int qp, int qp_density, bool dq,
+    double lambda_scale, bool hdsp_flag_present, bool row_skipping, bool param_opt,
+    OptionalBase tca_base, int unary_len) {
+  const TensorOptions options{qp_density, dq, lambda_scale, hdsp_flag_present,
+                              row_skipping, param_opt, unary_len};
+  nnc::TensorJob job = make_job(x, height, width, qp, tca_base, options, "x");
+  const size_t n = size_t(height * width);
+  std::unique_ptr<int32_t[]> q(new int32_t[n]);
+  job.q_out = q.get();
   {
     nb::gil_scoped_release release;
-    sets = nnc::choose_init_sets(q.data(), spec);
+    nnc::encode_tensor(job);
   }
-  return std::vector<int>(sets.begin(), sets.end());
+  return {nb::bytes(job.segment.data(), job.segment.size()), to_numpy(std::move(q), n)};
+}
+
+std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> encode_tensors(
+    std::vector<InArray<float>> xs, std::vector<std::pair<int64_t, int64_t>> shapes,
+    std::vector<int> qps, int qp_density, bool dq, double lambda_scale,
+    bool hdsp_flag_present, bool row_skipping, bool param_opt,
+    std::optional<std::vector<OptionalBase>> tca_bases, int unary_len,
+    int num_threads) {
+  const size_t count = xs.size();
+  if (shapes.size() != count || qps.size() != count ||
+      (tca_bases && tca_bases->size() != count)) {
+    throw std::invalid_argument(
+        "encode_tensors: xs, shapes, qps (and tca_bases) need equal lengths, got " +
+        std::to_string(count) + ", " + std::to_string(shapes.size()) + ", " +
+        std::to_string(qps.size()) +
+        (tca_bases ? ", " + std::to_string(tca_bases->size()) : std::string()));
+  }
+  const TensorOptions options{qp_density, dq, lambda_scale, hdsp_flag_present,
+                              row_skipping, param_opt, unary_len};
+  std::vector<nnc::TensorJob> jobs;
+  std::vector<std::unique_ptr<int32_t[]>> q_buffers;
+  jobs.reserve(count);
+  q_buffers.reserve(count);
+  const OptionalBase no_base;
+  for (size_t i = 0; i < count; ++i) {
+    const auto [height, width] = shapes[i];
+    const OptionalBase& base = tca_bases ? (*tca_bases)[i] : no_base;
+    jobs.push_back(make_job(xs[i], height, width, qps[i], base, options,
+                            "xs[" + std::to_string(i) + "]"));
+    q_buffers.emplace_back(new int32_t[size_t(height * width)]);
+    jobs.back().q_out = q_buffers.back().get();
+  }
+  {
+    nb::gil_scoped_release release;
+    nnc::encode_tensors(jobs, num_threads);
+  }
+  std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> results;
+  results.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    const size_t n = size_t(jobs[i].spec.height * jobs[i].spec.width);
+    results.emplace_back(nb::bytes(jobs[i].segment.data(), jobs[i].segment.size()),
+                         to_numpy(std::move(q_buffers[i]), n));
+  }
+  return results;
 }
 
 nb::dict tables() {
@@ -215,39 +298,65 @@ NB_MODULE(_core, m) {
 
   m.def("quantize", &quantize, "x"_a.noconvert(), "qp"_a, "qp_density"_a, "dq"_a,
         "lambda_scale"_a = 0.0,
-        "Quantise float32[n] to int32 reconstruction indices q (URQ or DQ "
-        "trellis). lambda_scale 0 = squared error only. Releases the GIL.");
+        "Quantise float32[n] to int32 reconstruction indices q. URQ rounds "
+        "half away from zero; DQ runs the 8-state trellis (q obeys the parity "
+        "of its state). lambda_scale 0 minimises squared error only (NNCodec's "
+        "choice); > 0 trades bits for error (RDOQ / rate-aware trellis, "
+        "lambda' = lambda_scale*ln2/6, DQ *4*0.7, in step^2 units per bit). "
+        "Raises ValueError naming max|x| and qp if x/step overflows int32. "
+        "Releases the GIL.");
 
   m.def("dequantize", &dequantize, "q"_a.noconvert(), "qp"_a, "qp_density"_a,
         "Reconstruct float32(step * float32(q)). Releases the GIL.");
 
-  m.def("encode_segment", &encode_segment, "q"_a.noconvert(), "height"_a, "width"_a, nb::kw_only(),
-        "qp"_a.none(), "qp_density"_a, "dq"_a, "hdsp_flag_present"_a, "row_skipping"_a,
-        "param_opt"_a, "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0,
-        "codebook_zero_offset"_a = 0, "unary_len"_a = 11, "eco_init_sets"_a.noconvert() = nb::none(),
-        "Code int32 q[height*width] (raster order) into one DeepCABAC segment "
-        "(qp offset unless qp is None, HDSP/row-skip flags, eco list, levels, "
-        "terminate, flush). eco_init_sets forces the init set of each eco-list "
-        "entry. Releases the GIL; the result is copied once into bytes.");
+  m.def("encode_segment", &encode_segment, "q"_a.noconvert(), "height"_a, "width"_a,
+        nb::kw_only(), "qp"_a.none(), "qp_density"_a, "dq"_a, "hdsp_flag_present"_a,
+        "row_skipping"_a, "param_opt"_a, "tca_base"_a.noconvert() = nb::none(),
+        "codebook_size"_a = 0, "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
+        "eco_init_sets"_a.noconvert() = nb::none(),
+        "Code int32 q[height*width] (raster order) into one DeepCABAC segment: "
+        "qp offset unless qp is None, HDSP and row-skip flags, eco list, "
+        "levels, terminate bin, flush. q holds DQ reconstruction indices or "
+        "codebook indices. eco_init_sets (uint8 per eco-list entry) overrides "
+        "param_opt. Releases the GIL; the segment is copied once into bytes.");
 
   m.def("decode_segment", &decode_segment, "data"_a.noconvert(), "height"_a, "width"_a,
         nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a, "hdsp_flag_present"_a,
-        "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0, "codebook_zero_offset"_a = 0,
-        "unary_len"_a = 11,
-        "Decode one segment: returns (q int32[n], qp or None, consumed_bytes). "
-        "Raises ValueError naming the byte offset on malformed or truncated "
-        "data. Releases the GIL; the data buffer is read in place.");
+        "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0,
+        "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
+        "Decode one segment from a bytes-like object: returns (q int32[n], qp "
+        "or None, consumed_bytes). Raises ValueError naming the byte offset on "
+        "truncated or malformed data. Releases the GIL; data is read in place.");
 
-  m.def("decode_eco_init_sets", &decode_eco_init_sets, "data"_a.noconvert(), "height"_a, "width"_a,
-        nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a, "hdsp_flag_present"_a,
-        "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0, "codebook_zero_offset"_a = 0,
-        "unary_len"_a = 11,
-        "Decode one segment and return the init set signalled for each eco-list "
-        "entry (diagnostics and tests).");
+  m.def("encode_tensor", &encode_tensor, "x"_a.noconvert(), "height"_a, "width"_a,
+        nb::kw_only(), "qp"_a, "qp_density"_a, "dq"_a, "lambda_scale"_a,
+        "hdsp_flag_present"_a, "row_skipping"_a, "param_opt"_a,
+        "tca_base"_a.noconvert() = nb::none(), "unary_len"_a = 11,
+        "Quantise float32 x[height*width] and code it in one call: returns "
+        "(segment bytes, q int32[n]), as quantize() followed by "
+        "encode_segment(). Releases the GIL; x is read in place.");
 
-  m.def("choose_eco_init_sets", &choose_eco_init_sets, "q"_a.noconvert(), "height"_a, "width"_a,
-        nb::kw_only(), "dq"_a, "row_skipping"_a, "tca_base"_a.noconvert() = nb::none(),
+  m.def("encode_tensors", &encode_tensors, "xs"_a, "shapes"_a, "qps"_a, nb::kw_only(),
+        "qp_density"_a, "dq"_a, "lambda_scale"_a, "hdsp_flag_present"_a,
+        "row_skipping"_a, "param_opt"_a, "tca_bases"_a = nb::none(),
+        "unary_len"_a = 11, "num_threads"_a = 0,
+        "encode_tensor() for several tensors on num_threads threads (0: one "
+        "per hardware thread). xs: float32 arrays; shapes: (height, width) "
+        "pairs; qps: one qp per tensor; tca_bases: None or one int32 array or "
+        "None per tensor. Returns [(segment bytes, q)] in input order. Errors "
+        "name the tensor index. Releases the GIL while coding.");
+
+  m.def("decode_eco_init_sets", &decode_eco_init_sets, "data"_a.noconvert(),
+        "height"_a, "width"_a, nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a,
+        "hdsp_flag_present"_a, "tca_base"_a.noconvert() = nb::none(),
         "codebook_size"_a = 0, "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
+        "Decode one segment and return the init set signalled for each "
+        "eco-list entry (diagnostics and tests).");
+
+  m.def("choose_eco_init_sets", &choose_eco_init_sets, "q"_a.noconvert(), "height"_a,
+        "width"_a, nb::kw_only(), "dq"_a, "row_skipping"_a,
+        "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0,
+        "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
         "Init set per eco-list entry that param_opt=True would signal for q.");
 
   m.def("tables", &tables,

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "nnc_tables.hpp"
+#include "rate_model.hpp"
 
 namespace nnc {
 
@@ -120,6 +121,163 @@ void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q
   }
 }
 
+// Rate-aware URQ (RDOQ): per value, in scan order, the cheapest of
+// {0, r-1, r} with r = round-half-away(t), cost = (|t| - a)^2 + lambda * bits;
+// the bit estimates adapt to the levels already chosen.
+void quantize_uniform_rdo(const float* x, size_t n, float inverse_step,
+                          double lambda_per_bit_unit, int32_t* q_out) {
+  LevelRateModel model;
+  long long prev_level = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const float scaled = inverse_step * x[i];
+    const long long rounded = static_cast<long long>(std::round(scaled));
+    long long chosen = 0;
+    if (rounded != 0) {
+      const bool negative = rounded < 0;
+      const long long magnitude = negative ? -rounded : rounded;
+      const double t = std::fabs(double(scaled));
+      const uint32_t sig_one = model.sig_cost(0, prev_level, 1);
+
+      long long best = magnitude;
+      double err = t - double(magnitude);
+      double best_cost = err * err + lambda_per_bit_unit *
+          double(sig_one + model.sign_and_magnitude_cost(prev_level, uint64_t(magnitude),
+                                                         negative));
+      if (magnitude > 1) {
+        err = t - double(magnitude - 1);
+        const double cost = err * err + lambda_per_bit_unit *
+            double(sig_one + model.sign_and_magnitude_cost(
+                                 prev_level, uint64_t(magnitude - 1), negative));
+        if (cost < best_cost) {
+          best = magnitude - 1;
+          best_cost = cost;
+        }
+      }
+      const double zero_cost =
+          t * t + lambda_per_bit_unit * double(model.sig_cost(0, prev_level, 0));
+      if (zero_cost < best_cost) best = 0;
+      chosen = negative ? -best : best;
+    }
+    q_out[i] = static_cast<int32_t>(chosen);
+    model.update(0, prev_level, chosen);
+    prev_level = chosen;
+  }
+}
+
+// Rate-aware DQ trellis: branch cost = (t - q)^2 + lambda * bits, where the
+// bits come from one shared rate model with the significance context of the
+// branch's own state and survivor neighbour. Every kCommitBlock positions
+// the survivor path of the best state is taken as settled up to kCommitLag
+// positions back, and the rate model is adapted to those levels.
+void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
+                            double lambda_per_bit_unit, int32_t* q_out) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  constexpr size_t kCommitBlock = 256;
+  constexpr size_t kCommitLag = 32;
+  std::vector<uint8_t> back(n * 8);
+  double cost[8];
+  long long prev_level[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (double& c : cost) c = kInf;
+  cost[0] = 0.0;
+
+  LevelRateModel model;
+  RateSnapshot rates;
+  rates.refresh(model);
+  size_t committed = 0;
+  long long committed_prev_level = 0;
+  std::vector<int64_t> path_levels;
+  std::vector<uint8_t> path_states;
+
+  DqCandidates cand;
+  for (size_t i = 0; i < n; ++i) {
+    dq_candidates(double(inverse_step) * double(x[i]), cand);
+
+    // State-independent parts of the candidates' rates.
+    long long level[2][3];
+    uint32_t magnitude_bits[2][3];
+    for (int quantizer = 0; quantizer < 2; ++quantizer) {
+      for (int j = 0; j < cand.count[quantizer]; ++j) {
+        const long long k = dq_level(cand.q[quantizer][j], quantizer);
+        level[quantizer][j] = k;
+        magnitude_bits[quantizer][j] =
+            k == 0 ? 0 : rates.magnitude(uint64_t(k < 0 ? -k : k), k < 0);
+      }
+    }
+
+    double next_cost[8] = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
+    long long next_prev_level[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    uint8_t* back_row = &back[i * 8];
+    for (int s = 0; s < 8; ++s) {
+      if (cost[s] == kInf) continue;
+      const int quantizer = s & 1;
+      const int neighbour = neighbour_class(prev_level[s]);
+      const uint32_t sig_zero = rates.sig(s, neighbour, 0);
+      const uint32_t sig_one = rates.sig(s, neighbour, 1);
+      for (int j = 0; j < cand.count[quantizer]; ++j) {
+        const long long k = level[quantizer][j];
+        uint32_t bits = sig_zero;
+        if (k != 0) {
+          bits = sig_one + magnitude_bits[quantizer][j] + rates.sign(neighbour, k < 0);
+        }
+        const double total =
+            cost[s] + cand.error[quantizer][j] + lambda_per_bit_unit * double(bits);
+        const int next = kDqNextState[s][cand.parity[quantizer][j]];
+        if (total < next_cost[next]) {
+          next_cost[next] = total;
+          next_prev_level[next] = k;
+          back_row[next] = uint8_t(s | (j << 3));
+        }
+      }
+    }
+    for (int s = 0; s < 8; ++s) {
+      cost[s] = next_cost[s];
+      prev_level[s] = next_prev_level[s];
+    }
+
+    // Settle the path up to kCommitLag positions back and adapt the model.
+    if (i + 1 >= committed + kCommitBlock + kCommitLag) {
+      int state = 0;
+      for (int s = 1; s < 8; ++s) {
+        if (cost[s] < cost[state]) state = s;
+      }
+      const size_t span = i + 1 - committed;
+      path_levels.resize(span);
+      path_states.resize(span);
+      for (size_t p = i + 1; p-- > committed;) {
+        const uint8_t pointer = back[p * 8 + size_t(state)];
+        const int prev = pointer & 7;
+        dq_candidates(double(inverse_step) * double(x[p]), cand);
+        path_levels[p - committed] = dq_level(cand.q[prev & 1][pointer >> 3], prev & 1);
+        path_states[p - committed] = uint8_t(prev);
+        state = prev;
+      }
+      // The model only needs to be close to the final path, so a survivor
+      // that has not yet merged with earlier commits is taken as it is.
+      const size_t end = i + 1 - kCommitLag;
+      for (size_t p = committed; p < end; ++p) {
+        const long long k = path_levels[p - committed];
+        model.update(path_states[p - committed], committed_prev_level, k);
+        committed_prev_level = k;
+      }
+      rates.refresh(model);
+      committed = end;
+    }
+  }
+
+  // Backtrack from the cheapest final state.
+  int state = 0;
+  for (int s = 1; s < 8; ++s) {
+    if (cost[s] < cost[state]) state = s;
+  }
+  for (size_t i = n; i-- > 0;) {
+    const uint8_t pointer = back[i * 8 + size_t(state)];
+    const int prev = pointer & 7;
+    dq_candidates(double(inverse_step) * double(x[i]), cand);
+    q_out[i] = int32_t(cand.q[prev & 1][pointer >> 3]);
+    state = prev;
+  }
+}
+
 }  // namespace
 
 float step_size(int qp, int qp_density) {
@@ -146,8 +304,15 @@ void quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
   }
   const float inverse_step = 1.0f / step;
   check_range(x, n, inverse_step, qp);
-  if (dq) {
+  // lambda' of NNCodec's RD cost (nnc-format §2.2/§2.3), per 2^-15 bit.
+  constexpr double kLn2Over6 = 0.69314718055994530942 / 6.0;
+  if (dq && lambda_scale > 0.0) {
+    const double lambda = lambda_scale * 4.0 * kLn2Over6 * 0.7;
+    quantize_dependent_rdo(x, n, inverse_step, lambda / 32768.0, q_out);
+  } else if (dq) {
     quantize_dependent(x, n, inverse_step, q_out);
+  } else if (lambda_scale > 0.0) {
+    quantize_uniform_rdo(x, n, inverse_step, lambda_scale * kLn2Over6 / 32768.0, q_out);
   } else {
     quantize_uniform(x, n, inverse_step, q_out);
   }

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cabac.hpp"
+#include "context_layout.hpp"
 #include "nnc_tables.hpp"
 
 namespace nnc {
@@ -24,24 +25,6 @@ constexpr uint32_t kInitSetPenalty = 3u << 15;  // 3 bits, in 2^-15 bit units
 // positions only: the init set matters most for the first bins of each
 // context, and this bounds the 9-fold estimation work on large tensors.
 constexpr int64_t kEcoEstimationPositions = int64_t(1) << 16;
-
-// Context index layout for n greater-than flags (§3.2): 90 + 4n models.
-struct ContextLayout {
-  explicit ContextLayout(int n)
-      : n(n), gt_tca(53 + 2 * n), eg(53 + 4 * n), eco(53 + 4 * n + 34),
-        row_skip(53 + 4 * n + 36), count(90 + 4 * n) {}
-  static constexpr int sig = 0;
-  static constexpr int sig_tca = 24;
-  static constexpr int sign = 48;
-  static constexpr int sign_tca = 51;
-  static constexpr int gt = 53;
-  int n;
-  int gt_tca;
-  int eg;
-  int eco;
-  int row_skip;
-  int count;
-};
 
 // Largest magnitude a level may have per sign; unbounded without a codebook.
 struct LevelLimits {

@@ -1,0 +1,145 @@
+// Bit estimates for rate-aware quantisation: a private copy of the context
+// models of one tensor (all at init set 0), fed with the levels chosen so far
+// the way the encoder will code them (nnc-format §3.1-§3.3). Encoder only;
+// TCA contexts and row skipping are not modelled.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "cabac.hpp"
+#include "context_layout.hpp"
+
+namespace nnc {
+
+class LevelRateModel {
+ public:
+  explicit LevelRateModel(int unary_len = 11)
+      : layout_(unary_len), models_(size_t(layout_.count)) {
+    for (auto& model : models_) model.init(0);
+  }
+
+  // Bits (2^-15 units) of the significance bin at DQ state s.
+  uint32_t sig_cost(int state, long long prev_level, int significant) const {
+    const int ctx = 3 * state + neighbour_class(prev_level);
+    return bin_cost(models_[size_t(ctx)], significant);
+  }
+
+  // Bits of the sign bin of a nonzero level.
+  uint32_t sign_cost(long long prev_level, bool negative) const {
+    return bin_cost(models_[size_t(ContextLayout::sign + neighbour_class(prev_level))],
+                    negative);
+  }
+
+  // Bits of the sign and magnitude bins of a level with |k| = magnitude >= 1.
+  uint32_t sign_and_magnitude_cost(long long prev_level, uint64_t magnitude,
+                                   bool negative) const {
+    uint32_t bits = bin_cost(
+        models_[size_t(ContextLayout::sign + neighbour_class(prev_level))], negative);
+    return bits + magnitude_cost(magnitude, negative);
+  }
+
+  // Bits of the greater-than flags and the Exp-Golomb remainder.
+  uint32_t magnitude_cost(uint64_t magnitude, bool negative) const {
+    uint32_t bits = 0;
+    const int n = layout_.n;
+    for (int j = 0; j < n; ++j) {
+      const int greater = magnitude > uint64_t(j + 1);
+      bits += bin_cost(models_[size_t(ContextLayout::gt + 2 * j + negative)], greater);
+      if (!greater) return bits;
+    }
+    const uint64_t remainder = magnitude - uint64_t(n) - 1;
+    int prefix_ones = 0;
+    while (prefix_ones < 31) {
+      const int one = remainder >= (uint64_t(2) << prefix_ones) - 1;
+      bits += bin_cost(models_[size_t(layout_.eg + prefix_ones)], one);
+      if (!one) break;
+      ++prefix_ones;
+    }
+    return bits + uint32_t(prefix_ones) * 32768u;  // bypass suffix: 1 bit each
+  }
+
+  // Total bits of level k at DQ state s after prev_level.
+  uint32_t level_cost(int state, long long prev_level, long long level) const {
+    if (level == 0) return sig_cost(state, prev_level, 0);
+    const bool negative = level < 0;
+    const uint64_t magnitude = uint64_t(negative ? -level : level);
+    return sig_cost(state, prev_level, 1) +
+           sign_and_magnitude_cost(prev_level, magnitude, negative);
+  }
+
+  // Adapt the models to level k as the encoder will code it.
+  void update(int state, long long prev_level, long long level) {
+    const int neighbour = neighbour_class(prev_level);
+    models_[size_t(3 * state + neighbour)].update(level != 0);
+    if (level == 0) return;
+    const bool negative = level < 0;
+    models_[size_t(ContextLayout::sign + neighbour)].update(negative);
+    const uint64_t magnitude = uint64_t(negative ? -level : level);
+    const int n = layout_.n;
+    for (int j = 0; j < n; ++j) {
+      const int greater = magnitude > uint64_t(j + 1);
+      models_[size_t(ContextLayout::gt + 2 * j + negative)].update(greater);
+      if (!greater) return;
+    }
+    const uint64_t remainder = magnitude - uint64_t(n) - 1;
+    for (int m = 0; m < 31; ++m) {
+      const int one = remainder >= (uint64_t(2) << m) - 1;
+      models_[size_t(layout_.eg + m)].update(one);
+      if (!one) return;
+    }
+  }
+
+ private:
+  ContextLayout layout_;
+  std::vector<ContextModel> models_;
+};
+
+// Frozen bit tables of a LevelRateModel, for the DQ trellis which evaluates
+// many branches between two model updates.
+class RateSnapshot {
+ public:
+  static constexpr int kTabulatedMagnitudes = 64;
+
+  void refresh(const LevelRateModel& model) {
+    model_ = &model;
+    for (int state = 0; state < 8; ++state) {
+      for (int neighbour = 0; neighbour < 3; ++neighbour) {
+        const long long prev = neighbour == 0 ? 0 : (neighbour == 1 ? -1 : 1);
+        sig_bits_[state][neighbour][0] = model.sig_cost(state, prev, 0);
+        sig_bits_[state][neighbour][1] = model.sig_cost(state, prev, 1);
+      }
+    }
+    for (int neighbour = 0; neighbour < 3; ++neighbour) {
+      const long long prev = neighbour == 0 ? 0 : (neighbour == 1 ? -1 : 1);
+      sign_bits_[neighbour][0] = model.sign_cost(prev, false);
+      sign_bits_[neighbour][1] = model.sign_cost(prev, true);
+    }
+    for (int negative = 0; negative < 2; ++negative) {
+      for (int a = 1; a <= kTabulatedMagnitudes; ++a) {
+        magnitude_bits_[negative][a] = model.magnitude_cost(uint64_t(a), negative != 0);
+      }
+    }
+  }
+
+  uint32_t sig(int state, int neighbour, int significant) const {
+    return sig_bits_[state][neighbour][significant];
+  }
+
+  uint32_t sign(int neighbour, bool negative) const {
+    return sign_bits_[neighbour][negative ? 1 : 0];
+  }
+
+  uint32_t magnitude(uint64_t a, bool negative) const {
+    if (a <= uint64_t(kTabulatedMagnitudes)) return magnitude_bits_[negative ? 1 : 0][a];
+    return model_->magnitude_cost(a, negative);
+  }
+
+ private:
+  const LevelRateModel* model_ = nullptr;
+  uint32_t sig_bits_[8][3][2] = {};
+  uint32_t sign_bits_[3][2] = {};
+  uint32_t magnitude_bits_[2][kTabulatedMagnitudes + 1] = {};
+};
+
+}  // namespace nnc

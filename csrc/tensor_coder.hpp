@@ -1,0 +1,33 @@
+// Fused quantise-and-code entry points: one tensor, or several tensors on
+// several threads. Each tensor is quantised (URQ / DQ, optionally rate-aware)
+// into a caller-provided int32 buffer and then coded into its own segment.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "segment.hpp"
+
+namespace nnc {
+
+struct TensorJob {
+  const float* x = nullptr;  // height*width values
+  int32_t* q_out = nullptr;  // height*width reconstruction indices (output)
+  SegmentSpec spec;          // has_qp must be true; codebook_size must be 0
+  double lambda_scale = 0.0;
+  std::vector<uint8_t> segment;  // output
+};
+
+// Quantise job.x with job.spec.qp into job.q_out and code the segment.
+// Throws like quantize() and encode_segment().
+void encode_tensor(TensorJob& job);
+
+// Run encode_tensor on every job, num_threads workers at once (0: one per
+// hardware thread, at most one per job). If jobs fail, throws the error of
+// the first failing job, prefixed with its index; std::invalid_argument and
+// std::length_error keep their type.
+void encode_tensors(std::vector<TensorJob>& jobs, int num_threads);
+
+}  // namespace nnc

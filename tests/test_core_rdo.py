@@ -1,0 +1,149 @@
+"""Rate-aware quantisation and the fused / multi-threaded encoders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flwr_nncodec import _core
+
+DQ_NEXT_STATE = [(0, 2), (7, 5), (1, 3), (6, 4), (2, 0), (5, 7), (3, 1), (4, 6)]
+OPTIONS = dict(qp_density=2, hdsp_flag_present=False, row_skipping=True,
+               param_opt=True)
+
+
+def _gaussian(n, seed, scale=0.05):
+    return (np.random.default_rng(seed).standard_normal(n) * scale).astype(np.float32)
+
+
+def _coded(x, qp, dq, lambda_scale):
+    """(bits per value, MSE) of x coded as one 1 x n tensor."""
+    q = _core.quantize(x, qp, 2, dq, lambda_scale)
+    segment = _core.encode_segment(q, 1, x.size, qp=qp, dq=dq, **OPTIONS)
+    decoded = _core.decode_segment(segment, 1, x.size, has_qp=True, qp_density=2,
+                                   dq=dq, hdsp_flag_present=False)[0]
+    np.testing.assert_array_equal(decoded, q)
+    mse = float(np.mean((_core.dequantize(q, qp, 2) - x) ** 2))
+    return 8 * len(segment) / x.size, mse
+
+
+def _dq_parity_ok(q) -> bool:
+    state = 0
+    for value in q.tolist():
+        if state & 1 == 0 and value % 2:
+            return False
+        sgn = (value > 0) - (value < 0)
+        state = DQ_NEXT_STATE[state][((value + sgn * (state & 1)) >> 1) & 1]
+    return True
+
+
+def test_urq_rdoq_picks_among_zero_and_the_two_nearest_magnitudes():
+    x = _gaussian(50000, seed=1)
+    step = _core.step_size(-20, 2)
+
+    q = _core.quantize(x, -20, 2, False, 1.0)
+
+    rounded = np.round(np.abs(x.astype(np.float64)) / step)  # ties: see next test
+    magnitude = np.abs(q)
+    assert np.all((magnitude == 0) | (magnitude == rounded) | (magnitude == rounded - 1))
+    assert np.all((q == 0) | (np.sign(q) == np.sign(x)))
+    assert np.any(magnitude < rounded)
+
+
+def test_lambda_zero_is_nncodec_rounding():
+    x = _gaussian(20000, seed=2)
+    step = np.float32(_core.step_size(-26, 2))
+    inverse = np.float32(1.0) / step
+    half_away = np.sign(x) * np.floor(np.abs(x * inverse) + 0.5)
+
+    np.testing.assert_array_equal(_core.quantize(x, -26, 2, False, 0.0), half_away)
+
+
+@pytest.mark.parametrize("dq", [False, True], ids=["URQ", "DQ"])
+def test_rate_aware_quantisation_beats_lambda_zero_at_equal_error(dq):
+    # Prepare: RDO at qp -16, and the lambda-0 operating points around it.
+    x = _gaussian(1 << 16, seed=3)
+    bits_rdo, mse_rdo = _coded(x, -16, dq, 1.0)
+    plain = [_coded(x, qp, dq, 0.0) for qp in range(-22, -6)]
+
+    # Execute: the cheapest lambda-0 point with no more error than RDO.
+    no_worse = [bits for bits, mse in plain if mse <= mse_rdo]
+
+    # Assert
+    assert no_worse, "no lambda-0 operating point reaches the RDO error"
+    assert bits_rdo < min(no_worse)
+
+
+def test_rate_aware_dq_obeys_parity_and_saves_bits():
+    x = _gaussian(30000, seed=4)
+
+    q0 = _core.quantize(x, -24, 2, True, 0.0)
+    q1 = _core.quantize(x, -24, 2, True, 1.0)
+
+    assert _dq_parity_ok(q1)
+    bits0, mse0 = _coded(x, -24, True, 0.0)
+    bits1, mse1 = _coded(x, -24, True, 1.0)
+    assert bits1 < bits0
+    assert mse0 <= mse1 < 1.5 * mse0
+    assert not np.array_equal(q0, q1)
+
+
+def test_negative_lambda_is_rejected():
+    with pytest.raises(ValueError, match="lambda_scale must be >= 0, got -1"):
+        _core.quantize(_gaussian(4, seed=5), -32, 2, True, -1.0)
+
+
+@pytest.mark.parametrize("dq,lambda_scale", [(False, 0.0), (True, 0.0), (True, 1.0),
+                                             (False, 0.5)])
+def test_encode_tensor_equals_quantize_then_encode_segment(dq, lambda_scale):
+    x = _gaussian(40 * 77, seed=6)
+    x[:77] = 0.0
+
+    segment, q = _core.encode_tensor(x, 40, 77, qp=-30, dq=dq,
+                                     lambda_scale=lambda_scale, **OPTIONS)
+
+    expected_q = _core.quantize(x, -30, 2, dq, lambda_scale)
+    np.testing.assert_array_equal(q, expected_q)
+    assert segment == _core.encode_segment(expected_q, 40, 77, qp=-30, dq=dq, **OPTIONS)
+
+
+def test_encode_tensor_with_tca_base():
+    base = _core.quantize(_gaussian(300, seed=7), -36, 2, False)
+    x = _gaussian(300, seed=7) + _gaussian(300, seed=8, scale=0.002)
+
+    segment, q = _core.encode_tensor(x, 10, 30, qp=-36, dq=False, lambda_scale=0.0,
+                                     tca_base=base, **dict(OPTIONS, hdsp_flag_present=True))
+
+    decoded = _core.decode_segment(segment, 10, 30, has_qp=True, qp_density=2, dq=False,
+                                   hdsp_flag_present=True, tca_base=base)[0]
+    np.testing.assert_array_equal(decoded, q)
+
+
+@pytest.mark.parametrize("num_threads", [0, 1, 3])
+def test_encode_tensors_matches_serial_encoding(num_threads):
+    shapes = [(64, 100), (1, 513), (7, 1), (30, 30), (1, 1)]
+    xs = [_gaussian(h * w, seed=10 + i) for i, (h, w) in enumerate(shapes)]
+    qps = [-32, -75, -40, -28, -32]
+    bases = [None, None, _core.quantize(xs[2], -40, 2, True), None, None]
+    options = dict(OPTIONS, dq=True, lambda_scale=0.5, hdsp_flag_present=True)
+
+    results = _core.encode_tensors(xs, shapes, qps, tca_bases=bases,
+                                   num_threads=num_threads, **options)
+
+    assert len(results) == len(xs)
+    for x, (h, w), qp, base, (segment, q) in zip(xs, shapes, qps, bases, results):
+        expected = _core.encode_tensor(x, h, w, qp=qp, tca_base=base, **options)
+        assert segment == expected[0]
+        np.testing.assert_array_equal(q, expected[1])
+
+
+def test_encode_tensors_errors_name_the_tensor():
+    xs = [_gaussian(4, seed=20), np.full(4, 1.0e9, dtype=np.float32)]
+    options = dict(OPTIONS, dq=False, lambda_scale=0.0)
+
+    with pytest.raises(ValueError, match=r"tensor #1: quantize: max\|x\| = 1000000000"):
+        _core.encode_tensors(xs, [(2, 2), (2, 2)], [-32, -128], **options)
+    with pytest.raises(ValueError, match=r"xs\[1\] has 4 elements, expected height\*width = 6"):
+        _core.encode_tensors(xs, [(2, 2), (2, 3)], [-32, -32], **options)
+    with pytest.raises(ValueError, match="need equal lengths, got 2, 1, 2"):
+        _core.encode_tensors(xs, [(2, 2)], [-32, -32], **options)
