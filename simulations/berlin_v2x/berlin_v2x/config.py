@@ -81,6 +81,7 @@ class ExperimentConfig:
     parquet_path: Path | None
     results_dir: Path
     seed: int
+    snap_init: bool = True
     num_clients: int = 5
 
     @property
@@ -169,4 +170,5 @@ def resolve(run_config: Mapping[str, Any]) -> ExperimentConfig:
         parquet_path=Path(parquet).expanduser().resolve() if parquet else None,
         results_dir=results_dir,
         seed=int(_get(run_config, "seed", 808)),
+        snap_init=bool(_get(run_config, "snap-init", True)),
     )

@@ -47,9 +47,11 @@ def prepare_shards(cfg: ExperimentConfig) -> Path:
         return cfg.data_dir
 
     if cfg.data_source == "synthetic":
-        from .synthetic import SyntheticConfig, generate_table
+        from .synthetic import GENERATOR_VERSION, SyntheticConfig, generate_table
 
-        target = cfg.data_dir / f"synthetic-{cfg.preset.synthetic_rows}-seed{cfg.seed}"
+        target = cfg.data_dir / (
+            f"synthetic-v{GENERATOR_VERSION}-{cfg.preset.synthetic_rows}-seed{cfg.seed}"
+        )
         make_table = lambda: generate_table(  # noqa: E731
             SyntheticConfig(num_rows=cfg.preset.synthetic_rows, seed=cfg.seed)
         )
@@ -99,6 +101,25 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 # -- one run ------------------------------------------------------------------
 
 
+def quantizer_step(qp: int, qp_density: int = 2) -> float:
+    """NNC uniform quantiser step for qp: (2^d + qp mod 2^d) * 2^(qp div 2^d - d)."""
+    scale = 1 << qp_density
+    return float(np.float32((scale + (qp & (scale - 1))) * 2.0 ** ((qp >> qp_density) - qp_density)))
+
+
+def snap_to_grid(arrays: dict[str, np.ndarray], qp: int) -> dict[str, np.ndarray]:
+    """Round every matrix to the quantiser grid of qp (vectors stay as they are).
+
+    Both runs start from this model; NNCFedAvg's first broadcast, which codes
+    the model as a difference to zero, then loses nothing.
+    """
+    step = np.float32(quantizer_step(qp))
+    return {
+        name: (np.rint(value / step).astype(np.float32) * step if value.ndim >= 2 else value)
+        for name, value in arrays.items()
+    }
+
+
 def make_strategy(cfg: ExperimentConfig, codec: str, out_dir: Path):
     """FedAvg (float32) or NNCFedAvg with the run's codec options."""
     common = dict(
@@ -125,6 +146,8 @@ def run_one(grid: Grid, cfg: ExperimentConfig, codec: str, shard_dir: Path) -> d
     test = load_sequences(test_path, p.max_seq_len, p.max_batches_test * p.batch_size)
     model = build_model(p.tlm_size, p.max_seq_len, p.dropout, seed=cfg.seed)
     initial = model_to_arrays(model)
+    if cfg.snap_init:
+        initial = snap_to_grid(initial, cfg.codec.diff_qp)
     num_params = count_unique_parameters(model)
     strategy = make_strategy(cfg, codec, out_dir)
 

@@ -134,6 +134,8 @@ def plot_runs(out_dir: Path, tables: dict[str, list[dict[str, Any]]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False})
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
@@ -148,6 +150,7 @@ def plot_runs(out_dir: Path, tables: dict[str, list[dict[str, Any]]]) -> None:
     axes[2].set_title("Test loss (cross-entropy, nats)")
     for ax, ylabel in zip(axes, ("accuracy (%)", "accuracy (%)", "loss")):
         ax.set_xlabel("FL round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(frameon=False)

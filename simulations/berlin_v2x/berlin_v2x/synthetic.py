@@ -27,6 +27,9 @@ from .schema import (
     area_of,
 )
 
+# Bumped whenever the generated values change, so cached shards are rebuilt.
+GENERATOR_VERSION = 1
+
 BERLIN = "Europe/Berlin"
 METRES_PER_DEG_LAT = 111_320.0
 METRES_PER_DEG_LON = 111_320.0 * math.cos(math.radians(52.505))
