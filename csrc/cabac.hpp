@@ -19,9 +19,11 @@ namespace nnc {
 
 // One adaptive binary model: fast and slow estimators on a common scale,
 // combined as P = slow + 16 * fast (P > 0: bin value 1 is more probable).
+// NOTE: int16_t estimators (|F| <= 123, |S| <= 1923 for every reachable
+// state) also keep their stores from aliasing the coders' uint32_t registers.
 struct ContextModel {
-  int32_t fast = 0;
-  int32_t slow = 0;
+  int16_t fast = 0;
+  int16_t slow = 0;
   uint8_t fast_shift = 5;
   uint8_t slow_shift = 4;
   uint8_t init_set = 0;
@@ -32,7 +34,7 @@ struct ContextModel {
     fast_shift = static_cast<uint8_t>(set[0] + 4);
     slow_shift = static_cast<uint8_t>(set[1]);
     fast = set[3];
-    slow = set[2] - 16 * set[3];
+    slow = static_cast<int16_t>(set[2] - 16 * set[3]);
     init_set = static_cast<uint8_t>(e);
   }
 
@@ -49,11 +51,11 @@ struct ContextModel {
   // Move both estimators towards the coded bin along the adaptation curve.
   void update(int bin) {
     if (bin) {
-      fast += kAdaptationCurve[16 + (fast >> 3)] >> fast_shift;
-      slow += kAdaptationCurve[16 + (slow >> 7)] >> slow_shift;
+      fast = static_cast<int16_t>(fast + (kAdaptationCurve[16 + (fast >> 3)] >> fast_shift));
+      slow = static_cast<int16_t>(slow + (kAdaptationCurve[16 + (slow >> 7)] >> slow_shift));
     } else {
-      fast -= kAdaptationCurve[16 + ((-fast) >> 3)] >> fast_shift;
-      slow -= kAdaptationCurve[16 + ((-slow) >> 7)] >> slow_shift;
+      fast = static_cast<int16_t>(fast - (kAdaptationCurve[16 + ((-fast) >> 3)] >> fast_shift));
+      slow = static_cast<int16_t>(slow - (kAdaptationCurve[16 + ((-slow) >> 7)] >> slow_shift));
     }
   }
 };
@@ -73,7 +75,7 @@ class CabacEncoder {
  public:
   explicit CabacEncoder(size_t reserve_bytes = 0) { out_.reserve(reserve_bytes); }
 
-  void encode_bin(int bin, ContextModel& model) {
+  __attribute__((always_inline)) void encode_bin(int bin, ContextModel& model) {
     const uint32_t lps = model.range_lps(range_);
     range_ -= lps;
     if (bin != model.mps()) {
@@ -154,7 +156,7 @@ class CabacDecoder {
     offset_ = read_bits(9);
   }
 
-  int decode_bin(ContextModel& model) {
+  __attribute__((always_inline)) int decode_bin(ContextModel& model) {
     const uint32_t lps = model.range_lps(range_);
     range_ -= lps;
     int bin;

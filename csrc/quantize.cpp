@@ -58,19 +58,27 @@ inline int64_t dq_level(int64_t q, int quantizer) {
   return (q + sgn * quantizer) >> 1;
 }
 
+// floor() without a libm call (|v| < 2^62).
+inline int64_t floor_to_int(double v) {
+  const int64_t truncated = static_cast<int64_t>(v);
+  return truncated - (v < double(truncated) ? 1 : 0);
+}
+
+// Both quantisers always get 3 candidates; when 0 is already one of Q0's two
+// nearest, its third candidate repeats the first (never strictly better).
 inline void dq_candidates(double t, DqCandidates& c) {
-  const int64_t even_low = 2 * int64_t(std::floor(t * 0.5));
-  const int64_t odd_low = 2 * int64_t(std::floor((t - 1.0) * 0.5)) + 1;
+  const int64_t even_low = 2 * floor_to_int(t * 0.5);
+  const int64_t odd_low = 2 * floor_to_int((t - 1.0) * 0.5) + 1;
   c.q[0][0] = even_low;
   c.q[0][1] = even_low + 2;
-  c.count[0] = 2;
-  if (even_low != 0 && even_low != -2) c.q[0][c.count[0]++] = 0;
+  c.q[0][2] = (even_low != 0 && even_low != -2) ? 0 : even_low;
+  c.count[0] = 3;
   c.q[1][0] = odd_low;
   c.q[1][1] = odd_low + 2;
   c.q[1][2] = 0;
   c.count[1] = 3;
   for (int quantizer = 0; quantizer < 2; ++quantizer) {
-    for (int j = 0; j < c.count[quantizer]; ++j) {
+    for (int j = 0; j < 3; ++j) {
       const double err = t - double(c.q[quantizer][j]);
       c.error[quantizer][j] = err * err;
       c.parity[quantizer][j] = uint8_t(dq_level(c.q[quantizer][j], quantizer) & 1);
@@ -78,31 +86,55 @@ inline void dq_candidates(double t, DqCandidates& c) {
   }
 }
 
-// Minimum squared error path through the DQ trellis (lambda_scale 0).
+// The two (previous state, level parity) edges that enter each DQ state,
+// in increasing previous-state order; the inverse of kDqNextState.
+constexpr int kDqPredState[8][2] = {{0, 4}, {2, 6}, {0, 4}, {2, 6},
+                                    {3, 7}, {1, 5}, {3, 7}, {1, 5}};
+constexpr int kDqPredParity[8][2] = {{0, 1}, {0, 1}, {1, 0}, {1, 0},
+                                     {1, 0}, {1, 0}, {0, 1}, {0, 1}};
+
+// Minimum squared error path through the DQ trellis (lambda_scale 0). Each
+// state keeps the cheaper of its two entering edges; an edge (s, parity)
+// carries the first nearest candidate of quantiser s&1 with that parity, so
+// ties resolve to the lowest previous state, then the first candidate.
 void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q_out) {
   constexpr double kInf = std::numeric_limits<double>::infinity();
   // Back pointer per (position, state): previous state (3 bits) and the
   // candidate index (2 bits) that led there.
   std::vector<uint8_t> back(n * 8);
-  double cost[8];
-  for (double& c : cost) c = kInf;
-  cost[0] = 0.0;
+  double cost[8] = {0.0, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
 
   DqCandidates cand;
   for (size_t i = 0; i < n; ++i) {
     dq_candidates(double(inverse_step) * double(x[i]), cand);
-    double next_cost[8] = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
-    uint8_t* back_row = &back[i * 8];
-    for (int s = 0; s < 8; ++s) {
-      const int quantizer = s & 1;
-      for (int j = 0; j < cand.count[quantizer]; ++j) {
-        const double total = cost[s] + cand.error[quantizer][j];
-        const int next = kDqNextState[s][cand.parity[quantizer][j]];
-        if (total < next_cost[next]) {
-          next_cost[next] = total;
-          back_row[next] = uint8_t(s | (j << 3));
+
+    // Best candidate per (quantiser, parity).
+    double best_error[2][2] = {{kInf, kInf}, {kInf, kInf}};
+    int best_index[2][2] = {{0, 0}, {0, 0}};
+    for (int quantizer = 0; quantizer < 2; ++quantizer) {
+      for (int j = 0; j < 3; ++j) {
+        const int parity = cand.parity[quantizer][j];
+        if (cand.error[quantizer][j] < best_error[quantizer][parity]) {
+          best_error[quantizer][parity] = cand.error[quantizer][j];
+          best_index[quantizer][parity] = j;
         }
       }
+    }
+
+    double next_cost[8];
+    uint8_t* back_row = &back[i * 8];
+    for (int next = 0; next < 8; ++next) {
+      const int s0 = kDqPredState[next][0];
+      const int p0 = kDqPredParity[next][0];
+      const int s1 = kDqPredState[next][1];
+      const int p1 = kDqPredParity[next][1];
+      const double via0 = cost[s0] + best_error[s0 & 1][p0];
+      const double via1 = cost[s1] + best_error[s1 & 1][p1];
+      // Predecessors are listed in increasing state order (s0 < s1).
+      const bool second = via1 < via0;
+      next_cost[next] = second ? via1 : via0;
+      back_row[next] = second ? uint8_t(s1 | (best_index[s1 & 1][p1] << 3))
+                              : uint8_t(s0 | (best_index[s0 & 1][p0] << 3));
     }
     for (int s = 0; s < 8; ++s) cost[s] = next_cost[s];
   }
