@@ -268,6 +268,67 @@ std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> encode_tensors(
   return results;
 }
 
+template <class T>
+void check_count(const std::vector<T>& values, size_t count, const char* name) {
+  if (values.size() != count) {
+    throw std::invalid_argument(std::string("decode_segments: ") + name + " has " +
+                                std::to_string(values.size()) + " entries, datas has " +
+                                std::to_string(count));
+  }
+}
+
+std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> decode_segments(
+    std::vector<InArray<uint8_t>> datas, std::vector<std::pair<int64_t, int64_t>> shapes,
+    std::vector<bool> has_qp, std::vector<bool> dq, int qp_density,
+    std::vector<bool> hdsp_flag_present,
+    std::optional<std::vector<OptionalBase>> tca_bases,
+    std::optional<std::vector<int64_t>> codebook_sizes,
+    std::optional<std::vector<int64_t>> codebook_zero_offsets, int unary_len,
+    int num_threads) {
+  const size_t count = datas.size();
+  check_count(shapes, count, "shapes");
+  check_count(has_qp, count, "has_qp");
+  check_count(dq, count, "dq");
+  check_count(hdsp_flag_present, count, "hdsp_flag_present");
+  if (tca_bases) check_count(*tca_bases, count, "tca_bases");
+  if (codebook_sizes) check_count(*codebook_sizes, count, "codebook_sizes");
+  if (codebook_zero_offsets) {
+    check_count(*codebook_zero_offsets, count, "codebook_zero_offsets");
+  }
+
+  std::vector<nnc::SegmentJob> jobs(count);
+  std::vector<std::unique_ptr<int32_t[]>> q_buffers;
+  q_buffers.reserve(count);
+  const OptionalBase no_base;
+  for (size_t i = 0; i < count; ++i) {
+    const SpecArgs args{shapes[i].first, shapes[i].second, qp_density, dq[i],
+                        hdsp_flag_present[i], codebook_sizes ? (*codebook_sizes)[i] : 0,
+                        codebook_zero_offsets ? (*codebook_zero_offsets)[i] : 0,
+                        unary_len};
+    jobs[i].spec = make_spec(args, tca_bases ? (*tca_bases)[i] : no_base,
+                             "decode_segments");
+    jobs[i].spec.has_qp = has_qp[i];
+    jobs[i].data = datas[i].data();
+    jobs[i].num_bytes = datas[i].shape(0);
+    q_buffers.emplace_back(new int32_t[size_t(shapes[i].first * shapes[i].second)]);
+    jobs[i].q_out = q_buffers.back().get();
+  }
+  {
+    nb::gil_scoped_release release;
+    nnc::decode_segments(jobs, num_threads);
+  }
+  std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> results;
+  results.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    const size_t n = size_t(jobs[i].spec.height * jobs[i].spec.width);
+    std::optional<int> qp;
+    if (has_qp[i]) qp = jobs[i].result.qp;
+    results.emplace_back(to_numpy(std::move(q_buffers[i]), n), qp,
+                         jobs[i].result.consumed_bytes);
+  }
+  return results;
+}
+
 nb::dict tables() {
   nb::dict result;
   nb::list rlps, curve, init_sets, dq_next;
@@ -345,6 +406,18 @@ NB_MODULE(_core, m) {
         "pairs; qps: one qp per tensor; tca_bases: None or one int32 array or "
         "None per tensor. Returns [(segment bytes, q)] in input order. Errors "
         "name the tensor index. Releases the GIL while coding.");
+
+  m.def("decode_segments", &decode_segments, "datas"_a, "shapes"_a, nb::kw_only(),
+        "has_qp"_a, "dq"_a, "qp_density"_a, "hdsp_flag_present"_a,
+        "tca_bases"_a = nb::none(), "codebook_sizes"_a = nb::none(),
+        "codebook_zero_offsets"_a = nb::none(), "unary_len"_a = 11,
+        "num_threads"_a = 0,
+        "decode_segment() for several segments on num_threads threads (0: one "
+        "per hardware thread). Per-segment lists: datas (bytes-like), shapes "
+        "((height, width)), has_qp, dq, hdsp_flag_present, and optionally "
+        "tca_bases, codebook_sizes, codebook_zero_offsets. Returns [(q, qp or "
+        "None, consumed_bytes)] in input order; errors name the segment index. "
+        "Releases the GIL while decoding.");
 
   m.def("decode_eco_init_sets", &decode_eco_init_sets, "data"_a.noconvert(),
         "height"_a, "width"_a, nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a,

@@ -32,9 +32,9 @@ struct JobError {
   std::string message;
 };
 
-}  // namespace
-
-void encode_tensors(std::vector<TensorJob>& jobs, int num_threads) {
+// Run `work(job)` for every job on a small pool of std::threads.
+template <class Job, class Work>
+void run_jobs(std::vector<Job>& jobs, int num_threads, Work work_on) {
   if (jobs.empty()) return;
   size_t workers = num_threads > 0 ? size_t(num_threads)
                                    : std::max(1u, std::thread::hardware_concurrency());
@@ -45,7 +45,7 @@ void encode_tensors(std::vector<TensorJob>& jobs, int num_threads) {
   const auto work = [&]() {
     for (size_t i = next_job++; i < jobs.size(); i = next_job++) {
       try {
-        encode_tensor(jobs[i]);
+        work_on(jobs[i]);
       } catch (const std::invalid_argument& e) {
         errors[i] = {JobError::kInvalidArgument, e.what()};
       } catch (const std::length_error& e) {
@@ -69,6 +69,18 @@ void encode_tensors(std::vector<TensorJob>& jobs, int num_threads) {
     if (errors[i].kind == JobError::kLengthError) throw std::length_error(message);
     throw std::runtime_error(message);
   }
+}
+
+}  // namespace
+
+void encode_tensors(std::vector<TensorJob>& jobs, int num_threads) {
+  run_jobs(jobs, num_threads, [](TensorJob& job) { encode_tensor(job); });
+}
+
+void decode_segments(std::vector<SegmentJob>& jobs, int num_threads) {
+  run_jobs(jobs, num_threads, [](SegmentJob& job) {
+    job.result = decode_segment(job.data, job.num_bytes, job.spec, job.q_out);
+  });
 }
 
 }  // namespace nnc

@@ -30,4 +30,15 @@ void encode_tensor(TensorJob& job);
 // std::length_error keep their type.
 void encode_tensors(std::vector<TensorJob>& jobs, int num_threads);
 
+struct SegmentJob {
+  const uint8_t* data = nullptr;
+  size_t num_bytes = 0;
+  SegmentSpec spec;
+  int32_t* q_out = nullptr;  // height*width values (output)
+  DecodedSegment result;     // output
+};
+
+// decode_segment for every job on num_threads workers, errors as above.
+void decode_segments(std::vector<SegmentJob>& jobs, int num_threads);
+
 }  // namespace nnc

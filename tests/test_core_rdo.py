@@ -147,3 +147,51 @@ def test_encode_tensors_errors_name_the_tensor():
         _core.encode_tensors(xs, [(2, 2), (2, 3)], [-32, -32], **options)
     with pytest.raises(ValueError, match="need equal lengths, got 2, 1, 2"):
         _core.encode_tensors(xs, [(2, 2)], [-32, -32], **options)
+
+
+@pytest.mark.parametrize("num_threads", [0, 1, 2])
+def test_decode_segments_matches_single_decodes(num_threads):
+    # Prepare: a DQ weight, a URQ bias with a TCA base, an INT tensor and a
+    # codebook tensor, as the NDUs of one stream could carry them.
+    w = _core.quantize(_gaussian(40 * 30, seed=30), -32, 2, True)
+    b_base = _core.quantize(_gaussian(50, seed=31), -75, 2, False)
+    b = _core.quantize(_gaussian(50, seed=31) + 1e-5, -75, 2, False)
+    ints = np.arange(-6, 6, dtype=np.int32)
+    cb = np.random.default_rng(32).integers(0, 5, 24).astype(np.int32)
+    segments = [
+        _core.encode_segment(w, 40, 30, qp=-32, dq=True, **OPTIONS),
+        _core.encode_segment(b, 1, 50, qp=-75, dq=False, tca_base=b_base,
+                             **dict(OPTIONS, hdsp_flag_present=True)),
+        _core.encode_segment(ints, 3, 4, qp=None, dq=False, **OPTIONS),
+        _core.encode_segment(cb, 4, 6, qp=-20, dq=False, codebook_size=5,
+                             codebook_zero_offset=2, **OPTIONS),
+    ]
+
+    # Execute
+    results = _core.decode_segments(
+        [bytearray(segments[0]), segments[1], segments[2], memoryview(segments[3])],
+        [(40, 30), (1, 50), (3, 4), (4, 6)], has_qp=[True, True, False, True],
+        dq=[True, False, False, False], qp_density=2,
+        hdsp_flag_present=[False, True, False, False],
+        tca_bases=[None, b_base, None, None], codebook_sizes=[0, 0, 0, 5],
+        codebook_zero_offsets=[0, 0, 0, 2], num_threads=num_threads)
+
+    # Assert
+    for (q, qp, consumed), expected_q, expected_qp, segment in zip(
+            results, [w, b, ints, cb], [-32, -75, None, -20], segments):
+        np.testing.assert_array_equal(q, expected_q)
+        assert qp == expected_qp
+        assert consumed == len(segment)
+
+
+def test_decode_segments_errors_name_the_segment():
+    good = _core.encode_segment(np.zeros(4, dtype=np.int32), 2, 2, qp=-32, dq=False,
+                                **OPTIONS)
+
+    with pytest.raises(ValueError, match=r"tensor #1: decode_segment: data ends early"):
+        _core.decode_segments([good, good[:2]], [(2, 2), (2, 2)], has_qp=[True, True],
+                              dq=[False, False], qp_density=2,
+                              hdsp_flag_present=[False, False])
+    with pytest.raises(ValueError, match="dq has 1 entries, datas has 2"):
+        _core.decode_segments([good, good], [(2, 2), (2, 2)], has_qp=[True, True],
+                              dq=[False], qp_density=2, hdsp_flag_present=[False, False])
