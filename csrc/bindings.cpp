@@ -119,7 +119,8 @@ std::tuple<OutArray<int32_t>, std::optional<int>, size_t> decode_segment(
     int64_t codebook_zero_offset, int unary_len) {
   const SpecArgs args{height, width, qp_density, dq, hdsp_flag_present,
                       codebook_size, codebook_zero_offset, unary_len};
-  make_spec(args, tca_base, "decode_segment");  // validate before allocating
+  const nnc::SegmentSpec spec = make_spec(args, tca_base, "decode_segment");
+  nnc::check_decodable_size(spec, data.shape(0));  // before allocating
   const size_t n = size_t(height * width);
   std::unique_ptr<int32_t[]> q(new int32_t[n]);
   const nnc::DecodedSegment result = decode_into(data, args, has_qp, tca_base, q.get());
@@ -135,7 +136,8 @@ std::vector<int> decode_eco_init_sets(InArray<uint8_t> data, int64_t height,
                                       int64_t codebook_zero_offset, int unary_len) {
   const SpecArgs args{height, width, qp_density, dq, hdsp_flag_present,
                       codebook_size, codebook_zero_offset, unary_len};
-  make_spec(args, tca_base, "decode_eco_init_sets");
+  nnc::check_decodable_size(make_spec(args, tca_base, "decode_eco_init_sets"),
+                            data.shape(0));
   std::vector<int32_t> q(size_t(height * width));
   const nnc::DecodedSegment result = decode_into(data, args, has_qp, tca_base, q.data());
   return std::vector<int>(result.init_sets.begin(), result.init_sets.end());
@@ -310,6 +312,7 @@ std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> decode_se
     jobs[i].spec.has_qp = has_qp[i];
     jobs[i].data = datas[i].data();
     jobs[i].num_bytes = datas[i].shape(0);
+    nnc::check_decodable_size(jobs[i].spec, jobs[i].num_bytes);
     q_buffers.emplace_back(new int32_t[size_t(shapes[i].first * shapes[i].second)]);
     jobs[i].q_out = q_buffers.back().get();
   }

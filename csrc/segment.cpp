@@ -294,6 +294,19 @@ int64_t validate_spec(const SegmentSpec& spec, const char* operation) {
   return spec.height * spec.width;
 }
 
+void check_decodable_size(const SegmentSpec& spec, size_t num_bytes) {
+  const int64_t num_elements = validate_spec(spec, "decode_segment");
+  const uint64_t max_bins = 177 * (8 * uint64_t(num_bytes) + 1);
+  const bool rows_skippable = row_skip_syntax_coded(spec);
+  const uint64_t units = rows_skippable ? uint64_t(spec.height) : uint64_t(num_elements);
+  if (spec.codebook_size != 1 && units > max_bins) {
+    throw std::length_error(
+        "decode_segment: a " + std::to_string(num_bytes) + "-byte segment cannot hold " +
+        std::to_string(units) + (rows_skippable ? " rows" : " elements") + " (at most " +
+        std::to_string(max_bins) + " bins)");
+  }
+}
+
 std::vector<int> eco_context_list(const SegmentSpec& spec) {
   std::vector<int> list;
   if (spec.codebook_size == 1) return list;
@@ -521,7 +534,7 @@ void get_levels(CabacDecoder& decoder, ContextModel* models, const ContextLayout
 
 DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
                               const SegmentSpec& spec, int32_t* q_out) {
-  validate_spec(spec, "decode_segment");
+  check_decodable_size(spec, num_bytes);
   const ContextLayout layout(spec.unary_len);
   std::vector<ContextModel> models(size_t(layout.count));
   CabacDecoder decoder(data, num_bytes);

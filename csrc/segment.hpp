@@ -34,6 +34,12 @@ struct SegmentSpec {
 // when it exceeds the int32 range, std::invalid_argument on a bad spec.
 int64_t validate_spec(const SegmentSpec& spec, const char* operation);
 
+// Reject, before any allocation, a shape that num_bytes cannot describe:
+// every bin costs more than 1/177 bit (rLPS >= 2 at range <= 510), so a
+// segment holds at most 177*(8*num_bytes + 1) bins, and each element (or,
+// with row-skip syntax, each row) needs one. Throws std::length_error.
+void check_decodable_size(const SegmentSpec& spec, size_t num_bytes);
+
 // Contexts signalled by the eco list, in coding order.
 std::vector<int> eco_context_list(const SegmentSpec& spec);
 

@@ -291,6 +291,20 @@ def test_bad_stop_bit_pattern_is_reported():
             _decode(bytes(segment), 1, 4)
 
 
+def test_shape_too_large_for_the_data_is_rejected_before_allocating():
+    # 16 bytes hold at most 177 * 129 = 22833 bins: one per element of a
+    # 1-D tensor, one per row when rows can be skipped.
+    with pytest.raises(ValueError, match=r"16-byte segment cannot hold 1000000 elements"):
+        _decode(b"\x00" * 16, 1, 1_000_000)
+    with pytest.raises(ValueError, match=r"16-byte segment cannot hold 30000 rows"):
+        _decode(b"\x00" * 16, 30_000, 2)
+    # A big all-zero matrix with skipped rows is legitimately tiny.
+    zeros = np.zeros(20_000 * 50, dtype=np.int32)
+    segment = _encode(zeros, 20_000, 50)
+    assert len(segment) < 100
+    np.testing.assert_array_equal(_decode(segment, 20_000, 50)[0], zeros)
+
+
 def test_oversized_shape_is_rejected_before_allocating():
     with pytest.raises(ValueError, match=r"height\*width = 65536\*65536 exceeds"):
         _decode(b"\x00" * 16, 65536, 65536)
