@@ -73,8 +73,10 @@ inline void dq_candidates(double t, DqCandidates& c) {
   c.q[0][1] = even_low + 2;
   c.q[0][2] = (even_low != 0 && even_low != -2) ? 0 : even_low;
   c.count[0] = 3;
-  c.q[1][0] = odd_low;
-  c.q[1][1] = odd_low + 2;
+  // Upper odd candidate first: at t = 0 the tie between -1 and +1 goes to
+  // +1, as in NNCodec (no other equal-error, equal-parity pair exists).
+  c.q[1][0] = odd_low + 2;
+  c.q[1][1] = odd_low;
   c.q[1][2] = 0;
   c.count[1] = 3;
   for (int quantizer = 0; quantizer < 2; ++quantizer) {

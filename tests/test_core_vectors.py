@@ -200,3 +200,43 @@ def test_eco_choice_agrees_with_nncodec(eco_agreement):
     agreeing = sum(ok for _, ok in eco_agreement)
 
     assert agreeing >= 0.95 * len(eco_agreement), [w for w, ok in eco_agreement if not ok]
+
+
+def _quantiser_cases():
+    for key, entry in load_manifest()["vectors"].items():
+        options = entry["options"]
+        if (entry["kind"] != "single" or "bitstream" not in entry
+                or options["approx_method"] != "uniform" or options["bitdepth"]
+                or options["lambda_scale"] != 0):
+            continue
+        yield pytest.param(key, entry, id=key)
+
+
+@pytest.mark.parametrize("key,entry", list(_quantiser_cases()))
+def test_quantize_equals_nncodec_levels(key, entry):
+    """URQ rounding and the lambda-0 DQ trellis pick NNCodec's exact q."""
+    options = entry["options"]
+    arrays = load_vector_arrays(entry)
+    density = options["qp_density"]
+    checked = 0
+    for array_key, x in arrays.items():
+        name = array_key[3:]
+        if not array_key.startswith("in:") or x.dtype != np.float32:
+            continue
+        if x.ndim > 1:
+            qp = options["qp"]
+        elif options["nonweight_qp"] is not None:
+            qp = options["nonweight_qp"]
+        else:
+            qp = options["qp"] - 2 ** (density + 1)
+        try:
+            q = _core.quantize(np.ascontiguousarray(x.reshape(-1)), qp, density,
+                               options["use_dq"])
+        except ValueError:
+            continue  # NNCodec raised the qp for this tensor (overflow guard)
+
+        np.testing.assert_array_equal(q, arrays[f"q:{name}"].reshape(-1),
+                                      err_msg=f"{key} {name}")
+        checked += 1
+    if checked == 0:
+        pytest.skip("no float tensor quantisable at the signalled options")
