@@ -84,7 +84,8 @@ nb::bytes encode_segment(InArray<int32_t> q, int64_t height, int64_t width,
                          bool hdsp_flag_present, bool row_skipping, bool param_opt,
                          OptionalBase tca_base, int64_t codebook_size,
                          int64_t codebook_zero_offset, int unary_len,
-                         std::optional<InArray<uint8_t>> eco_init_sets) {
+                         std::optional<InArray<uint8_t>> eco_init_sets,
+                         int64_t eco_max_positions) {
   const SpecArgs args{height, width, qp_density, dq, hdsp_flag_present,
                       codebook_size, codebook_zero_offset, unary_len};
   nnc::SegmentSpec spec = make_spec(args, tca_base, "encode_segment");
@@ -93,6 +94,7 @@ nb::bytes encode_segment(InArray<int32_t> q, int64_t height, int64_t width,
   spec.qp = qp.value_or(0);
   spec.row_skipping = row_skipping;
   spec.param_opt = param_opt;
+  spec.eco_max_positions = eco_max_positions;
   if (eco_init_sets) {
     spec.forced_init_sets = eco_init_sets->data();
     spec.num_forced_init_sets = eco_init_sets->shape(0);
@@ -146,12 +148,14 @@ std::vector<int> decode_eco_init_sets(InArray<uint8_t> data, int64_t height,
 std::vector<int> choose_eco_init_sets(InArray<int32_t> q, int64_t height, int64_t width,
                                       bool dq, bool row_skipping, OptionalBase tca_base,
                                       int64_t codebook_size,
-                                      int64_t codebook_zero_offset, int unary_len) {
+                                      int64_t codebook_zero_offset, int unary_len,
+                                      int64_t eco_max_positions) {
   const SpecArgs args{height, width, 2, dq, false, codebook_size, codebook_zero_offset,
                       unary_len};
   nnc::SegmentSpec spec = make_spec(args, tca_base, "choose_eco_init_sets");
   check_length(q, height * width, "q");
   spec.row_skipping = row_skipping;
+  spec.eco_max_positions = eco_max_positions;
   std::vector<uint8_t> sets;
   {
     nb::gil_scoped_release release;
@@ -190,6 +194,7 @@ struct TensorOptions {
   bool row_skipping;
   bool param_opt;
   int unary_len;
+  int64_t eco_max_positions;
 };
 
 nnc::TensorJob make_job(const InArray<float>& x, int64_t height, int64_t width, int qp,
@@ -204,6 +209,7 @@ nnc::TensorJob make_job(const InArray<float>& x, int64_t height, int64_t width, 
   job.spec.qp = qp;
   job.spec.row_skipping = options.row_skipping;
   job.spec.param_opt = options.param_opt;
+  job.spec.eco_max_positions = options.eco_max_positions;
   job.x = x.data();
   job.lambda_scale = options.lambda_scale;
   return job;
@@ -212,9 +218,9 @@ nnc::TensorJob make_job(const InArray<float>& x, int64_t height, int64_t width, 
 std::tuple<nb::bytes, OutArray<int32_t>> encode_tensor(
     InArray<float> x, int64_t height, int64_t width, int qp, int qp_density, bool dq,
     double lambda_scale, bool hdsp_flag_present, bool row_skipping, bool param_opt,
-    OptionalBase tca_base, int unary_len) {
+    OptionalBase tca_base, int unary_len, int64_t eco_max_positions) {
   const TensorOptions options{qp_density, dq, lambda_scale, hdsp_flag_present,
-                              row_skipping, param_opt, unary_len};
+                              row_skipping, param_opt, unary_len, eco_max_positions};
   nnc::TensorJob job = make_job(x, height, width, qp, tca_base, options, "x");
   const size_t n = size_t(height * width);
   std::unique_ptr<int32_t[]> q(new int32_t[n]);
@@ -231,7 +237,7 @@ std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> encode_tensors(
     std::vector<int> qps, int qp_density, bool dq, double lambda_scale,
     bool hdsp_flag_present, bool row_skipping, bool param_opt,
     std::optional<std::vector<OptionalBase>> tca_bases, int unary_len,
-    int num_threads) {
+    int64_t eco_max_positions, int num_threads) {
   const size_t count = xs.size();
   if (shapes.size() != count || qps.size() != count ||
       (tca_bases && tca_bases->size() != count)) {
@@ -242,7 +248,7 @@ std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> encode_tensors(
         (tca_bases ? ", " + std::to_string(tca_bases->size()) : std::string()));
   }
   const TensorOptions options{qp_density, dq, lambda_scale, hdsp_flag_present,
-                              row_skipping, param_opt, unary_len};
+                              row_skipping, param_opt, unary_len, eco_max_positions};
   std::vector<nnc::TensorJob> jobs;
   std::vector<std::unique_ptr<int32_t[]>> q_buffers;
   jobs.reserve(count);
@@ -377,12 +383,15 @@ NB_MODULE(_core, m) {
         nb::kw_only(), "qp"_a.none(), "qp_density"_a, "dq"_a, "hdsp_flag_present"_a,
         "row_skipping"_a, "param_opt"_a, "tca_base"_a.noconvert() = nb::none(),
         "codebook_size"_a = 0, "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
-        "eco_init_sets"_a.noconvert() = nb::none(),
+        "eco_init_sets"_a.noconvert() = nb::none(), "eco_max_positions"_a = 65536,
         "Code int32 q[height*width] (raster order) into one DeepCABAC segment: "
         "qp offset unless qp is None, HDSP and row-skip flags, eco list, "
         "levels, terminate bin, flush. q holds DQ reconstruction indices or "
         "codebook indices. eco_init_sets (uint8 per eco-list entry) overrides "
-        "param_opt. Releases the GIL; the segment is copied once into bytes.");
+        "param_opt. With param_opt the init sets are estimated over the rows "
+        "covering the first eco_max_positions positions (<= 0: all, which "
+        "reproduces NNCodec's choice on large tensors too). Releases the GIL; "
+        "the segment is copied once into bytes.");
 
   m.def("decode_segment", &decode_segment, "data"_a.noconvert(), "height"_a, "width"_a,
         nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a, "hdsp_flag_present"_a,
@@ -396,6 +405,7 @@ NB_MODULE(_core, m) {
         nb::kw_only(), "qp"_a, "qp_density"_a, "dq"_a, "lambda_scale"_a,
         "hdsp_flag_present"_a, "row_skipping"_a, "param_opt"_a,
         "tca_base"_a.noconvert() = nb::none(), "unary_len"_a = 11,
+        "eco_max_positions"_a = 65536,
         "Quantise float32 x[height*width] and code it in one call: returns "
         "(segment bytes, q int32[n]), as quantize() followed by "
         "encode_segment(). Releases the GIL; x is read in place.");
@@ -403,7 +413,7 @@ NB_MODULE(_core, m) {
   m.def("encode_tensors", &encode_tensors, "xs"_a, "shapes"_a, "qps"_a, nb::kw_only(),
         "qp_density"_a, "dq"_a, "lambda_scale"_a, "hdsp_flag_present"_a,
         "row_skipping"_a, "param_opt"_a, "tca_bases"_a = nb::none(),
-        "unary_len"_a = 11, "num_threads"_a = 0,
+        "unary_len"_a = 11, "eco_max_positions"_a = 65536, "num_threads"_a = 0,
         "encode_tensor() for several tensors on num_threads threads (0: one "
         "per hardware thread). xs: float32 arrays; shapes: (height, width) "
         "pairs; qps: one qp per tensor; tca_bases: None or one int32 array or "
@@ -432,7 +442,7 @@ NB_MODULE(_core, m) {
   m.def("choose_eco_init_sets", &choose_eco_init_sets, "q"_a.noconvert(), "height"_a,
         "width"_a, nb::kw_only(), "dq"_a, "row_skipping"_a,
         "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0,
-        "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
+        "codebook_zero_offset"_a = 0, "unary_len"_a = 11, "eco_max_positions"_a = 65536,
         "Init set per eco-list entry that param_opt=True would signal for q.");
 
   m.def("tables", &tables,

@@ -21,10 +21,7 @@ namespace {
 constexpr int kNumInitSets = 9;
 constexpr int kMaxEgPrefixBins = 31;
 constexpr uint32_t kInitSetPenalty = 3u << 15;  // 3 bits, in 2^-15 bit units
-// The eco choice estimates bits over the rows covering the first 2^16
-// positions only: the init set matters most for the first bins of each
-// context, and this bounds the 9-fold estimation work on large tensors.
-constexpr int64_t kEcoEstimationPositions = int64_t(1) << 16;
+
 
 // Largest magnitude a level may have per sign; unbounded without a codebook.
 struct LevelLimits {
@@ -351,8 +348,14 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec)
   // NNCodec estimates codebook levels without the truncations (§2.5), so
   // the extra gt pair of the eco list sees bins there.
   InitSetCostSink sink(layout.count);
+  // Estimating over a prefix of the tensor (SegmentSpec::eco_max_positions)
+  // bounds the 9-fold work on large tensors; the init set matters most for
+  // the first bins of each context.
+  const int64_t max_positions = spec.eco_max_positions > 0
+                                    ? spec.eco_max_positions
+                                    : std::numeric_limits<int64_t>::max();
   put_levels<false>(sink, layout, q, spec, skip_rows_for(q, spec), spec.dq,
-                    kEcoEstimationPositions);
+                    max_positions);
 
   std::vector<uint8_t> init_sets;
   init_sets.reserve(list.size());

@@ -28,6 +28,9 @@ struct SegmentSpec {
   // list), overriding param_opt; null to let param_opt decide.
   const uint8_t* forced_init_sets = nullptr;
   size_t num_forced_init_sets = 0;
+  // encoder: the eco choice estimates bits over the rows covering the first
+  // eco_max_positions positions (<= 0: the whole tensor, as NNCodec does).
+  int64_t eco_max_positions = int64_t(1) << 16;
 };
 
 // Number of elements height*width; throws std::length_error on overflow or

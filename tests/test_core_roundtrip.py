@@ -488,3 +488,26 @@ def test_threads_encode_concurrently_with_serial_results():
         thread.join()
 
     assert results == serial
+
+
+def test_eco_estimation_prefix_is_configurable():
+    # First 10 rows near zero, the rest large: a 10-row estimate sees other
+    # statistics than the whole tensor, yet every choice decodes.
+    x = _gaussian((100, 64), seed=40, scale=0.3)
+    x[:10] *= 0.001
+    q = _core.quantize(x.reshape(-1), -32, 2, False)
+
+    prefix_sets = _core.choose_eco_init_sets(q, 100, 64, dq=False, row_skipping=False,
+                                             eco_max_positions=640)
+    full_sets = _core.choose_eco_init_sets(q, 100, 64, dq=False, row_skipping=False,
+                                           eco_max_positions=0)
+    default_sets = _core.choose_eco_init_sets(q, 100, 64, dq=False, row_skipping=False)
+
+    assert prefix_sets != full_sets
+    assert default_sets == full_sets  # 6400 positions < the 65536 default
+    for limit in (640, 0):
+        segment = _encode(q, 100, 64, row_skipping=False, eco_max_positions=limit)
+        assert _core.decode_eco_init_sets(segment, 100, 64, has_qp=True, qp_density=2,
+                                          dq=False, hdsp_flag_present=False) == (
+            prefix_sets if limit else full_sets)
+        np.testing.assert_array_equal(_decode(segment, 100, 64)[0], q)
