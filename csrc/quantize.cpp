@@ -230,7 +230,7 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
     long long level[2][3];
     uint32_t magnitude_bits[2][3];
     for (int quantizer = 0; quantizer < 2; ++quantizer) {
-      for (int j = 0; j < cand.count[quantizer]; ++j) {
+      for (int j = 0; j < 3; ++j) {
         const long long k = dq_level(cand.q[quantizer][j], quantizer);
         level[quantizer][j] = k;
         magnitude_bits[quantizer][j] =
@@ -238,30 +238,61 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
       }
     }
 
-    double next_cost[8] = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
-    long long next_prev_level[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    uint8_t* back_row = &back[i * 8];
+    // Cheapest candidate per (state, level parity): distortion plus rate with
+    // the state's own significance context and survivor neighbour.
+    double edge_cost[8][2];
+    uint8_t edge_index[8][2];
     for (int s = 0; s < 8; ++s) {
-      if (cost[s] == kInf) continue;
       const int quantizer = s & 1;
       const int neighbour = neighbour_class(prev_level[s]);
       const uint32_t sig_zero = rates.sig(s, neighbour, 0);
       const uint32_t sig_one = rates.sig(s, neighbour, 1);
-      for (int j = 0; j < cand.count[quantizer]; ++j) {
+      double value[3];
+      for (int j = 0; j < 3; ++j) {
         const long long k = level[quantizer][j];
-        uint32_t bits = sig_zero;
-        if (k != 0) {
-          bits = sig_one + magnitude_bits[quantizer][j] + rates.sign(neighbour, k < 0);
-        }
-        const double total =
-            cost[s] + cand.error[quantizer][j] + lambda_per_bit_unit * double(bits);
-        const int next = kDqNextState[s][cand.parity[quantizer][j]];
-        if (total < next_cost[next]) {
-          next_cost[next] = total;
-          next_prev_level[next] = k;
-          back_row[next] = uint8_t(s | (j << 3));
-        }
+        const uint32_t bits =
+            k == 0 ? sig_zero
+                   : sig_one + magnitude_bits[quantizer][j] + rates.sign(neighbour, k < 0);
+        value[j] = cand.error[quantizer][j] + lambda_per_bit_unit * double(bits);
       }
+      // Cheapest candidate per parity, branch-free; ties keep the earlier
+      // candidate. (-1 and +1 share a parity, so no fixed pattern is assumed.)
+      double even_cost = kInf;
+      double odd_cost = kInf;
+      int even_index = 0;
+      int odd_index = 0;
+      for (int j = 0; j < 3; ++j) {
+        const bool even = cand.parity[quantizer][j] == 0;
+        const bool take_even = even && value[j] < even_cost;
+        const bool take_odd = !even && value[j] < odd_cost;
+        even_cost = take_even ? value[j] : even_cost;
+        even_index = take_even ? j : even_index;
+        odd_cost = take_odd ? value[j] : odd_cost;
+        odd_index = take_odd ? j : odd_index;
+      }
+      edge_cost[s][0] = even_cost;
+      edge_cost[s][1] = odd_cost;
+      edge_index[s][0] = uint8_t(even_index);
+      edge_index[s][1] = uint8_t(odd_index);
+    }
+
+    // Each state keeps the cheaper of its two entering edges.
+    double next_cost[8];
+    long long next_prev_level[8];
+    uint8_t* back_row = &back[i * 8];
+    for (int next = 0; next < 8; ++next) {
+      const int s0 = kDqPredState[next][0];
+      const int p0 = kDqPredParity[next][0];
+      const int s1 = kDqPredState[next][1];
+      const int p1 = kDqPredParity[next][1];
+      const double via0 = cost[s0] + edge_cost[s0][p0];
+      const double via1 = cost[s1] + edge_cost[s1][p1];
+      const bool second = via1 < via0;
+      const int s = second ? s1 : s0;
+      const int j = second ? edge_index[s1][p1] : edge_index[s0][p0];
+      next_cost[next] = second ? via1 : via0;
+      next_prev_level[next] = level[s & 1][j];
+      back_row[next] = uint8_t(s | (j << 3));
     }
     for (int s = 0; s < 8; ++s) {
       cost[s] = next_cost[s];
