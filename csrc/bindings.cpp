@@ -141,7 +141,8 @@ std::vector<int> decode_eco_init_sets(InArray<uint8_t> data, int64_t height,
   nnc::check_decodable_size(make_spec(args, tca_base, "decode_eco_init_sets"),
                             data.shape(0));
   std::vector<int32_t> q(size_t(height * width));
-  const nnc::DecodedSegment result = decode_into(data, args, has_qp, tca_base, q.data());
+  const nnc::DecodedSegment result =
+      decode_into(data, args, has_qp, tca_base, q.data());
   return std::vector<int>(result.init_sets.begin(), result.init_sets.end());
 }
 
@@ -286,7 +287,8 @@ void check_count(const std::vector<T>& values, size_t count, const char* name) {
 }
 
 std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> decode_segments(
-    std::vector<InArray<uint8_t>> datas, std::vector<std::pair<int64_t, int64_t>> shapes,
+    std::vector<InArray<uint8_t>> datas,
+    std::vector<std::pair<int64_t, int64_t>> shapes,
     std::vector<bool> has_qp, std::vector<bool> dq, int qp_density,
     std::vector<bool> hdsp_flag_present,
     std::optional<std::vector<OptionalBase>> tca_bases,

@@ -50,12 +50,13 @@ struct ContextModel {
 
   // Move both estimators towards the coded bin along the adaptation curve.
   void update(int bin) {
+    const int16_t* curve = kAdaptationCurve;
     if (bin) {
-      fast = static_cast<int16_t>(fast + (kAdaptationCurve[16 + (fast >> 3)] >> fast_shift));
-      slow = static_cast<int16_t>(slow + (kAdaptationCurve[16 + (slow >> 7)] >> slow_shift));
+      fast = static_cast<int16_t>(fast + (curve[16 + (fast >> 3)] >> fast_shift));
+      slow = static_cast<int16_t>(slow + (curve[16 + (slow >> 7)] >> slow_shift));
     } else {
-      fast = static_cast<int16_t>(fast - (kAdaptationCurve[16 + ((-fast) >> 3)] >> fast_shift));
-      slow = static_cast<int16_t>(slow - (kAdaptationCurve[16 + ((-slow) >> 7)] >> slow_shift));
+      fast = static_cast<int16_t>(fast - (curve[16 + ((-fast) >> 3)] >> fast_shift));
+      slow = static_cast<int16_t>(slow - (curve[16 + ((-slow) >> 7)] >> slow_shift));
     }
   }
 };

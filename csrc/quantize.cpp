@@ -175,8 +175,8 @@ void quantize_uniform_rdo(const float* x, size_t n, float inverse_step,
       long long best = magnitude;
       double err = t - double(magnitude);
       double best_cost = err * err + lambda_per_bit_unit *
-          double(sig_one + model.sign_and_magnitude_cost(prev_level, uint64_t(magnitude),
-                                                         negative));
+          double(sig_one + model.sign_and_magnitude_cost(
+                               prev_level, uint64_t(magnitude), negative));
       if (magnitude > 1) {
         err = t - double(magnitude - 1);
         const double cost = err * err + lambda_per_bit_unit *
@@ -250,9 +250,9 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
       double value[3];
       for (int j = 0; j < 3; ++j) {
         const long long k = level[quantizer][j];
+        const uint32_t sign_bits = rates.sign(neighbour, k < 0);
         const uint32_t bits =
-            k == 0 ? sig_zero
-                   : sig_one + magnitude_bits[quantizer][j] + rates.sign(neighbour, k < 0);
+            k == 0 ? sig_zero : sig_one + magnitude_bits[quantizer][j] + sign_bits;
         value[j] = cand.error[quantizer][j] + lambda_per_bit_unit * double(bits);
       }
       // Cheapest candidate per parity, branch-free; ties keep the earlier

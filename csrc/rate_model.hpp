@@ -131,7 +131,9 @@ class RateSnapshot {
   }
 
   uint32_t magnitude(uint64_t a, bool negative) const {
-    if (a <= uint64_t(kTabulatedMagnitudes)) return magnitude_bits_[negative ? 1 : 0][a];
+    if (a <= uint64_t(kTabulatedMagnitudes)) {
+      return magnitude_bits_[negative ? 1 : 0][a];
+    }
     return model_->magnitude_cost(a, negative);
   }
 

@@ -79,7 +79,9 @@ inline PositionContexts position_contexts(int64_t prev_level, int state,
 
 inline int gt_context(const ContextLayout& layout, const PositionContexts& ctx, int j,
                       bool negative) {
-  if (ctx.tca_active) return layout.gt_tca + 2 * j + (ctx.base_abs >= uint64_t(j) ? 0 : 1);
+  if (ctx.tca_active) {
+    return layout.gt_tca + 2 * j + (ctx.base_abs >= uint64_t(j) ? 0 : 1);
+  }
   return ContextLayout::gt + 2 * j + (negative ? 1 : 0);
 }
 
@@ -148,12 +150,13 @@ inline int64_t level_from_value(int32_t value, const SegmentSpec& spec, int stat
 
 // Row skip flags of the encoder: a row is skipped iff all its levels are 0.
 std::vector<uint8_t> rows_to_skip(const int32_t* q, const SegmentSpec& spec) {
-  const int32_t zero_value = int32_t(spec.codebook_size > 0 ? spec.codebook_zero_offset : 0);
+  const int32_t zero_value =
+      int32_t(spec.codebook_size > 0 ? spec.codebook_zero_offset : 0);
   std::vector<uint8_t> skip(size_t(spec.height), 0);
   for (int64_t row = 0; row < spec.height; ++row) {
     const int32_t* begin = q + row * spec.width;
     skip[size_t(row)] = std::all_of(begin, begin + spec.width,
-                                    [zero_value](int32_t v) { return v == zero_value; });
+                                    [=](int32_t v) { return v == zero_value; });
   }
   return skip;
 }
@@ -183,7 +186,8 @@ void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
     for (int64_t pos = row_start; pos < row_start + spec.width; ++pos) {
       const int64_t level = level_from_value(q[pos], spec, state, pos);
       const int64_t fed = feed_values_as_levels ? int64_t(q[pos]) : level;
-      const PositionContexts ctx = position_contexts(prev_level, state, spec.tca_base, pos);
+      const PositionContexts ctx =
+          position_contexts(prev_level, state, spec.tca_base, pos);
       put_level<kTruncated>(sink, layout, fed, ctx, limits);
       prev_level = fed;
       if (spec.dq) state = kDqNextState[state][level & 1];
@@ -196,7 +200,9 @@ struct EncoderSink {
   CabacEncoder& encoder;
   ContextModel* models;
   void bin(int ctx, int value) { encoder.encode_bin(value, models[ctx]); }
-  void bypass_bins(uint32_t value, int count) { encoder.encode_bypass_bins(value, count); }
+  void bypass_bins(uint32_t value, int count) {
+    encoder.encode_bypass_bins(value, count);
+  }
 };
 
 // Sink that runs all 9 init sets of every context in parallel and adds up
@@ -262,7 +268,8 @@ int64_t validate_spec(const SegmentSpec& spec, const char* operation) {
   if (spec.has_qp) {
     const int half_range = 1 << (5 + spec.qp_density);
     if (spec.qp < -half_range || spec.qp >= half_range) {
-      throw std::invalid_argument(op + ": qp " + int_str(spec.qp) + " does not fit the " +
+      throw std::invalid_argument(op + ": qp " + int_str(spec.qp) +
+                                  " does not fit the " +
                                   int_str(6 + spec.qp_density) +
                                   "-bit qp offset (range " + int_str(-half_range) +
                                   ".." + int_str(half_range - 1) + ")");
@@ -278,7 +285,8 @@ int64_t validate_spec(const SegmentSpec& spec, const char* operation) {
                                 int_str(spec.codebook_size));
   }
   if (spec.codebook_size > 0) {
-    if (spec.codebook_zero_offset < 0 || spec.codebook_zero_offset >= spec.codebook_size) {
+    if (spec.codebook_zero_offset < 0 ||
+        spec.codebook_zero_offset >= spec.codebook_size) {
       throw std::invalid_argument(op + ": codebook_zero_offset " +
                                   int_str(spec.codebook_zero_offset) +
                                   " is outside the codebook of size " +
@@ -295,11 +303,13 @@ void check_decodable_size(const SegmentSpec& spec, size_t num_bytes) {
   const int64_t num_elements = validate_spec(spec, "decode_segment");
   const uint64_t max_bins = 177 * (8 * uint64_t(num_bytes) + 1);
   const bool rows_skippable = row_skip_syntax_coded(spec);
-  const uint64_t units = rows_skippable ? uint64_t(spec.height) : uint64_t(num_elements);
+  const uint64_t units =
+      rows_skippable ? uint64_t(spec.height) : uint64_t(num_elements);
   if (spec.codebook_size != 1 && units > max_bins) {
     throw std::length_error(
-        "decode_segment: a " + std::to_string(num_bytes) + "-byte segment cannot hold " +
-        std::to_string(units) + (rows_skippable ? " rows" : " elements") + " (at most " +
+        "decode_segment: a " + std::to_string(num_bytes) +
+        "-byte segment cannot hold " + std::to_string(units) +
+        (rows_skippable ? " rows" : " elements") + " (at most " +
         std::to_string(max_bins) + " bins)");
   }
 }
@@ -497,11 +507,13 @@ inline int64_t get_level(CabacDecoder& decoder, ContextModel* models,
 }
 
 template <bool kTruncated>
-void get_levels(CabacDecoder& decoder, ContextModel* models, const ContextLayout& layout,
+void get_levels(CabacDecoder& decoder, ContextModel* models,
+                const ContextLayout& layout,
                 const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
                 int32_t* q_out) {
   const LevelLimits limits = level_limits(spec);
-  const int32_t zero_value = int32_t(spec.codebook_size > 0 ? spec.codebook_zero_offset : 0);
+  const int32_t zero_value =
+      int32_t(spec.codebook_size > 0 ? spec.codebook_zero_offset : 0);
   int64_t prev_level = 0;
   int state = 0;
   for (int64_t row = 0; row < spec.height; ++row) {
@@ -512,7 +524,8 @@ void get_levels(CabacDecoder& decoder, ContextModel* models, const ContextLayout
       continue;
     }
     for (int64_t pos = row_start; pos < row_start + spec.width; ++pos) {
-      const PositionContexts ctx = position_contexts(prev_level, state, spec.tca_base, pos);
+      const PositionContexts ctx =
+          position_contexts(prev_level, state, spec.tca_base, pos);
       const int64_t level = get_level<kTruncated>(decoder, models, layout, ctx, limits);
       int64_t value = level + zero_value;
       if (spec.dq) {
@@ -584,7 +597,8 @@ DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
   }
 
   if (decoder.decode_terminate() != 1) {
-    throw std::invalid_argument("decode_segment: terminate bin missing at byte offset " +
+    throw std::invalid_argument(
+        "decode_segment: terminate bin missing at byte offset " +
                                 std::to_string(decoder.num_bits_read() / 8));
   }
   result.consumed_bytes = decoder.finish();

@@ -64,8 +64,11 @@ void run_jobs(std::vector<Job>& jobs, int num_threads, Work work_on) {
 
   for (size_t i = 0; i < errors.size(); ++i) {
     if (errors[i].kind == JobError::kNone) continue;
-    const std::string message = "tensor #" + std::to_string(i) + ": " + errors[i].message;
-    if (errors[i].kind == JobError::kInvalidArgument) throw std::invalid_argument(message);
+    const std::string message =
+        "tensor #" + std::to_string(i) + ": " + errors[i].message;
+    if (errors[i].kind == JobError::kInvalidArgument) {
+      throw std::invalid_argument(message);
+    }
     if (errors[i].kind == JobError::kLengthError) throw std::length_error(message);
     throw std::runtime_error(message);
   }

@@ -45,7 +45,8 @@ def test_urq_rdoq_picks_among_zero_and_the_two_nearest_magnitudes():
 
     rounded = np.round(np.abs(x.astype(np.float64)) / step)  # ties: see next test
     magnitude = np.abs(q)
-    assert np.all((magnitude == 0) | (magnitude == rounded) | (magnitude == rounded - 1))
+    allowed = (magnitude == 0) | (magnitude == rounded) | (magnitude == rounded - 1)
+    assert np.all(allowed)
     assert np.all((q == 0) | (np.sign(q) == np.sign(x)))
     assert np.any(magnitude < rounded)
 
@@ -111,8 +112,9 @@ def test_encode_tensor_with_tca_base():
     base = _core.quantize(_gaussian(300, seed=7), -36, 2, False)
     x = _gaussian(300, seed=7) + _gaussian(300, seed=8, scale=0.002)
 
+    options = dict(OPTIONS, hdsp_flag_present=True)
     segment, q = _core.encode_tensor(x, 10, 30, qp=-36, dq=False, lambda_scale=0.0,
-                                     tca_base=base, **dict(OPTIONS, hdsp_flag_present=True))
+                                     tca_base=base, **options)
 
     decoded = _core.decode_segment(segment, 10, 30, has_qp=True, qp_density=2, dq=False,
                                    hdsp_flag_present=True, tca_base=base)[0]
@@ -143,7 +145,8 @@ def test_encode_tensors_errors_name_the_tensor():
 
     with pytest.raises(ValueError, match=r"tensor #1: quantize: max\|x\| = 1000000000"):
         _core.encode_tensors(xs, [(2, 2), (2, 2)], [-32, -128], **options)
-    with pytest.raises(ValueError, match=r"xs\[1\] has 4 elements, expected height\*width = 6"):
+    with pytest.raises(ValueError,
+                       match=r"xs\[1\] has 4 elements, expected height\*width = 6"):
         _core.encode_tensors(xs, [(2, 2), (2, 3)], [-32, -32], **options)
     with pytest.raises(ValueError, match="need equal lengths, got 2, 1, 2"):
         _core.encode_tensors(xs, [(2, 2)], [-32, -32], **options)
@@ -194,4 +197,5 @@ def test_decode_segments_errors_name_the_segment():
                               hdsp_flag_present=[False, False])
     with pytest.raises(ValueError, match="dq has 1 entries, datas has 2"):
         _core.decode_segments([good, good], [(2, 2), (2, 2)], has_qp=[True, True],
-                              dq=[False], qp_density=2, hdsp_flag_present=[False, False])
+                              dq=[False], qp_density=2,
+                              hdsp_flag_present=[False, False])

@@ -26,7 +26,8 @@ def _decode(segment, height, width, **overrides):
 
 
 def _gaussian(shape, seed, scale=0.05):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+    values = np.random.default_rng(seed).standard_normal(shape) * scale
+    return values.astype(np.float32)
 
 
 def _dq_parity_ok(q: np.ndarray, skipped_rows=(), width=None) -> bool:
@@ -176,7 +177,8 @@ def test_tca_base_round_trip_and_needs_the_same_base(dq, row_skipping):
 
 
 def test_tca_base_length_is_checked():
-    with pytest.raises(ValueError, match="tca_base has 5 elements, expected height\\*width = 6"):
+    with pytest.raises(ValueError,
+                       match="tca_base has 5 elements, expected height\\*width = 6"):
         _encode(np.zeros(6, dtype=np.int32), 2, 3, tca_base=np.zeros(5, dtype=np.int32))
 
 
@@ -222,7 +224,8 @@ def test_eco_init_sets_can_be_forced_and_are_signalled():
                                            dq=False, hdsp_flag_present=False)
     assert signalled == forced.tolist()
     np.testing.assert_array_equal(_decode(segment, 1, 500)[0], q)
-    with pytest.raises(ValueError, match="eco_init_sets has 3 entries, the eco list has 59"):
+    with pytest.raises(ValueError,
+                       match="eco_init_sets has 3 entries, the eco list has 59"):
         _encode(q, 1, 500, eco_init_sets=np.zeros(3, dtype=np.uint8))
 
 
@@ -294,7 +297,8 @@ def test_bad_stop_bit_pattern_is_reported():
 def test_shape_too_large_for_the_data_is_rejected_before_allocating():
     # 16 bytes hold at most 177 * 129 = 22833 bins: one per element of a
     # 1-D tensor, one per row when rows can be skipped.
-    with pytest.raises(ValueError, match=r"16-byte segment cannot hold 1000000 elements"):
+    with pytest.raises(ValueError,
+                       match=r"16-byte segment cannot hold 1000000 elements"):
         _decode(b"\x00" * 16, 1, 1_000_000)
     with pytest.raises(ValueError, match=r"16-byte segment cannot hold 30000 rows"):
         _decode(b"\x00" * 16, 30_000, 2)
@@ -434,7 +438,8 @@ def test_python_reference_encoder_agrees_with_core():
 def test_eg0_remainder_overflow_is_rejected(magnitude, negative):
     segment = _int_segment_with_one_level(magnitude, negative)
 
-    with pytest.raises(ValueError, match=f"level magnitude {magnitude} .*overflows int32"):
+    with pytest.raises(ValueError,
+                       match=f"level magnitude {magnitude} .*overflows int32"):
         _decode(segment, 1, 1, has_qp=False)
 
 
@@ -450,7 +455,8 @@ def test_dq_index_overflow_is_rejected():
     overflows = _int_segment_with_one_level(2**30, num_eco_flags=80)
 
     assert _decode(fits, 1, 1, has_qp=False, dq=True)[0].tolist() == [2**31 - 2]
-    with pytest.raises(ValueError, match="DQ index 2147483648 at position 0 .*overflows"):
+    with pytest.raises(ValueError,
+                       match="DQ index 2147483648 at position 0 .*overflows"):
         _decode(overflows, 1, 1, has_qp=False, dq=True)
 
 
@@ -459,7 +465,8 @@ def test_wrong_dtype_is_rejected_at_the_boundary():
         _core.encode_segment(np.zeros(4, dtype=np.int64), 2, 2, qp=0, qp_density=2,
                              dq=False, hdsp_flag_present=False, row_skipping=False,
                              param_opt=False)
-    with pytest.raises(ValueError, match="q has 3 elements, expected height\\*width = 4"):
+    with pytest.raises(ValueError,
+                       match="q has 3 elements, expected height\\*width = 4"):
         _encode(np.zeros(3, dtype=np.int32), 2, 2)
 
 

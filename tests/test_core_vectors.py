@@ -126,7 +126,8 @@ def _cases():
                 continue
             yield pytest.param(key, entry, [("", entry["bitstream"])], id=key)
         else:
-            steps = [(f"s{i}:", step["bitstream"]) for i, step in enumerate(entry["steps"])]
+            steps = [(f"s{i}:", step["bitstream"])
+                     for i, step in enumerate(entry["steps"])]
             yield pytest.param(key, entry, steps, id=key)
 
 
@@ -199,7 +200,8 @@ def test_eco_choice_agrees_with_nncodec(eco_agreement):
         pytest.skip("no param_opt vectors were decoded in this session")
     agreeing = sum(ok for _, ok in eco_agreement)
 
-    assert agreeing >= 0.95 * len(eco_agreement), [w for w, ok in eco_agreement if not ok]
+    disagreeing = [where for where, ok in eco_agreement if not ok]
+    assert agreeing >= 0.95 * len(eco_agreement), disagreeing
 
 
 def _quantiser_cases():
