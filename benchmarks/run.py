@@ -712,6 +712,7 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
                        f"{platform.python_implementation()} {platform.python_version()}",
             "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
             "flwr_nncodec": getattr(codec, "__version__", None),
+            "git_commit": _git_commit(),
             "default_lambda_scale": default_lambda,
             "nncodec_python": args.nncodec_python,
             "nncodec_version": nncodec.get("nncodec_version"),
@@ -732,6 +733,19 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
             "failures": failures,
         },
     }
+
+
+def _git_commit() -> str | None:
+    """Short HEAD hash of the checkout, with "+dirty" for uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit or None
 
 
 def _table_row(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
@@ -841,8 +855,8 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         "Inputs: " + "; ".join(f"{c['name']}: {c['description']}, {c['params']:,} params"
                                for c in meta["cases"]),
-        f"NNCodec {meta['nncodec_version']} via {meta['nncodec_python']}; our default "
-        f"lambda_scale = {meta['default_lambda_scale']}.",
+        f"NNCodec {meta['nncodec_version']} via {meta['nncodec_python']}; flwr-nncodec "
+        f"at {meta['git_commit']}, default lambda_scale = {meta['default_lambda_scale']}.",
         "",
         format_table(report["rows"]),
         "",
