@@ -110,17 +110,29 @@ void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q
   for (size_t i = 0; i < n; ++i) {
     dq_candidates(double(inverse_step) * double(x[i]), cand);
 
-    // Best candidate per (quantiser, parity).
-    double best_error[2][2] = {{kInf, kInf}, {kInf, kInf}};
-    int best_index[2][2] = {{0, 0}, {0, 0}};
+    // Best candidate per (quantiser, parity), branch-free; ties keep the
+    // earlier candidate.
+    double best_error[2][2];
+    int best_index[2][2];
     for (int quantizer = 0; quantizer < 2; ++quantizer) {
+      double even_error = kInf;
+      double odd_error = kInf;
+      int even_index = 0;
+      int odd_index = 0;
       for (int j = 0; j < 3; ++j) {
-        const int parity = cand.parity[quantizer][j];
-        if (cand.error[quantizer][j] < best_error[quantizer][parity]) {
-          best_error[quantizer][parity] = cand.error[quantizer][j];
-          best_index[quantizer][parity] = j;
-        }
+        const double error = cand.error[quantizer][j];
+        const bool even = cand.parity[quantizer][j] == 0;
+        const bool take_even = even && error < even_error;
+        const bool take_odd = !even && error < odd_error;
+        even_error = take_even ? error : even_error;
+        even_index = take_even ? j : even_index;
+        odd_error = take_odd ? error : odd_error;
+        odd_index = take_odd ? j : odd_index;
       }
+      best_error[quantizer][0] = even_error;
+      best_error[quantizer][1] = odd_error;
+      best_index[quantizer][0] = even_index;
+      best_index[quantizer][1] = odd_index;
     }
 
     double next_cost[8];
