@@ -386,7 +386,13 @@ class NNCServerCodec:
         node.up_seq = seq + 1 if base is not None else 0
         if not differential:
             return update
-        return {k: self.reference[k] + update[k] for k in update}
+        # With error accumulation the update lands on the server's own model
+        # (the target), so the next downlink difference also carries what
+        # this version's coding dropped; on the reference it would be lost.
+        origin = self.target if self.options.err_accumulation else self.reference
+        if origin is None:
+            origin = self.reference
+        return {k: origin[k] + update[k] for k in update}
 
     # -- accounting ---------------------------------------------------------
 
