@@ -85,7 +85,7 @@ nb::bytes encode_segment(InArray<int32_t> q, int64_t height, int64_t width,
                          OptionalBase tca_base, int64_t codebook_size,
                          int64_t codebook_zero_offset, int unary_len,
                          std::optional<InArray<uint8_t>> eco_init_sets,
-                         int64_t eco_max_positions) {
+                         int64_t eco_max_positions, bool eco_from_levels) {
   const SpecArgs args{height, width, qp_density, dq, hdsp_flag_present,
                       codebook_size, codebook_zero_offset, unary_len};
   nnc::SegmentSpec spec = make_spec(args, tca_base, "encode_segment");
@@ -95,6 +95,7 @@ nb::bytes encode_segment(InArray<int32_t> q, int64_t height, int64_t width,
   spec.row_skipping = row_skipping;
   spec.param_opt = param_opt;
   spec.eco_max_positions = eco_max_positions;
+  spec.eco_from_levels = eco_from_levels;
   if (eco_init_sets) {
     spec.forced_init_sets = eco_init_sets->data();
     spec.num_forced_init_sets = eco_init_sets->shape(0);
@@ -150,13 +151,14 @@ std::vector<int> choose_eco_init_sets(InArray<int32_t> q, int64_t height, int64_
                                       bool dq, bool row_skipping, OptionalBase tca_base,
                                       int64_t codebook_size,
                                       int64_t codebook_zero_offset, int unary_len,
-                                      int64_t eco_max_positions) {
+                                      int64_t eco_max_positions, bool eco_from_levels) {
   const SpecArgs args{height, width, 2, dq, false, codebook_size, codebook_zero_offset,
                       unary_len};
   nnc::SegmentSpec spec = make_spec(args, tca_base, "choose_eco_init_sets");
   check_length(q, height * width, "q");
   spec.row_skipping = row_skipping;
   spec.eco_max_positions = eco_max_positions;
+  spec.eco_from_levels = eco_from_levels;
   std::vector<uint8_t> sets;
   {
     nb::gil_scoped_release release;
@@ -196,6 +198,7 @@ struct TensorOptions {
   bool param_opt;
   int unary_len;
   int64_t eco_max_positions;
+  bool eco_from_levels;
 };
 
 nnc::TensorJob make_job(const InArray<float>& x, int64_t height, int64_t width, int qp,
@@ -211,6 +214,7 @@ nnc::TensorJob make_job(const InArray<float>& x, int64_t height, int64_t width, 
   job.spec.row_skipping = options.row_skipping;
   job.spec.param_opt = options.param_opt;
   job.spec.eco_max_positions = options.eco_max_positions;
+  job.spec.eco_from_levels = options.eco_from_levels;
   job.x = x.data();
   job.lambda_scale = options.lambda_scale;
   return job;
@@ -219,9 +223,11 @@ nnc::TensorJob make_job(const InArray<float>& x, int64_t height, int64_t width, 
 std::tuple<nb::bytes, OutArray<int32_t>> encode_tensor(
     InArray<float> x, int64_t height, int64_t width, int qp, int qp_density, bool dq,
     double lambda_scale, bool hdsp_flag_present, bool row_skipping, bool param_opt,
-    OptionalBase tca_base, int unary_len, int64_t eco_max_positions) {
-  const TensorOptions options{qp_density, dq, lambda_scale, hdsp_flag_present,
-                              row_skipping, param_opt, unary_len, eco_max_positions};
+    OptionalBase tca_base, int unary_len, int64_t eco_max_positions,
+    bool eco_from_levels) {
+  const TensorOptions options{qp_density,        dq,        lambda_scale,
+                              hdsp_flag_present, row_skipping, param_opt,
+                              unary_len,         eco_max_positions, eco_from_levels};
   nnc::TensorJob job = make_job(x, height, width, qp, tca_base, options, "x");
   const size_t n = size_t(height * width);
   std::unique_ptr<int32_t[]> q(new int32_t[n]);
@@ -238,7 +244,7 @@ std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> encode_tensors(
     std::vector<int> qps, int qp_density, bool dq, double lambda_scale,
     bool hdsp_flag_present, bool row_skipping, bool param_opt,
     std::optional<std::vector<OptionalBase>> tca_bases, int unary_len,
-    int64_t eco_max_positions, int num_threads) {
+    int64_t eco_max_positions, bool eco_from_levels, int num_threads) {
   const size_t count = xs.size();
   if (shapes.size() != count || qps.size() != count ||
       (tca_bases && tca_bases->size() != count)) {
@@ -248,8 +254,9 @@ std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> encode_tensors(
         std::to_string(qps.size()) +
         (tca_bases ? ", " + std::to_string(tca_bases->size()) : std::string()));
   }
-  const TensorOptions options{qp_density, dq, lambda_scale, hdsp_flag_present,
-                              row_skipping, param_opt, unary_len, eco_max_positions};
+  const TensorOptions options{qp_density,        dq,        lambda_scale,
+                              hdsp_flag_present, row_skipping, param_opt,
+                              unary_len,         eco_max_positions, eco_from_levels};
   std::vector<nnc::TensorJob> jobs;
   std::vector<std::unique_ptr<int32_t[]>> q_buffers;
   jobs.reserve(count);
@@ -386,13 +393,16 @@ NB_MODULE(_core, m) {
         "row_skipping"_a, "param_opt"_a, "tca_base"_a.noconvert() = nb::none(),
         "codebook_size"_a = 0, "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
         "eco_init_sets"_a.noconvert() = nb::none(), "eco_max_positions"_a = 65536,
+        "eco_from_levels"_a = false,
         "Code int32 q[height*width] (raster order) into one DeepCABAC segment: "
         "qp offset unless qp is None, HDSP and row-skip flags, eco list, "
         "levels, terminate bin, flush. q holds DQ reconstruction indices or "
         "codebook indices. eco_init_sets (uint8 per eco-list entry) overrides "
         "param_opt. With param_opt the init sets are estimated over the rows "
         "covering the first eco_max_positions positions (<= 0: all, which "
-        "reproduces NNCodec's choice on large tensors too). Releases the GIL; "
+        "reproduces NNCodec's choice on large tensors too). eco_from_levels: "
+        "under DQ estimate from the levels k instead of NNCodec's q (about 1% "
+        "smaller, no longer NNCodec's bytes). Releases the GIL; "
         "the segment is copied once into bytes.");
 
   m.def("decode_segment", &decode_segment, "data"_a.noconvert(), "height"_a, "width"_a,
@@ -407,7 +417,7 @@ NB_MODULE(_core, m) {
         nb::kw_only(), "qp"_a, "qp_density"_a, "dq"_a, "lambda_scale"_a,
         "hdsp_flag_present"_a, "row_skipping"_a, "param_opt"_a,
         "tca_base"_a.noconvert() = nb::none(), "unary_len"_a = 11,
-        "eco_max_positions"_a = 65536,
+        "eco_max_positions"_a = 65536, "eco_from_levels"_a = false,
         "Quantise float32 x[height*width] and code it in one call: returns "
         "(segment bytes, q int32[n]), as quantize() followed by "
         "encode_segment(). Releases the GIL; x is read in place.");
@@ -415,7 +425,8 @@ NB_MODULE(_core, m) {
   m.def("encode_tensors", &encode_tensors, "xs"_a, "shapes"_a, "qps"_a, nb::kw_only(),
         "qp_density"_a, "dq"_a, "lambda_scale"_a, "hdsp_flag_present"_a,
         "row_skipping"_a, "param_opt"_a, "tca_bases"_a = nb::none(),
-        "unary_len"_a = 11, "eco_max_positions"_a = 65536, "num_threads"_a = 0,
+        "unary_len"_a = 11, "eco_max_positions"_a = 65536,
+        "eco_from_levels"_a = false, "num_threads"_a = 0,
         "encode_tensor() for several tensors on num_threads threads (0: one "
         "per hardware thread). xs: float32 arrays; shapes: (height, width) "
         "pairs; qps: one qp per tensor; tca_bases: None or one int32 array or "
@@ -445,6 +456,7 @@ NB_MODULE(_core, m) {
         "width"_a, nb::kw_only(), "dq"_a, "row_skipping"_a,
         "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0,
         "codebook_zero_offset"_a = 0, "unary_len"_a = 11, "eco_max_positions"_a = 65536,
+        "eco_from_levels"_a = false,
         "Init set per eco-list entry that param_opt=True would signal for q.");
 
   m.def("tables", &tables,

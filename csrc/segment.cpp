@@ -364,7 +364,8 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec)
   const int64_t max_positions = spec.eco_max_positions > 0
                                     ? spec.eco_max_positions
                                     : std::numeric_limits<int64_t>::max();
-  put_levels<false>(sink, layout, q, spec, skip_rows_for(q, spec), spec.dq,
+  put_levels<false>(sink, layout, q, spec, skip_rows_for(q, spec),
+                    spec.dq && !spec.eco_from_levels,
                     max_positions);
 
   std::vector<uint8_t> init_sets;

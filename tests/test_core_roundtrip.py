@@ -518,3 +518,24 @@ def test_eco_estimation_prefix_is_configurable():
                                           dq=False, hdsp_flag_present=False) == (
             prefix_sets if limit else full_sets)
         np.testing.assert_array_equal(_decode(segment, 100, 64)[0], q)
+
+
+def test_eco_from_levels_beats_nncodec_choice_under_dq():
+    # NNCodec estimates the DQ eco choice from q instead of the coded levels;
+    # estimating from the levels gives smaller segments that still decode.
+    qs = [_core.quantize(_gaussian(10000, seed=50 + i), -20, 2, True) for i in range(10)]
+    totals = {}
+    for from_levels in (False, True):
+        segments = [_encode(q, 100, 100, qp=-20, dq=True, eco_from_levels=from_levels)
+                    for q in qs]
+        for q, segment in zip(qs, segments):
+            np.testing.assert_array_equal(_decode(segment, 100, 100, dq=True)[0], q)
+        totals[from_levels] = sum(len(s) for s in segments)
+
+    assert totals[True] < totals[False]
+
+
+def test_eco_from_levels_changes_nothing_without_dq():
+    q = _core.quantize(_gaussian(5000, seed=60), -26, 2, False)
+
+    assert _encode(q, 50, 100, eco_from_levels=True) == _encode(q, 50, 100)
