@@ -208,22 +208,61 @@ struct EncoderSink {
 // Sink that runs all 9 init sets of every context in parallel and adds up
 // the estimated bits of each (eco choice, §3.4).
 struct InitSetCostSink {
-  explicit InitSetCostSink(int num_contexts)
-      : models(size_t(num_contexts) * kNumInitSets),
-        costs(size_t(num_contexts) * kNumInitSets, 0) {
-    for (size_t i = 0; i < models.size(); ++i) models[i].init(int(i % kNumInitSets));
-  }
-  void bin(int ctx, int value) {
-    ContextModel* set_models = &models[size_t(ctx) * kNumInitSets];
-    uint64_t* set_costs = &costs[size_t(ctx) * kNumInitSets];
-    for (int e = 0; e < kNumInitSets; ++e) {
-      set_costs[e] += bin_cost(set_models[e], value);
-      set_models[e].update(value);
+  // Shifts (a_F, a_S) of init sets 0..8 as compile-time constants, so that
+  // the nine estimators of a context update as independent, unrolled chains
+  // (must equal kInitSets: a_F = SH0 + 4, a_S = SH1).
+  static constexpr int kFastShift[kNumInitSets] = {5, 5, 5, 4, 6, 6, 6, 7, 7};
+  static constexpr int kSlowShift[kNumInitSets] = {4, 4, 4, 5, 6, 6, 6, 5, 5};
+
+  struct ContextEstimators {
+    int16_t fast[kNumInitSets];
+    int16_t slow[kNumInitSets];
+    uint64_t costs[kNumInitSets];  // estimated bits, 2^-15 units
+  };
+
+  explicit InitSetCostSink(int num_contexts) : contexts(size_t(num_contexts)) {
+    for (auto& context : contexts) {
+      for (int e = 0; e < kNumInitSets; ++e) {
+        ContextModel model;
+        model.init(e);
+        context.fast[e] = model.fast;
+        context.slow[e] = model.slow;
+        context.costs[e] = 0;
+      }
     }
   }
+
+  template <int e>
+  static inline void step(ContextEstimators& c, int value) {
+    const int16_t* curve = kAdaptationCurve;
+    const int fast = c.fast[e];
+    const int slow = c.slow[e];
+    c.costs[e] += kBinCostTable[(512 + ((slow + 16 * fast) >> 3)) * 2 + value];
+    if (value) {
+      c.fast[e] = int16_t(fast + (curve[16 + (fast >> 3)] >> kFastShift[e]));
+      c.slow[e] = int16_t(slow + (curve[16 + (slow >> 7)] >> kSlowShift[e]));
+    } else {
+      c.fast[e] = int16_t(fast - (curve[16 + ((-fast) >> 3)] >> kFastShift[e]));
+      c.slow[e] = int16_t(slow - (curve[16 + ((-slow) >> 7)] >> kSlowShift[e]));
+    }
+  }
+
+  void bin(int ctx, int value) {
+    ContextEstimators& c = contexts[size_t(ctx)];
+    step<0>(c, value);
+    step<1>(c, value);
+    step<2>(c, value);
+    step<3>(c, value);
+    step<4>(c, value);
+    step<5>(c, value);
+    step<6>(c, value);
+    step<7>(c, value);
+    step<8>(c, value);
+  }
+
   void bypass_bins(uint32_t, int) {}
-  std::vector<ContextModel> models;
-  std::vector<uint64_t> costs;
+
+  std::vector<ContextEstimators> contexts;
 };
 
 template <class Sink>
@@ -371,7 +410,7 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec)
   std::vector<uint8_t> init_sets;
   init_sets.reserve(list.size());
   for (const int ctx : list) {
-    const uint64_t* costs = &sink.costs[size_t(ctx) * kNumInitSets];
+    const auto& costs = sink.contexts[size_t(ctx)].costs;
     int best = 0;
     uint64_t best_cost = costs[0];
     for (int e = 1; e < kNumInitSets; ++e) {
