@@ -22,7 +22,6 @@ constexpr int kNumInitSets = 9;
 constexpr int kMaxEgPrefixBins = 31;
 constexpr uint32_t kInitSetPenalty = 3u << 15;  // 3 bits, in 2^-15 bit units
 
-
 // Largest magnitude a level may have per sign; unbounded without a codebook.
 struct LevelLimits {
   uint64_t max_pos = std::numeric_limits<uint64_t>::max();
@@ -66,7 +65,7 @@ struct PositionContexts {
 
 inline PositionContexts position_contexts(int64_t prev_level, int state,
                                           const int32_t* tca_base, int64_t pos) {
-  const int neighbour = prev_level == 0 ? 0 : (prev_level < 0 ? 1 : 2);
+  const int neighbour = neighbour_class(prev_level);
   const int64_t base = tca_base ? tca_base[pos] : 0;
   if (base != 0) {
     const uint64_t base_abs = uint64_t(base < 0 ? -base : base);
@@ -87,7 +86,9 @@ inline int gt_context(const ContextLayout& layout, const PositionContexts& ctx, 
 
 // Binarise one level k (§3.1) into `sink`, which offers bin(ctx, b) and
 // bypass_bins(value, count). With kTruncated, the codebook truncations of
-// §2.5 step 4 apply (unverified against NNCodec).
+// §2.5 step 4 apply: sign inferred when one side of the zero entry is empty,
+// gt flags and EG0 prefix stop at the largest magnitude of the level's sign
+// (checked against NNCodec's codebook vectors, tests/test_core_vectors.py).
 template <bool kTruncated, class Sink>
 inline void put_level(Sink& sink, const ContextLayout& layout, int64_t level,
                       const PositionContexts& ctx, const LevelLimits& limits) {
