@@ -77,20 +77,6 @@ std::vector<uint8_t> CabacEncoder::finish() {
   return std::move(out_);
 }
 
-void CabacDecoder::refill() {
-  while (cache_bits_ <= 56) {
-    uint64_t byte = 0;
-    if (pos_ < num_bytes_) {
-      byte = data_[pos_];
-    } else {
-      past_end_ = true;
-    }
-    pos_ += 1;
-    cache_ |= byte << (56 - cache_bits_);
-    cache_bits_ += 8;
-  }
-}
-
 void CabacDecoder::check_not_past_end() const {
   if (num_bits_read() > uint64_t(num_bytes_) * 8) {
     throw std::length_error(
@@ -108,19 +94,15 @@ size_t CabacDecoder::finish() {
   const uint64_t last_bit = bits_read - 1;  // bits_read >= 9 after construction
   if (((data_[last_bit / 8] >> (7 - last_bit % 8)) & 1u) == 0) {
     throw std::invalid_argument(
-        "decode_segment: bad stop bit: bit " + std::to_string(bits_read - 1) +
-        " (byte offset " + std::to_string((bits_read - 1) / 8) + ") is 0, expected 1");
+        "decode_segment: bad stop bit: bit " + std::to_string(last_bit) +
+        " (byte offset " + std::to_string(last_bit / 8) + ") is 0, expected 1");
   }
-  const int pad_bits = static_cast<int>((8 - bits_read % 8) % 8);
-  if (pad_bits > 0) {
-    // The padding lies in the byte already holding the stop bit, so it is
-    // inside the data and in the cache.
-    const uint64_t padding = cache_ >> (64 - pad_bits);
-    if (padding != 0) {
-      throw std::invalid_argument(
-          "decode_segment: bad alignment after the stop bit at byte offset " +
-          std::to_string((bits_read - 1) / 8) + ": padding bits are not zero");
-    }
+
+  // The look-ahead bits are the rest of the stop bit's byte: the padding.
+  if ((value_ & ((1u << shift_) - 1)) != 0) {
+    throw std::invalid_argument(
+        "decode_segment: bad alignment after the stop bit at byte offset " +
+        std::to_string(last_bit / 8) + ": padding bits are not zero");
   }
   return static_cast<size_t>((bits_read + 7) / 8);
 }

@@ -147,31 +147,39 @@ class CabacEncoder {
   int num_buffered_bytes_ = 0;
 };
 
-// Spec-style decoder: 9-bit offset register fed from a 64-bit bit cache.
-// Reading a bit past the end of the data throws std::length_error naming the
-// byte offset; the decoder never reads the input out of bounds.
+// Arithmetic decoder. The 9-bit offset register of the spec is kept scaled:
+// value = offset * 2^shift + the next `shift` bits of the segment (0..7 bits
+// of look-ahead), so comparing offset with range is comparing value with
+// range << shift, and moving n bits into the offset is shift -= n; a byte is
+// loaded whenever shift drops below 0. Consuming a bit past the end of the
+// data throws std::length_error naming the byte offset; the decoder never
+// reads the input out of bounds.
 class CabacDecoder {
  public:
   CabacDecoder(const uint8_t* data, size_t num_bytes)
       : data_(data), num_bytes_(num_bytes) {
-    offset_ = read_bits(9);
+    load_byte();
+    load_byte();
+    shift_ = 7;  // 16 bits loaded, the first 9 form the offset
+    if (past_end_) check_not_past_end();
   }
 
   __attribute__((always_inline)) int decode_bin(ContextModel& model) {
     const uint32_t lps = model.range_lps(range_);
     range_ -= lps;
+    const uint32_t scaled_range = range_ << shift_;
     int bin;
-    if (offset_ >= range_) {
+    if (value_ >= scaled_range) {
       bin = 1 - model.mps();
-      offset_ -= range_;
-      const int shift = __builtin_clz(lps) - 23;
-      range_ = lps << shift;
-      offset_ = (offset_ << shift) | read_bits(shift);
+      value_ -= scaled_range;
+      const int renorm = __builtin_clz(lps) - 23;
+      range_ = lps << renorm;
+      consume(renorm);
     } else {
       bin = model.mps();
       if (range_ < 256) {
         range_ <<= 1;
-        offset_ = (offset_ << 1) | read_bits(1);
+        consume(1);
       }
     }
     model.update(bin);
@@ -179,9 +187,10 @@ class CabacDecoder {
   }
 
   int decode_bypass() {
-    offset_ = (offset_ << 1) | read_bits(1);
-    if (offset_ >= range_) {
-      offset_ -= range_;
+    consume(1);
+    const uint32_t scaled_range = range_ << shift_;
+    if (value_ >= scaled_range) {
+      value_ -= scaled_range;
       return 1;
     }
     return 0;
@@ -196,10 +205,10 @@ class CabacDecoder {
 
   int decode_terminate() {
     range_ -= 2;
-    if (offset_ >= range_) return 1;
+    if (value_ >= (range_ << shift_)) return 1;
     if (range_ < 256) {
       range_ <<= 1;
-      offset_ = (offset_ << 1) | read_bits(1);
+      consume(1);
     }
     return 0;
   }
@@ -210,29 +219,39 @@ class CabacDecoder {
   size_t finish();
 
   // Bits moved into the offset register so far.
-  uint64_t num_bits_read() const { return uint64_t(pos_) * 8 - cache_bits_; }
+  uint64_t num_bits_read() const { return uint64_t(pos_) * 8 - uint64_t(shift_); }
 
  private:
-  uint32_t read_bits(int num_bits) {
-    if (cache_bits_ < num_bits) refill();
-    const uint32_t value = static_cast<uint32_t>(cache_ >> (64 - num_bits));
-    cache_ <<= num_bits;
-    cache_bits_ -= num_bits;
+  // Move n <= 8 look-ahead bits into the offset, loading a byte if needed.
+  __attribute__((always_inline)) void consume(int n) {
+    shift_ -= n;
+    if (shift_ < 0) {
+      load_byte();
+      shift_ += 8;
+    }
     if (past_end_) check_not_past_end();
-    return value;
   }
 
-  void refill();
+  void load_byte() {
+    uint32_t byte = 0;
+    if (pos_ < num_bytes_) {
+      byte = data_[pos_];
+    } else {
+      past_end_ = true;
+    }
+    pos_ += 1;
+    value_ = (value_ << 8) | byte;
+  }
+
   void check_not_past_end() const;
 
   const uint8_t* data_;
   size_t num_bytes_;
-  size_t pos_ = 0;  // next byte to load into the cache (may exceed num_bytes_)
-  uint64_t cache_ = 0;
-  int cache_bits_ = 0;
+  size_t pos_ = 0;  // bytes loaded into value_ (may exceed num_bytes_)
+  uint32_t value_ = 0;
+  int shift_ = 0;
   bool past_end_ = false;
   uint32_t range_ = 510;
-  uint32_t offset_ = 0;
 };
 
 }  // namespace nnc
