@@ -32,6 +32,48 @@ template <class T>
 using OutArray = nb::ndarray<nb::numpy, T, nb::ndim<1>>;
 using OptionalBase = std::optional<InArray<int32_t>>;
 
+// Strict element conversion for list arguments: like the noconvert single
+// array arguments, a wrong dtype, rank or layout is a TypeError, never a
+// silent copy or cast.
+template <class T>
+std::vector<InArray<T>> strict_arrays(const std::vector<nb::object>& items,
+                                      const char* name, const char* dtype) {
+  std::vector<InArray<T>> arrays;
+  arrays.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    InArray<T> array;
+    if (!nb::try_cast<InArray<T>>(items[i], array, /*convert=*/false)) {
+      throw nb::type_error((std::string(name) + "[" + std::to_string(i) +
+                            "] must be a C-contiguous 1-D " + dtype + " array")
+                               .c_str());
+    }
+    arrays.push_back(array);
+  }
+  return arrays;
+}
+
+std::optional<std::vector<OptionalBase>> strict_bases(
+    const std::optional<std::vector<nb::object>>& items) {
+  if (!items) return std::nullopt;
+  std::vector<OptionalBase> bases;
+  bases.reserve(items->size());
+  for (size_t i = 0; i < items->size(); ++i) {
+    const nb::object& item = (*items)[i];
+    if (item.is_none()) {
+      bases.emplace_back();
+      continue;
+    }
+    InArray<int32_t> base;
+    if (!nb::try_cast<InArray<int32_t>>(item, base, /*convert=*/false)) {
+      throw nb::type_error(("tca_bases[" + std::to_string(i) +
+                            "] must be None or a C-contiguous 1-D int32 array")
+                               .c_str());
+    }
+    bases.emplace_back(base);
+  }
+  return bases;
+}
+
 // Hand a heap buffer of n values to NumPy without copying it.
 template <class T>
 OutArray<T> to_numpy(std::unique_ptr<T[]> data, size_t n) {
@@ -240,11 +282,14 @@ std::tuple<nb::bytes, OutArray<int32_t>> encode_tensor(
 }
 
 std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> encode_tensors(
-    std::vector<InArray<float>> xs, std::vector<std::pair<int64_t, int64_t>> shapes,
+    std::vector<nb::object> x_objects, std::vector<std::pair<int64_t, int64_t>> shapes,
     std::vector<int> qps, int qp_density, bool dq, double lambda_scale,
     bool hdsp_flag_present, bool row_skipping, bool param_opt,
-    std::optional<std::vector<OptionalBase>> tca_bases, int unary_len,
+    std::optional<std::vector<nb::object>> base_objects, int unary_len,
     int64_t eco_max_positions, bool eco_from_levels, int num_threads) {
+  const std::vector<InArray<float>> xs =
+      strict_arrays<float>(x_objects, "xs", "float32");
+  const std::optional<std::vector<OptionalBase>> tca_bases = strict_bases(base_objects);
   const size_t count = xs.size();
   if (shapes.size() != count || qps.size() != count ||
       (tca_bases && tca_bases->size() != count)) {
@@ -294,14 +339,17 @@ void check_count(const std::vector<T>& values, size_t count, const char* name) {
 }
 
 std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> decode_segments(
-    std::vector<InArray<uint8_t>> datas,
+    std::vector<nb::object> data_objects,
     std::vector<std::pair<int64_t, int64_t>> shapes,
     std::vector<bool> has_qp, std::vector<bool> dq, int qp_density,
     std::vector<bool> hdsp_flag_present,
-    std::optional<std::vector<OptionalBase>> tca_bases,
+    std::optional<std::vector<nb::object>> base_objects,
     std::optional<std::vector<int64_t>> codebook_sizes,
     std::optional<std::vector<int64_t>> codebook_zero_offsets, int unary_len,
     int num_threads) {
+  const std::vector<InArray<uint8_t>> datas =
+      strict_arrays<uint8_t>(data_objects, "datas", "uint8 (bytes-like)");
+  const std::optional<std::vector<OptionalBase>> tca_bases = strict_bases(base_objects);
   const size_t count = datas.size();
   check_count(shapes, count, "shapes");
   check_count(has_qp, count, "has_qp");

@@ -199,3 +199,17 @@ def test_decode_segments_errors_name_the_segment():
         _core.decode_segments([good, good], [(2, 2), (2, 2)], has_qp=[True, True],
                               dq=[False], qp_density=2,
                               hdsp_flag_present=[False, False])
+
+
+def test_list_arguments_are_not_silently_converted():
+    options = dict(OPTIONS, dq=False, lambda_scale=0.0)
+    good = np.zeros(6, dtype=np.float32)
+
+    for bad in (np.zeros(6), np.zeros(6, dtype=np.int64), np.zeros(12, np.float32)[::2]):
+        with pytest.raises(TypeError, match=r"xs\[1\] must be a C-contiguous 1-D float32"):
+            _core.encode_tensors([good, bad], [(2, 3), (2, 3)], [-32, -32], **options)
+    with pytest.raises(TypeError, match=r"tca_bases\[0\] must be None or a C-contiguous"):
+        _core.encode_tensors([good], [(2, 3)], [-32], tca_bases=[np.zeros(6)], **options)
+    with pytest.raises(TypeError, match=r"datas\[0\] must be a C-contiguous 1-D uint8"):
+        _core.decode_segments([np.array([1, 2])], [(1, 1)], has_qp=[True], dq=[False],
+                              qp_density=2, hdsp_flag_present=[False])
