@@ -457,6 +457,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--zstd-level", type=int, default=19,
                         help="zstd level for the levels (capped at 9 above 2M values)")
+    parser.add_argument("--lambda-scale", type=float, default=None,
+                        help="run our encoder with this lambda_scale instead of its "
+                        "default (rate-aware quantisation); adds minimum-MSE rows")
     parser.add_argument("--keep-work-dir", action="store_true",
                         help="keep the temporary folder (streams, NNCodec job)")
     return parser.parse_args(argv)
@@ -517,9 +520,13 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
         cases.extend(update_cases(args.updates_dir, quick))
 
     default_lambda = _default_lambda_scale(codec)
+    ours_options: dict[str, Any] = {}
+    if args.lambda_scale is not None:
+        ours_options["lambda_scale"] = args.lambda_scale
+    ours_lambda = ours_options.get("lambda_scale", default_lambda)
     use_dq = True  # NNCodec's default, and ours
-    variants = [("ours", {})]
-    if default_lambda != 0.0:
+    variants = [("ours", ours_options)]
+    if ours_lambda != 0.0:
         variants.append(("ours_lambda0", {"lambda_scale": 0.0}))
 
     # 1. Our coder: the sweep (default options) and, at NNCodec's qps, the
@@ -531,7 +538,7 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
                     case.sweep_qps)
         sweeps[case.name] = []
         for qp in case.sweep_qps:
-            row = run_ours(case, qp, {}, work_dir, "ours", with_levels=True)
+            row = run_ours(case, qp, ours_options, work_dir, "ours", with_levels=True)
             levels = row.pop("levels")
             dq_by_tensor = {
                 name: use_dq and np.issubdtype(case.params[name].dtype, np.floating)
@@ -551,8 +558,8 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
     # 2. Speed case of issue 5: full Python API, 1M values, qp -32, DQ on.
     speed_case = cases[0]
     speed_repeat = 3 if quick else 5
-    speed_ours = run_ours(speed_case, -32, {"use_dq": True}, work_dir, "ours_speed",
-                          with_levels=False, repeat=speed_repeat)
+    speed_ours = run_ours(speed_case, -32, {**ours_options, "use_dq": True}, work_dir,
+                          "ours_speed", with_levels=False, repeat=speed_repeat)
 
     # 3. NNCodec: encode every case at its qps (decoding its own stream), and
     #    decode every stream we wrote.
@@ -694,7 +701,8 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
         for case in probe_cases:
             for coder, python in (("ours", sys.executable),
                                   ("nncodec", args.nncodec_python)):
-                probe = probe_memory(python, coder, Path(case.extra["npz"]), {"qp": -32})
+                options = {"qp": -32, **(ours_options if coder == "ours" else {})}
+                probe = probe_memory(python, coder, Path(case.extra["npz"]), options)
                 probe["case"] = case.name
                 memory.append(probe)
 
@@ -714,6 +722,7 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
             "flwr_nncodec": getattr(codec, "__version__", None),
             "git_commit": _git_commit(),
             "default_lambda_scale": default_lambda,
+            "ours_lambda_scale": ours_lambda,
             "nncodec_python": args.nncodec_python,
             "nncodec_version": nncodec.get("nncodec_version"),
             "nncodec_torchvision_ops_skipped": nncodec.get("torchvision_ops_skipped"),
@@ -856,7 +865,8 @@ def format_report(report: dict[str, Any]) -> str:
         "Inputs: " + "; ".join(f"{c['name']}: {c['description']}, {c['params']:,} params"
                                for c in meta["cases"]),
         f"NNCodec {meta['nncodec_version']} via {meta['nncodec_python']}; flwr-nncodec "
-        f"at {meta['git_commit']}, default lambda_scale = {meta['default_lambda_scale']}.",
+        f"at {meta['git_commit']}, lambda_scale of 'ours' = {meta['ours_lambda_scale']} "
+        f"(default {meta['default_lambda_scale']}).",
         "",
         format_table(report["rows"]),
         "",
@@ -913,8 +923,15 @@ def plot_rate_distortion(path: Path, report: dict[str, Any]) -> None:
     for axis, name in zip(axes.flat, names):
         curve = sorted(report["curves"][name], key=lambda r: r["mse"])
         params = next(c["params"] for c in report["meta"]["cases"] if c["name"] == name)
+        ours_lambda = report["meta"].get("ours_lambda_scale")
         axis.plot([r["mse"] for r in curve], [r["bits_per_param"] for r in curve],
-                  "o-", label="ours (qp sweep)", markersize=4)
+                  "o-", label=f"ours, lambda_scale {ours_lambda} (qp sweep)", markersize=4)
+        minimum_mse = [r for r in report["rows"]
+                       if r["case"] == name and r["coder"] == "ours_lambda0"]
+        if minimum_mse:
+            axis.plot([r["mse"] for r in minimum_mse],
+                      [r["bits_per_param"] for r in minimum_mse], "x", color="black",
+                      label="ours, lambda_scale 0")
         axis.plot([r["mse"] for r in curve],
                   [8 * r["entropy_bytes"] / params for r in curve],
                   ":", color="grey", label="H0(levels | DQ state), ours")
