@@ -30,7 +30,10 @@ def _build_transition_semigroup() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     states = np.arange(8)
     generators = np.array(
         [
-            [DQ_NEXT_STATE[s, parity_even if s % 2 == 0 else parity_odd] for s in states]
+            [
+                DQ_NEXT_STATE[s, parity_even if s % 2 == 0 else parity_odd]
+                for s in states
+            ]
             for parity_even in (0, 1)
             for parity_odd in (0, 1)
         ]
@@ -153,7 +156,9 @@ def zstd_levels_bytes(
 
     import zstandard
 
-    parts = [coded_levels(q, _dq_of(dq, name))[0] for name, q in levels_by_tensor.items()]
+    parts = [
+        coded_levels(q, _dq_of(dq, name))[0] for name, q in levels_by_tensor.items()
+    ]
     stream = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     for dtype in (np.int8, np.int16, np.int32, np.int64):
         info = np.iinfo(dtype)

@@ -87,7 +87,9 @@ def run_encode_job(nn, job, out_dir, scratch_dir):
     with open(bitstream_path, "wb") as handle:
         handle.write(bytes(bitstream))
     reconstruction_path = os.path.join(out_dir, f"{job['id']}.rec.npz")
-    np.savez(reconstruction_path, **{k: np.asarray(v) for k, v in reconstruction.items()})
+    np.savez(
+        reconstruction_path, **{k: np.asarray(v) for k, v in reconstruction.items()}
+    )
     return {
         "bytes": len(bitstream),
         "encode_s": encode_seconds,
@@ -107,7 +109,9 @@ def run_decode_job(nn, job, out_dir):
     reconstruction = _quiet_call(nn.decode, bytearray(bitstream))
     decode_seconds = time.perf_counter() - started
     reconstruction_path = os.path.join(out_dir, f"{job['id']}.rec.npz")
-    np.savez(reconstruction_path, **{k: np.asarray(v) for k, v in reconstruction.items()})
+    np.savez(
+        reconstruction_path, **{k: np.asarray(v) for k, v in reconstruction.items()}
+    )
     return {"decode_s": decode_seconds, "reconstruction": reconstruction_path}
 
 
@@ -142,7 +146,9 @@ def main(job_path: str) -> int:
                 }
     for decode_job in job.get("decode", []):
         try:
-            results["decode"][decode_job["id"]] = run_decode_job(nn, decode_job, out_dir)
+            results["decode"][decode_job["id"]] = run_decode_job(
+                nn, decode_job, out_dir
+            )
         except BaseException as error:  # NNCodec asserts and exits on bad streams
             if isinstance(error, KeyboardInterrupt):
                 raise

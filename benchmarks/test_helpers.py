@@ -48,7 +48,7 @@ def test_prefix_scan_matches_the_sequential_state_machine(count):
 
 
 def test_worked_example_a_levels():
-    """nnc-format §1.9: q = [26, -52, 0, 13, 76, -3] are coded as k = [13, -26, 0, 7, 38, -2]."""
+    """Worked example A (nnc-format §1.9): the levels and states of its 6 values."""
     states, levels = dq_states_and_levels(np.array([26, -52, 0, 13, 76, -3]))
     np.testing.assert_array_equal(levels, [13, -26, 0, 7, 38, -2])
     np.testing.assert_array_equal(states, [0, 2, 1, 7, 6, 3])
@@ -58,15 +58,22 @@ def test_entropy_values():
     assert entropy_bits(np.array([0, 1, 0, 1])) == pytest.approx(4.0)
     assert entropy_bits(np.array([5, 5, 5])) == pytest.approx(0.0)
     # Given the context the symbol is certain: 0 bits.
-    assert entropy_bits(np.array([0, 1, 0, 1]), np.array([0, 1, 0, 1])) == pytest.approx(0.0)
+    assert entropy_bits(
+        np.array([0, 1, 0, 1]), np.array([0, 1, 0, 1])
+    ) == pytest.approx(0.0)
     # Context independent of the symbol: H(K|S) = H(K) = 1 bit each.
-    assert entropy_bits(np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])) == pytest.approx(4.0)
+    assert entropy_bits(
+        np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])
+    ) == pytest.approx(4.0)
     # Per-tensor sums: two constant tensors cost nothing, together they would not.
     assert levels_entropy_bytes({"a": np.zeros(8), "b": np.ones(8)}, dq=False) == 0.0
 
 
 def test_equal_mse_interpolation():
-    sweep = [{"qp": -40, "mse": 1e-6, "bytes": 4000}, {"qp": -36, "mse": 4e-6, "bytes": 1000}]
+    sweep = [
+        {"qp": -40, "mse": 1e-6, "bytes": 4000},
+        {"qp": -36, "mse": 4e-6, "bytes": 1000},
+    ]
     size, method = equal_mse_bytes(sweep, 2e-6)
     assert size == pytest.approx(2000.0)  # halfway in log MSE -> geometric mean
     assert method == "interpolated qp -36..-40"

@@ -118,9 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         options, "lambda_scale", float, "rate-distortion trade-off; 0 = minimum MSE"
     )
     _add_option(options, "sparsity", float, "target share of zeros (0 to 1)")
-    _add_option(
-        options, "struct_spars_factor", float, "structured sparsification gain"
-    )
+    _add_option(options, "struct_spars_factor", float, "structured sparsification gain")
     _add_option(options, "device_id", int, "device id written into each unit")
 
     decode = commands.add_parser(
@@ -140,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bytes and bits per parameter.",
     )
     info.add_argument("input", type=Path, help="bitstream to inspect")
-    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table"
+    )
     return parser
 
 
@@ -209,19 +209,24 @@ def _run_with_progress(
     return result
 
 
-def _prepare_parameters(path: Path, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _prepare_parameters(
+    path: Path, params: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Check dtypes: floats become float32, integers stay, anything else is an error."""
     prepared: dict[str, np.ndarray] = {}
     for name, array in params.items():
         if array.dtype == np.bool_ or not (
-            np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+            np.issubdtype(array.dtype, np.floating)
+            or np.issubdtype(array.dtype, np.integer)
         ):
             raise UserError(
-                f"{path}: tensor {name!r} has dtype {array.dtype}; only float and integer "
-                "tensors can be coded"
+                f"{path}: tensor {name!r} has dtype {array.dtype}; only float and "
+                "integer tensors can be coded"
             )
         if np.issubdtype(array.dtype, np.floating) and array.dtype != np.float32:
-            logger.info("%s: tensor %r converted from %s to float32", path, name, array.dtype)
+            logger.info(
+                "%s: tensor %r converted from %s to float32", path, name, array.dtype
+            )
             array = array.astype(np.float32)
         prepared[name] = array
     return prepared
@@ -239,7 +244,9 @@ def _mse_of(
         decoded = reconstruction.get(name)
         if decoded is None:
             decoded = np.zeros_like(original)
-        difference = decoded.astype(np.float64).reshape(-1) - original.astype(np.float64).reshape(-1)
+        difference = decoded.astype(np.float64).reshape(-1) - original.astype(
+            np.float64
+        ).reshape(-1)
         squared_error_sum += float(np.dot(difference, difference))
         num_float_params += original.size
     mse = squared_error_sum / num_float_params if num_float_params else 0.0
@@ -294,7 +301,9 @@ def command_encode(args: argparse.Namespace) -> int:
     _check_output_path(args.output, args.force)
 
     params = _prepare_parameters(args.input, model_io.load_parameters(args.input))
-    options = {name: getattr(args, name) for name in _CODEC_OPTION_NAMES if hasattr(args, name)}
+    options = {
+        name: getattr(args, name) for name in _CODEC_OPTION_NAMES if hasattr(args, name)
+    }
     num_params = sum(array.size for array in params.values())
     input_bytes = sum(array.nbytes for array in params.values())
 
@@ -454,13 +463,19 @@ def command_info(args: argparse.Namespace) -> int:
         raise UserError(f"{args.input}: cannot read: {error}") from None
 
     if args.json:
-        print(json.dumps({"file": str(args.input), **summary}, indent=2, default=_json_default))
+        print(
+            json.dumps(
+                {"file": str(args.input), **summary}, indent=2, default=_json_default
+            )
+        )
         return EXIT_OK
 
     print(f"{args.input}: {summary['bytes']:,} bytes, {len(summary['units'])} units")
     for unit in summary["units"]:
         if unit["type"] != "NDU":
-            print(f"  {unit['type']:<4} at {unit['offset']:>10,}: {unit['bytes']:,} bytes")
+            print(
+                f"  {unit['type']:<4} at {unit['offset']:>10,}: {unit['bytes']:,} bytes"
+            )
     name_width = max([6] + [len(str(row["name"])) for row in summary["tensors"]])
     header = (
         f"  {'tensor':<{name_width}}  {'shape':<16} {'type':<5} {'qp':>5} {'dq':>3} "
@@ -469,14 +484,19 @@ def command_info(args: argparse.Namespace) -> int:
     print(header)
     for row in summary["tensors"]:
         shape = "x".join(str(v) for v in row["shape"]) or "-"
-        bits = f"{row['bits_per_param']:.3f}" if row["bits_per_param"] is not None else "-"
+        bits = (
+            f"{row['bits_per_param']:.3f}" if row["bits_per_param"] is not None else "-"
+        )
+        payload_type = row["payload_type"] or "-"
         print(
-            f"  {str(row['name']):<{name_width}}  {shape:<16} {row['payload_type'] or '-':<5} "
+            f"  {str(row['name']):<{name_width}}  {shape:<16} {payload_type:<5} "
             f"{_or_dash(row['qp']):>5} {_or_dash(row['dq']):>3} {row['bytes']:>12,} "
             f"{row['params']:>12,} {bits:>10}"
         )
     total_bits = (
-        f"{summary['bits_per_param']:.3f}" if summary["bits_per_param"] is not None else "-"
+        f"{summary['bits_per_param']:.3f}"
+        if summary["bits_per_param"] is not None
+        else "-"
     )
     print(
         f"  {'total':<{name_width}}  {'':<16} {'':<5} {'':>5} {'':>3} "

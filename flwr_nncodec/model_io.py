@@ -24,7 +24,7 @@ class ModelFileError(Exception):
 
 
 def file_format(path: str | os.PathLike) -> str:
-    """Return the format name of ``path`` from its suffix: "torch", "npz" or "safetensors"."""
+    """The format of ``path`` from its suffix: "torch", "npz" or "safetensors"."""
     suffix = Path(path).suffix.lower()
     if suffix in (".pt", ".pth"):
         return "torch"
@@ -91,13 +91,17 @@ def save_parameters(
             _save_safetensors(temp_path, arrays)
         os.replace(temp_path, path)
     except OSError as error:
-        raise ModelFileError(f"{path}: cannot write: {error.strerror or error}") from None
+        raise ModelFileError(
+            f"{path}: cannot write: {error.strerror or error}"
+        ) from None
     finally:
         if temp_path.exists():
             temp_path.unlink()
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> None:
+def write_bytes(
+    path: str | os.PathLike, data: bytes, *, overwrite: bool = False
+) -> None:
     """Write ``data`` to ``path``, refusing to replace a file unless ``overwrite``."""
     path = Path(path)
     mode = "wb" if overwrite else "xb"
@@ -105,9 +109,13 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False
         with open(path, mode) as handle:
             handle.write(data)
     except FileExistsError:
-        raise ModelFileError(f"{path}: file exists (use --force to overwrite it)") from None
+        raise ModelFileError(
+            f"{path}: file exists (use --force to overwrite it)"
+        ) from None
     except OSError as error:
-        raise ModelFileError(f"{path}: cannot write: {error.strerror or error}") from None
+        raise ModelFileError(
+            f"{path}: cannot write: {error.strerror or error}"
+        ) from None
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -118,7 +126,9 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     try:
         return path.read_bytes()
     except OSError as error:
-        raise ModelFileError(f"{path}: cannot read: {error.strerror or error}") from None
+        raise ModelFileError(
+            f"{path}: cannot read: {error.strerror or error}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------
@@ -160,7 +170,9 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
         ) from None
 
     if hasattr(state, "state_dict") and not isinstance(state, Mapping):
-        raise ModelFileError(f"{path}: holds a whole module; save its state_dict() instead")
+        raise ModelFileError(
+            f"{path}: holds a whole module; save its state_dict() instead"
+        )
     if not isinstance(state, Mapping):
         raise ModelFileError(
             f"{path}: holds a {type(state).__name__}, expected a state dict "
@@ -210,7 +222,9 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     except ValueError as error:
         # numpy raises ValueError for object arrays (which would need pickle) and
         # for malformed .npy members.
-        raise ModelFileError(f"{path}: unreadable array in .npz archive ({error})") from None
+        raise ModelFileError(
+            f"{path}: unreadable array in .npz archive ({error})"
+        ) from None
     except OSError as error:
         raise ModelFileError(f"{path}: cannot read: {error}") from None
 
@@ -246,10 +260,14 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
     except TypeError as error:
         # numpy has no bfloat16: read through torch when it is present.
         if "bf16" not in str(error).lower() and "bfloat16" not in str(error):
-            raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from None
+            raise ModelFileError(
+                f"{path}: not a valid safetensors file ({error})"
+            ) from None
         params, metadata = _load_safetensors_via_torch(path)
     except Exception as error:  # SafetensorError does not derive from a stdlib type
-        raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from None
+        raise ModelFileError(
+            f"{path}: not a valid safetensors file ({error})"
+        ) from None
     return _apply_stored_order(params, metadata)
 
 
@@ -273,9 +291,13 @@ def _load_safetensors_via_torch(path: Path) -> tuple[dict[str, np.ndarray], dict
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            params = {name: _torch_to_numpy(handle.get_tensor(name)) for name in handle.keys()}
+            params = {
+                name: _torch_to_numpy(handle.get_tensor(name)) for name in handle.keys()
+            }
     except Exception as error:
-        raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from None
+        raise ModelFileError(
+            f"{path}: not a valid safetensors file ({error})"
+        ) from None
     return params, metadata
 
 

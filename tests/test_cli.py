@@ -81,9 +81,14 @@ def test_codec_options_reach_the_encoder(tmp_path):
     cases = [
         ([], {}),
         (["--qp", "-30", "--use-dq"], {"qp": -30, "use_dq": True}),
-        (["--nonweight_qp", "-60", "--no-row-skipping"],
-         {"nonweight_qp": -60, "row_skipping": False}),
-        (["--no-param-opt", "--qp-density", "2"], {"param_opt": False, "qp_density": 2}),
+        (
+            ["--nonweight_qp", "-60", "--no-row-skipping"],
+            {"nonweight_qp": -60, "row_skipping": False},
+        ),
+        (
+            ["--no-param-opt", "--qp-density", "2"],
+            {"param_opt": False, "qp_density": 2},
+        ),
     ]
     streams = set()
     for index, (flags, options) in enumerate(cases):
@@ -99,7 +104,9 @@ def test_info_reports_units_bytes_and_qp(tmp_path, capsys):
     source = tmp_path / "model.npz"
     stream_path = tmp_path / "model.nnc"
     model_io.save_parameters(source, small_model())
-    assert cli.main(["-q", "encode", str(source), str(stream_path), *ENCODE_OPTIONS]) == 0
+    assert (
+        cli.main(["-q", "encode", str(source), str(stream_path), *ENCODE_OPTIONS]) == 0
+    )
     bitstream = stream_path.read_bytes()
     capsys.readouterr()
 
@@ -109,8 +116,14 @@ def test_info_reports_units_bytes_and_qp(tmp_path, capsys):
     sizes = unit_sizes(bitstream)
     assert summary["bytes"] == len(bitstream)
     assert [unit["bytes"] for unit in summary["units"]] == sizes
-    assert [unit["type"] for unit in summary["units"]] == ["STR", "MPS", "TPL"] + ["NDU"] * 4
-    assert sizes[:3] == [4, 8, 6]  # STR, MPS and TPL of a dict stream (nnc-format §1.3-1.5)
+    assert [unit["type"] for unit in summary["units"]] == ["STR", "MPS", "TPL"] + [
+        "NDU"
+    ] * 4
+    assert sizes[:3] == [
+        4,
+        8,
+        6,
+    ]  # STR, MPS and TPL of a dict stream (nnc-format §1.3-1.5)
 
     tensors = summary["tensors"]
     model = small_model()
@@ -154,19 +167,35 @@ def test_user_errors_exit_1_with_one_line_and_no_traceback(tmp_path):
     not_a_stream.write_bytes(b"\x00\x04\x02\x01" + b"\xff" * 20)
 
     cases = [
-        (["encode", str(missing), str(tmp_path / "a.nnc")], [str(missing), "no such file"]),
-        (["encode", str(unsupported), str(tmp_path / "b.nnc")],
-         [str(unsupported), "unsupported file extension '.txt'"]),
-        (["encode", str(corrupt_npz), str(tmp_path / "c.nnc")],
-         [str(corrupt_npz), "not a valid .npz archive"]),
-        (["decode", str(not_a_stream), str(tmp_path / "d.npz")],
-         [str(not_a_stream), "corrupt NNC bitstream"]),
+        (
+            ["encode", str(missing), str(tmp_path / "a.nnc")],
+            [str(missing), "no such file"],
+        ),
+        (
+            ["encode", str(unsupported), str(tmp_path / "b.nnc")],
+            [str(unsupported), "unsupported file extension '.txt'"],
+        ),
+        (
+            ["encode", str(corrupt_npz), str(tmp_path / "c.nnc")],
+            [str(corrupt_npz), "not a valid .npz archive"],
+        ),
+        (
+            ["decode", str(not_a_stream), str(tmp_path / "d.npz")],
+            [str(not_a_stream), "corrupt NNC bitstream"],
+        ),
         (["info", str(not_a_stream)], [str(not_a_stream), "corrupt NNC bitstream"]),
-        (["info", str(parameter_file)], [str(parameter_file), "use 'encode' to code it"]),
-        (["decode", str(tmp_path / "none.nnc"), str(tmp_path / "e.npz")],
-         ["none.nnc", "no such file"]),
-        (["decode", str(not_a_stream), str(tmp_path / "out.bin")],
-         ["out.bin", "unsupported file extension '.bin'"]),
+        (
+            ["info", str(parameter_file)],
+            [str(parameter_file), "use 'encode' to code it"],
+        ),
+        (
+            ["decode", str(tmp_path / "none.nnc"), str(tmp_path / "e.npz")],
+            ["none.nnc", "no such file"],
+        ),
+        (
+            ["decode", str(not_a_stream), str(tmp_path / "out.bin")],
+            ["out.bin", "unsupported file extension '.bin'"],
+        ),
     ]
     for args, fragments in cases:
         completed = _run_cli(*args)
