@@ -386,6 +386,13 @@ def describe_bitstream(bitstream: bytes) -> dict[str, Any]:
                 "type": unit_type,
                 "offset": int(unit.get("offset", 0)),
                 "bytes": int(unit.get("size", 0)),
+                # Everything else inspect() reports (profile, qp_density, node
+                # ids, TCA and parent flags, ...), for --json.
+                "fields": {
+                    key: value
+                    for key, value in {**fields, **unit}.items()
+                    if key not in ("index", "type", "offset", "size", "fields")
+                },
             }
         )
         if unit_type != "NDU":

@@ -116,14 +116,13 @@ def test_info_reports_units_bytes_and_qp(tmp_path, capsys):
     sizes = unit_sizes(bitstream)
     assert summary["bytes"] == len(bitstream)
     assert [unit["bytes"] for unit in summary["units"]] == sizes
-    assert [unit["type"] for unit in summary["units"]] == ["STR", "MPS", "TPL"] + [
-        "NDU"
-    ] * 4
-    assert sizes[:3] == [
-        4,
-        8,
-        6,
-    ]  # STR, MPS and TPL of a dict stream (nnc-format §1.3-1.5)
+    unit_types = [unit["type"] for unit in summary["units"]]
+    assert unit_types == ["STR", "MPS", "TPL", "NDU", "NDU", "NDU", "NDU"]
+    # STR, MPS and TPL of a dict stream have fixed sizes (nnc-format §1.3-1.5).
+    assert sizes[:3] == [4, 8, 6]
+    ndu_fields = [unit["fields"] for unit in summary["units"][3:]]
+    assert [fields["parameter_id"] for fields in ndu_fields] == [0, 1, 2, 3]
+    assert [fields["dq"] for fields in ndu_fields] == [False] * 4
 
     tensors = summary["tensors"]
     model = small_model()
