@@ -560,29 +560,81 @@ def _default_lambda_scale(codec) -> float | None:
 
 
 def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, Any]:
-    quick = args.quick
-    cases = synthetic_cases(quick)
+    """Measure every input with every coder; return the report (see main)."""
+    cases = synthetic_cases(args.quick)
     if not args.no_model:
-        model = minilm_case(quick)
+        model = minilm_case(args.quick)
         if model is not None:
             cases.append(model)
     if args.updates_dir is not None:
-        cases.extend(update_cases(args.updates_dir, quick))
+        cases.extend(update_cases(args.updates_dir, args.quick))
 
     default_lambda = _default_lambda_scale(codec)
     ours_options: dict[str, Any] = {}
     if args.lambda_scale is not None:
         ours_options["lambda_scale"] = args.lambda_scale
     ours_lambda = ours_options.get("lambda_scale", default_lambda)
-    use_dq = True  # NNCodec's default, and ours
-    variants = [("ours", ours_options)]
-    if ours_lambda != 0.0:
-        variants.append(("ours_lambda0", {"lambda_scale": 0.0}))
+    variants = [("ours_lambda0", {"lambda_scale": 0.0})] if ours_lambda != 0.0 else []
 
-    # 1. Our coder: the sweep (default options) and, at NNCodec's qps, the
-    #    minimum-MSE variant when the default is rate-aware.
-    rows: list[dict[str, Any]] = []
+    # Ours: the qp sweeps, the minimum-MSE variant at NNCodec's qps, and the
+    # speed case of issue 5 (full Python API, 1M values, qp -32, DQ on).
+    sweeps, variant_rows = run_our_sweeps(cases, ours_options, variants, args, work_dir)
+    speed_repeat = 3 if args.quick else 5
+    speed_ours = run_ours(
+        cases[0],
+        -32,
+        {**ours_options, "use_dq": True},
+        work_dir,
+        "ours_speed",
+        with_levels=False,
+        repeat=speed_repeat,
+    )
+    our_rows = [r for sweep in sweeps.values() for r in sweep] + variant_rows
+    our_rows.append(speed_ours)
+
+    # NNCodec encodes every input and decodes every stream we wrote.
+    nncodec = run_nncodec(cases, our_rows, speed_repeat, args, work_dir)
+    failures = check_our_streams(our_rows, nncodec)
+    nnc_rows = nncodec_rows(cases, nncodec, codec, failures)
+    table = build_table(cases, nnc_rows, sweeps, variant_rows)
+
+    logger.info("thread scaling")
+    threads = thread_scaling(args.quick)
+    memory = [] if args.no_memory else measure_memory(cases, ours_options, args)
+
+    meta = describe_run(args, cases, codec, nncodec)
+    meta.update(default_lambda_scale=default_lambda, ours_lambda_scale=ours_lambda)
+    curve_keys = ("qp", "bytes", "bits_per_param", "mse", "entropy_bytes")
+    curve_keys += ("encode_s", "decode_s")
+    return {
+        "meta": meta,
+        "rows": [_public(row) for row in table],
+        "curves": {
+            name: [{key: row[key] for key in curve_keys} for row in sweep]
+            for name, sweep in sweeps.items()
+        },
+        "speed": speed_summary(cases[0], speed_ours, nncodec, speed_repeat),
+        "threads": threads,
+        "memory": memory,
+        "checks": {
+            "our_streams_decoded_by_nncodec": len(our_rows),
+            "nncodec_streams_decoded_by_ours": len(nnc_rows),
+            "failures": failures,
+        },
+    }
+
+
+def run_our_sweeps(
+    cases: list[Case],
+    ours_options: dict[str, Any],
+    variants: list[tuple[str, dict[str, Any]]],
+    args: argparse.Namespace,
+    work_dir: Path,
+) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Our qp sweep per input (with H0 and, at NNCodec's qps, zstd of the levels),
+    and the variant rows at NNCodec's qps."""
     sweeps: dict[str, list[dict[str, Any]]] = {}
+    variant_rows: list[dict[str, Any]] = []
     for case in cases:
         logger.info(
             "ours: %s (%s params), qp %s",
@@ -594,8 +646,10 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
         for qp in case.sweep_qps:
             row = run_ours(case, qp, ours_options, work_dir, "ours", with_levels=True)
             levels = row.pop("levels")
+            # DQ (on by default, as in NNCodec) applies to every float tensor.
             dq_by_tensor = {
-                name: use_dq and np.issubdtype(case.params[name].dtype, np.floating)
+                name: np.issubdtype(case.params[name].dtype, np.floating)
+                and ours_options.get("use_dq", True)
                 for name in levels
             }
             row["entropy_bytes"] = levels_entropy_bytes(levels, dq_by_tensor)
@@ -604,30 +658,25 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
                 zstd_bytes, zstd_seconds = zstd_levels_bytes(
                     levels, dq_by_tensor, zstd_level
                 )
-                row["zstd_bytes"], row["zstd_s"] = zstd_bytes, zstd_seconds
+                row.update(zstd_bytes=zstd_bytes, zstd_s=zstd_seconds)
                 row["zstd_level"] = zstd_level
             sweeps[case.name].append(row)
-        for label, options in variants[1:]:
+        for label, options in variants:
             for qp in case.nncodec_qps:
-                rows.append(
+                variant_rows.append(
                     run_ours(case, qp, options, work_dir, label, with_levels=False)
                 )
+    return sweeps, variant_rows
 
-    # 2. Speed case of issue 5: full Python API, 1M values, qp -32, DQ on.
-    speed_case = cases[0]
-    speed_repeat = 3 if quick else 5
-    speed_ours = run_ours(
-        speed_case,
-        -32,
-        {**ours_options, "use_dq": True},
-        work_dir,
-        "ours_speed",
-        with_levels=False,
-        repeat=speed_repeat,
-    )
 
-    # 3. NNCodec: encode every case at its qps (decoding its own stream), and
-    #    decode every stream we wrote.
+def run_nncodec(
+    cases: list[Case],
+    our_rows: list[dict[str, Any]],
+    speed_repeat: int,
+    args: argparse.Namespace,
+    work_dir: Path,
+) -> dict[str, Any]:
+    """One NNCodec worker run: encode each input at its qps, decode our streams."""
     inputs_dir = work_dir / "inputs"
     inputs_dir.mkdir()
     encode_jobs = []
@@ -652,7 +701,6 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
             "repeat": speed_repeat,
         }
     )
-    our_rows = [row for sweep in sweeps.values() for row in sweep] + rows + [speed_ours]
     decode_jobs = [
         {"id": row["stream_id"], "bitstream": row["stream_path"]} for row in our_rows
     ]
@@ -662,40 +710,39 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
         len(encode_jobs),
         len(decode_jobs),
     )
-    nncodec = run_nncodec_worker(
-        args.nncodec_python,
-        {
-            "encode": encode_jobs,
-            "decode": decode_jobs,
-            "out": str(work_dir / "nnc_out"),
-        },
-        work_dir,
-        timeout_s=3600,
-    )
+    job = {
+        "encode": encode_jobs,
+        "decode": decode_jobs,
+        "out": str(work_dir / "nnc_out"),
+    }
+    return run_nncodec_worker(args.nncodec_python, job, work_dir, timeout_s=3600)
 
-    # 4. Cross-checks: NNCodec decodes our streams to our reconstruction; we
-    #    decode NNCodec's streams to NNCodec's reconstruction.
+
+def check_our_streams(
+    our_rows: list[dict[str, Any]], nncodec: dict[str, Any]
+) -> list[str]:
+    """Mark each of our rows with NNCodec's verdict; return the failures."""
     failures: list[str] = []
     for row in our_rows:
         decoded = nncodec["decode"].get(row["stream_id"], {})
         if "error" in decoded or "reconstruction" not in decoded:
-            row["nncodec_decodes_ours"] = f"error: {decoded.get('error', 'missing')}"
+            verdict = f"error: {decoded.get('error', 'missing')}"
         else:
-            same = (
-                reconstruction_digest(_load_npz(decoded["reconstruction"]))
-                == row["digest"]
-            )
-            row["nncodec_decodes_ours"] = "exact" if same else "MISMATCH"
-        if row["nncodec_decodes_ours"] != "exact":
-            failures.append(
-                f"NNCodec decode of {row['stream_id']}: {row['nncodec_decodes_ours']}"
-            )
+            digest = reconstruction_digest(_load_npz(decoded["reconstruction"]))
+            verdict = "exact" if digest == row["digest"] else "MISMATCH"
+        row["nncodec_decodes_ours"] = verdict
+        if verdict != "exact":
+            failures.append(f"NNCodec decode of {row['stream_id']}: {verdict}")
         if not row["self_decode_exact"]:
-            failures.append(
-                f"our decode of {row['stream_id']} differs from the encoder's"
-            )
+            failures.append(f"our decode of {row['stream_id']} differs from encoder's")
+    return failures
 
-    nnc_rows = []
+
+def nncodec_rows(
+    cases: list[Case], nncodec: dict[str, Any], codec, failures: list[str]
+) -> list[dict[str, Any]]:
+    """NNCodec's rows; our decoder must reproduce each of its reconstructions."""
+    rows = []
     for case in cases:
         for qp in case.nncodec_qps:
             result = nncodec["encode"][f"nnc_{_safe(case.name)}_qp{qp}"]
@@ -705,7 +752,10 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
                 )
                 continue
             reconstruction = _load_npz(result["reconstruction"])
-            nnc_row = {
+            stream = Path(result["bitstream"]).read_bytes()
+            digest = reconstruction_digest(reconstruction)
+            ours_digest = reconstruction_digest(codec.decode(stream))
+            row = {
                 "case": case.name,
                 "qp": qp,
                 "coder": "nncodec",
@@ -714,47 +764,42 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
                 "mse": mean_squared_error(case.params, reconstruction),
                 "encode_s": statistics.median(result["encode_s"]),
                 "decode_s": statistics.median(result["decode_s"]),
+                "ours_decodes_nncodec": (
+                    "exact" if ours_digest == digest else "MISMATCH"
+                ),
+                "_stream": stream,
+                "_digest": digest,
             }
-            ours_decoded = codec.decode(Path(result["bitstream"]).read_bytes())
-            nnc_row["ours_decodes_nncodec"] = (
-                "exact"
-                if reconstruction_digest(ours_decoded)
-                == reconstruction_digest(reconstruction)
-                else "MISMATCH"
-            )
-            if nnc_row["ours_decodes_nncodec"] != "exact":
+            if row["ours_decodes_nncodec"] != "exact":
                 failures.append(f"our decode of NNCodec {case.name} qp {qp} differs")
-            nnc_row["_stream"] = Path(result["bitstream"]).read_bytes()
-            nnc_row["_digest"] = reconstruction_digest(reconstruction)
-            nnc_rows.append(nnc_row)
+            rows.append(row)
+    return rows
 
-    # 5. Table rows per (case, NNCodec qp): NNCodec, ours at the same qp, ours at
-    #    NNCodec's MSE, zstd and entropy of our levels.
+
+def build_table(
+    cases: list[Case],
+    nnc_rows: list[dict[str, Any]],
+    sweeps: dict[str, list[dict[str, Any]]],
+    variant_rows: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Rows per (input, NNCodec qp): NNCodec, ours at the same qp, variants, ours
+    at NNCodec's MSE, zstd and entropy of our levels."""
+    num_params = {case.name: case.num_params for case in cases}
     table: list[dict[str, Any]] = []
-    for nnc_row in nnc_rows:
-        case_name, qp = nnc_row["case"], nnc_row["qp"]
-        reference = nnc_row
-        stream = reference.pop("_stream")
-        nnc_digest = reference.pop("_digest")
+    for reference in nnc_rows:
+        case_name, qp = reference["case"], reference["qp"]
         same_qp = next(r for r in sweeps[case_name] if r["qp"] == qp)
-        num_params = next(c.num_params for c in cases if c.name == case_name)
+        variants = [r for r in variant_rows if r["case"] == case_name and r["qp"] == qp]
         table.append(reference)
+        for row in [same_qp] + variants:
+            compared = _table_row(row, reference)
+            compared["identical_to_nncodec"] = (
+                Path(row["stream_path"]).read_bytes() == reference["_stream"]
+            )
+            compared["same_reconstruction"] = row["digest"] == reference["_digest"]
+            table.append(compared)
 
-        ours = _table_row(same_qp, reference)
-        ours["identical_to_nncodec"] = (
-            Path(same_qp["stream_path"]).read_bytes() == stream
-        )
-        ours["same_reconstruction"] = same_qp["digest"] == nnc_digest
-        table.append(ours)
-        for row in rows:
-            if row["case"] == case_name and row["qp"] == qp:
-                variant = _table_row(row, reference)
-                variant["identical_to_nncodec"] = (
-                    Path(row["stream_path"]).read_bytes() == stream
-                )
-                variant["same_reconstruction"] = row["digest"] == nnc_digest
-                table.append(variant)
-
+        count = num_params[case_name]
         size, method = equal_mse_bytes(sweeps[case_name], reference["mse"])
         table.append(
             {
@@ -762,7 +807,7 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
                 "qp": qp,
                 "coder": "ours@equal_mse",
                 "bytes": size,
-                "bits_per_param": 8 * size / num_params if size else None,
+                "bits_per_param": 8 * size / count if size else None,
                 "mse": reference["mse"],
                 "method": method,
                 "bytes_vs_nncodec": size / reference["bytes"] if size else None,
@@ -774,7 +819,7 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
                 "qp": qp,
                 "coder": f"zstd-{same_qp['zstd_level']}(levels)",
                 "bytes": same_qp["zstd_bytes"],
-                "bits_per_param": 8 * same_qp["zstd_bytes"] / num_params,
+                "bits_per_param": 8 * same_qp["zstd_bytes"] / count,
                 "mse": same_qp["mse"],
                 "encode_s": same_qp["zstd_s"],
                 "bytes_vs_nncodec": same_qp["zstd_bytes"] / reference["bytes"],
@@ -787,17 +832,23 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
                 "qp": qp,
                 "coder": "H0(levels|dq state)",
                 "bytes": same_qp["entropy_bytes"],
-                "bits_per_param": 8 * same_qp["entropy_bytes"] / num_params,
+                "bits_per_param": 8 * same_qp["entropy_bytes"] / count,
                 "mse": same_qp["mse"],
                 "bytes_vs_nncodec": same_qp["entropy_bytes"] / reference["bytes"],
                 "method": "sum over tensors of n*H(k|s), no headers",
             }
         )
+    return table
 
+
+def speed_summary(
+    case: Case, speed_ours: dict[str, Any], nncodec: dict[str, Any], repeat: int
+) -> dict[str, Any]:
+    """The speed case of issue 5, ours against NNCodec."""
     speed_nnc = nncodec["encode"]["nnc_speed"]
     speed = {
-        "input": f"{speed_case.name} {SYNTHETIC_SHAPE}, qp -32, use_dq True",
-        "repeat": speed_repeat,
+        "input": f"{case.name} {SYNTHETIC_SHAPE}, qp -32, use_dq True",
+        "repeat": repeat,
         "ours_encode_s": speed_ours["encode_s"],
         "ours_decode_s": speed_ours["decode_s"],
         "nncodec_encode_s": statistics.median(speed_nnc["encode_s"]),
@@ -807,78 +858,54 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
     }
     speed["encode_speedup"] = speed["nncodec_encode_s"] / speed["ours_encode_s"]
     speed["decode_speedup"] = speed["nncodec_decode_s"] / speed["ours_decode_s"]
+    return speed
 
-    logger.info("thread scaling")
-    threads = thread_scaling(quick)
 
-    memory: list[dict[str, Any]] = []
-    if not args.no_memory:
-        logger.info("memory probes")
-        probe_cases = [cases[0]] + [c for c in cases if c.name.startswith("minilm")]
-        for case in probe_cases:
-            for coder, python in (
-                ("ours", sys.executable),
-                ("nncodec", args.nncodec_python),
-            ):
-                options = {"qp": -32, **(ours_options if coder == "ours" else {})}
-                probe = probe_memory(python, coder, Path(case.extra["npz"]), options)
-                probe["case"] = case.name
-                memory.append(probe)
+def measure_memory(
+    cases: list[Case], ours_options: dict[str, Any], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Memory probes for the 1M Gaussian and MiniLM, ours and NNCodec."""
+    logger.info("memory probes")
+    memory = []
+    probe_cases = [cases[0]] + [c for c in cases if c.name.startswith("minilm")]
+    for case in probe_cases:
+        for coder, python in (
+            ("ours", sys.executable),
+            ("nncodec", args.nncodec_python),
+        ):
+            options = {"qp": -32, **(ours_options if coder == "ours" else {})}
+            probe = probe_memory(python, coder, Path(case.extra["npz"]), options)
+            probe["case"] = case.name
+            memory.append(probe)
+    return memory
 
-    curves = {
-        name: [
-            {
-                k: r[k]
-                for k in (
-                    "qp",
-                    "bytes",
-                    "bits_per_param",
-                    "mse",
-                    "entropy_bytes",
-                    "encode_s",
-                    "decode_s",
-                )
-            }
-            for r in sweep
-        ]
-        for name, sweep in sweeps.items()
-    }
+
+def describe_run(
+    args: argparse.Namespace, cases: list[Case], codec, nncodec: dict[str, Any]
+) -> dict[str, Any]:
+    """Date, machine, load, versions and inputs of this run."""
     return {
-        "meta": {
-            "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "quick": quick,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-            f"{platform.python_implementation()} {platform.python_version()}",
-            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
-            "flwr_nncodec": getattr(codec, "__version__", None),
-            "git_commit": _git_commit(),
-            "default_lambda_scale": default_lambda,
-            "ours_lambda_scale": ours_lambda,
-            "nncodec_python": args.nncodec_python,
-            "nncodec_version": nncodec.get("nncodec_version"),
-            "nncodec_torchvision_ops_skipped": nncodec.get("torchvision_ops_skipped"),
-            "cases": [
-                {
-                    "name": c.name,
-                    "description": c.description,
-                    "params": c.num_params,
-                    "tensors": len(c.params),
-                    "nncodec_qps": c.nncodec_qps,
-                    "sweep_qps": c.sweep_qps,
-                }
-                for c in cases
-            ],
-        },
-        "rows": [_public(row) for row in table],
-        "curves": curves,
-        "speed": speed,
-        "threads": threads,
-        "memory": memory,
-        "checks": {
-            "our_streams_decoded_by_nncodec": len(our_rows),
-            "nncodec_streams_decoded_by_ours": len(nnc_rows),
-            "failures": failures,
-        },
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{platform.python_implementation()} {platform.python_version()}",
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        "flwr_nncodec": getattr(codec, "__version__", None),
+        "git_commit": _git_commit(),
+        "nncodec_python": args.nncodec_python,
+        "nncodec_version": nncodec.get("nncodec_version"),
+        "nncodec_torchvision_ops_skipped": nncodec.get("torchvision_ops_skipped"),
+        "cases": [
+            {
+                "name": c.name,
+                "description": c.description,
+                "params": c.num_params,
+                "tensors": len(c.params),
+                "nncodec_qps": c.nncodec_qps,
+                "sweep_qps": c.sweep_qps,
+            }
+            for c in cases
+        ],
     }
 
 
