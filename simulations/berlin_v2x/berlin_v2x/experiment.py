@@ -221,17 +221,20 @@ def round_traffic(codec: str, out_dir: Path, num_params: int, num_clients: int,
     if codec == "float32":
         return {
             r: {"bytes_down": num_clients * float32_model, "bytes_up": num_clients * float32_model,
-                "bytes_float32": 2 * num_clients * float32_model}
+                "bytes_config": 0, "bytes_float32": 2 * num_clients * float32_model}
             for r in range(1, num_rounds + 1)
         }
     history_path = out_dir / "history.json"
     if not history_path.is_file():
         raise FileNotFoundError(f"NNCFedAvg wrote no {history_path}")
     history = json.loads(history_path.read_text())
+    # Coded bytes = bitstream payloads plus the nnc.* ConfigRecord entries
+    # (manifest, versions, segment lengths) that travel with them.
     return {
         int(entry["round"]): {
-            "bytes_down": int(entry["bytes_down"]),
-            "bytes_up": int(entry["bytes_up"]),
+            "bytes_down": int(entry["bytes_down"]) + int(entry.get("config_bytes_down", 0)),
+            "bytes_up": int(entry["bytes_up"]) + int(entry.get("config_bytes_up", 0)),
+            "bytes_config": int(entry.get("config_bytes_down", 0)) + int(entry.get("config_bytes_up", 0)),
             "bytes_float32": int(entry["bytes_float32"]),
         }
         for entry in history["rounds"]

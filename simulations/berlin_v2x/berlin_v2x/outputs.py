@@ -13,7 +13,7 @@ import torch
 
 ROUND_COLUMNS = (
     "round", "loss", "perplexity", "top1_accuracy", "masked_accuracy", "masked_loss",
-    "bytes_up", "bytes_down", "bytes_float32", "cumulative_bytes", "cumulative_mb",
+    "bytes_up", "bytes_down", "bytes_config", "bytes_float32", "cumulative_bytes", "cumulative_mb",
     "cumulative_bytes_float32", "cumulative_mb_float32", "ratio", "elapsed_s",
 )
 COLOURS = {"float32": "#4C72B0", "nnc": "#DD8452"}
@@ -34,7 +34,7 @@ def merge_rounds(rounds: list[dict[str, Any]], traffic: dict[int, dict[str, int]
     total = total_float32 = 0
     for metrics in sorted(rounds, key=lambda m: m["round"]):
         r = metrics["round"]
-        t = traffic.get(r, {"bytes_up": 0, "bytes_down": 0, "bytes_float32": 0})
+        t = traffic.get(r, {"bytes_up": 0, "bytes_down": 0, "bytes_config": 0, "bytes_float32": 0})
         total += t["bytes_up"] + t["bytes_down"]
         total_float32 += t["bytes_float32"]
         row = dict(metrics)
