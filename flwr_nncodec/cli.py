@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_option(options, "sparsity", float, "target share of zeros (0 to 1)")
     _add_option(options, "struct_spars_factor", float, "structured sparsification gain")
     _add_option(options, "device_id", int, "device id written into each unit")
+    _add_option(
+        options, "num_threads", int, "encoder threads (default 0: one per core)"
+    )
 
     decode = commands.add_parser(
         "decode",
@@ -130,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("input", type=Path, help="bitstream to decode")
     decode.add_argument("output", type=Path, help=".npz, .safetensors or .pt to write")
     decode.add_argument("-f", "--force", action="store_true", help="overwrite OUTPUT")
+    decode.add_argument(
+        "--num-threads",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="decoder threads (default 0: one per core)",
+    )
 
     info = commands.add_parser(
         "info",
@@ -288,6 +297,7 @@ _CODEC_OPTION_NAMES = (
     "sparsity",
     "struct_spars_factor",
     "device_id",
+    "num_threads",
 )
 
 
@@ -340,12 +350,15 @@ def command_decode(args: argparse.Namespace) -> int:
     model_io.file_format(args.output)
     _check_output_path(args.output, args.force)
     bitstream = model_io.read_bytes(args.input)
+    decode_options = {}
+    if hasattr(args, "num_threads"):
+        decode_options["num_threads"] = args.num_threads
 
     codec = _codec()
     started = time.perf_counter()
     try:
         params = _run_with_progress(
-            lambda: codec.decode(bitstream),
+            lambda: codec.decode(bitstream, **decode_options),
             f"decoding {args.input.name}",
             len(bitstream),
             "B",

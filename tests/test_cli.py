@@ -99,6 +99,56 @@ def test_codec_options_reach_the_encoder(tmp_path):
     assert len(streams) == len(cases)
 
 
+def test_thread_count_changes_no_byte(tmp_path):
+    """--num-threads reaches encoder and decoder; the output stays the same."""
+    import dataclasses
+
+    from flwr_nncodec.options import EncodeOptions
+
+    if "num_threads" not in {f.name for f in dataclasses.fields(EncodeOptions)}:
+        pytest.skip("this build of the codec has no num_threads option")
+    rng = np.random.default_rng(3)
+    model = {
+        f"l{i}.weight": rng.normal(0, 0.05, (40, 30)).astype(np.float32)
+        for i in range(5)
+    }
+    source = tmp_path / "model.npz"
+    model_io.save_parameters(source, model)
+    expected = flwr_nncodec.encode(model, num_threads=1)
+    for threads in ("1", "2"):
+        stream_path = tmp_path / f"t{threads}.nnc"
+        out = tmp_path / f"t{threads}.npz"
+        assert (
+            cli.main(
+                [
+                    "-q",
+                    "encode",
+                    str(source),
+                    str(stream_path),
+                    "--num-threads",
+                    threads,
+                ]
+            )
+            == 0
+        )
+        assert stream_path.read_bytes() == expected
+        assert (
+            cli.main(
+                ["-q", "decode", str(stream_path), str(out), "--num_threads", threads]
+            )
+            == 0
+        )
+        restored = model_io.load_parameters(out)
+        for name, array in flwr_nncodec.decode(expected).items():
+            np.testing.assert_array_equal(restored[name], array)
+    assert (
+        cli.main(
+            ["encode", str(source), str(tmp_path / "x.nnc"), "--num-threads", "-1"]
+        )
+        == 1
+    )
+
+
 def test_info_reports_units_bytes_and_qp(tmp_path, capsys):
     """info --json: per-unit and per-tensor byte counts from the framing, shapes, qp."""
     source = tmp_path / "model.npz"
