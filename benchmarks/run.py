@@ -287,9 +287,10 @@ def run_ours(
         result = flwr_nncodec.encode_with_reconstruction(case.params, qp=qp, **options)
         encode_seconds.append(time.perf_counter() - started)
     bitstream = bytes(result.bitstream)
+    decode_options = {k: v for k, v in options.items() if k == "num_threads"}
     for _ in range(repeat):
         started = time.perf_counter()
-        decoded = flwr_nncodec.decode(bitstream)
+        decoded = flwr_nncodec.decode(bitstream, **decode_options)
         decode_seconds.append(time.perf_counter() - started)
 
     stream_id = f"ours_{label}_{_safe(case.name)}_qp{qp}"
@@ -506,6 +507,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "default (rate-aware quantisation); adds minimum-MSE rows",
     )
     parser.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="threads of our encoder and decoder (default: the codec's, one per core)",
+    )
+    parser.add_argument(
         "--keep-work-dir",
         action="store_true",
         help="keep the temporary folder (streams, NNCodec job)",
@@ -573,6 +580,8 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
     ours_options: dict[str, Any] = {}
     if args.lambda_scale is not None:
         ours_options["lambda_scale"] = args.lambda_scale
+    if args.num_threads is not None:
+        ours_options["num_threads"] = args.num_threads
     ours_lambda = ours_options.get("lambda_scale", default_lambda)
     variants = [("ours_lambda0", {"lambda_scale": 0.0})] if ours_lambda != 0.0 else []
 
@@ -604,6 +613,7 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
 
     meta = describe_run(args, cases, codec, nncodec)
     meta.update(default_lambda_scale=default_lambda, ours_lambda_scale=ours_lambda)
+    meta["ours_num_threads"] = ours_options.get("num_threads", "default (all cores)")
     curve_keys = ("qp", "bytes", "bits_per_param", "mse", "entropy_bytes")
     curve_keys += ("encode_s", "decode_s")
     return {
@@ -1082,8 +1092,8 @@ def format_report(report: dict[str, Any]) -> str:
         ),
         f"NNCodec {meta['nncodec_version']} via {meta['nncodec_python']}; flwr-nncodec "
         f"at {meta['git_commit']}, lambda_scale of 'ours' = "
-        f"{meta['ours_lambda_scale']} "
-        f"(default {meta['default_lambda_scale']}).",
+        f"{meta['ours_lambda_scale']} (default {meta['default_lambda_scale']}), "
+        f"num_threads {meta['ours_num_threads']}.",
         "",
         format_table(report["rows"]),
         "",
