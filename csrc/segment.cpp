@@ -372,22 +372,23 @@ std::vector<int> eco_context_list(const SegmentSpec& spec) {
     push_range(ContextLayout::sign, 3);
     if (tca) push_range(ContextLayout::sign_tca, 2);
   }
-  // Codebook: NNCodec lists the gt pair j (both signs) while j < the larger
-  // of the two magnitude limits, one pair more than the bins can reach.
+  // Codebook: NNCodec's decoder lists the gt pair j (both signs) while
+  // j < the larger of the two magnitude limits (one pair more than the bins
+  // can reach), the TCA gt pair j while j < that limit - 1, and EG prefix
+  // context m while the limit > n + 2^(m+1) - 2 (the level after m+1 prefix
+  // ones). Checked live against NNCodec 2.1.3 over codebook sizes 1..40,
+  // every zero offset, with and without TCA (tests/test_interop_nncodec.py).
   const uint64_t max_any = std::max(limits.max_pos, limits.max_neg);
   for (int j = 0; j < n; ++j) {
     if (max_any > uint64_t(j)) push_range(ContextLayout::gt + 2 * j, 2);
   }
   if (tca) {
     for (int j = 0; j < n; ++j) {
-      if (max_any > uint64_t(j)) push_range(layout.gt_tca + 2 * j, 2);
+      if (max_any > uint64_t(j) + 1) push_range(layout.gt_tca + 2 * j, 2);
     }
   }
   for (int m = 0; m < kMaxEgPrefixBins; ++m) {
-    const uint64_t threshold = (uint64_t(2) << m) - 1;
-    if (max_any > uint64_t(n) && max_any - uint64_t(n) - 1 >= threshold) {
-      list.push_back(layout.eg + m);
-    }
+    if (max_any > uint64_t(n) + (uint64_t(2) << m) - 2) list.push_back(layout.eg + m);
   }
   return list;
 }

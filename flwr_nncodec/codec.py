@@ -18,10 +18,12 @@ from flwr_nncodec import _core, hls
 from flwr_nncodec.base_state import BaseState
 from flwr_nncodec.errors import NNCFormatError
 from flwr_nncodec.inspection import inspect
-from flwr_nncodec.options import EncodeOptions, make_options
+from flwr_nncodec.options import EncodeOptions, make_options, resolve_num_threads
 from flwr_nncodec.quantization import (
     CodedTensor,
+    base_levels,
     matrix_shape,
+    plan_uniform,
     quantize_tensor,
     reconstruct,
     reconstruct_codebook,
@@ -118,49 +120,129 @@ def encode(params: Mapping[str, object], **options: object) -> bytes:
       empty; this package decodes them.
     * Inputs are not modified; the result shares no memory with them.
     """
-    return encode_with_reconstruction(params, **options).bitstream
+    opts = make_options(**options)
+    return _encode(params, opts, with_reconstruction=False).bitstream
 
 
 def encode_with_reconstruction(
     params: Mapping[str, object], **options: object
 ) -> EncodeResult:
     """Like :func:`encode`, also returning what the decoder will reconstruct."""
-    opts = make_options(**options)
-    tensors = _prepare_params(params)
-    tensors = _sparsify(tensors, opts)
+    return _encode(params, make_options(**options), with_reconstruction=True)
+
+
+def _encode(
+    params: Mapping[str, object], opts: EncodeOptions, *, with_reconstruction: bool
+) -> EncodeResult:
+    """Both public encoders; ``reconstruction`` stays empty unless asked for.
+
+    Plain float tensors (uniform, no bit depth) are quantised and coded in
+    one ``_core.encode_tensors`` call on ``opts.num_threads`` threads; INT,
+    bit-depth and codebook tensors go through :func:`quantize_tensor` and
+    ``_core.encode_segment`` one by one. NDU order stays the dict order.
+    """
+    tensors, max_abs = _prepare_params(params)
+    sparsified = _sparsify(tensors, opts)
+    if sparsified is not tensors:
+        tensors, max_abs = sparsified, {}
 
     mps = hls.ModelParameterSet(
         parent_signalling_enabled_flag=int(opts.compress_differences),
         qp_density=opts.qp_density,
     )
+    planned: list[tuple[str, CodedTensor, hls.NDUHeader, np.ndarray | None]] = []
+    batch: list[int] = []  # indices into planned coded by encode_tensors
+    # A TCA base that does not fit is an error only if the tensor is coded,
+    # not dropped as all zero: such tensors are quantised alone first.
+    base_errors: dict[int, ValueError] = {}
+    for parameter_id, (name, array) in enumerate(tensors.items()):
+        plain = _is_plain_float(array, opts)
+        if plain:
+            coded = plan_uniform(name, array, opts, max_abs.get(name))
+        else:
+            coded = quantize_tensor(name, array, opts)
+        header = _ndu_header(name, coded, parameter_id, opts)
+        tca_base = None
+        try:
+            tca_base = _tca_base_for(name, header, opts.base, coded)
+        except ValueError as exc:
+            base_errors[len(planned)] = exc
+            if plain:
+                coded.values = _core.quantize(
+                    coded.values, coded.qp, opts.qp_density, opts.use_dq,
+                    opts.lambda_scale,
+                )
+                plain = False
+        if plain:
+            batch.append(len(planned))
+        planned.append((name, coded, header, tca_base))
+
+    segments: dict[int, bytes] = {}
+    if batch:
+        coded_batch = _core.encode_tensors(
+            [planned[i][1].values for i in batch],
+            [matrix_shape(planned[i][1].dims) for i in batch],
+            [planned[i][1].qp for i in batch],
+            qp_density=opts.qp_density,
+            dq=opts.use_dq,
+            lambda_scale=opts.lambda_scale,
+            hdsp_flag_present=opts.compress_differences,
+            row_skipping=opts.row_skipping,
+            param_opt=opts.param_opt,
+            tca_bases=[planned[i][3] for i in batch],
+            unary_len=hls.NNCODEC_UNARY_LENGTH_MINUS1 + 1,
+            num_threads=opts.num_threads,
+        )
+        for index, (segment, q) in zip(batch, coded_batch):
+            planned[index][1].values = q  # the float input is replaced by q
+            segments[index] = segment
+
     chunks = [hls.write_start_unit(), hls.write_mps(mps), hls.write_topology()]
     work_base = opts.base.copy() if opts.update_base else opts.base
     reconstruction: dict[str, np.ndarray] = {}
     levels: dict[str, np.ndarray] = {}
     qps: dict[str, int] = {}
     dropped: list[str] = []
-
-    for parameter_id, (name, array) in enumerate(tensors.items()):
-        coded = quantize_tensor(name, array, opts)
-        recon, level = reconstruct(coded)
-        if opts.compress_differences and not np.any(recon):
+    for index, (name, coded, header, tca_base) in enumerate(planned):
+        if opts.compress_differences and _reconstructs_to_zero(coded):
             dropped.append(name)
             continue
-        header = _ndu_header(name, coded, parameter_id, opts)
-        tca_base = _tca_base_for(name, header, opts.base, coded)
-        segment = _encode_segment(coded, opts, header, tca_base)
+        if index in base_errors:
+            raise base_errors[index]
+        segment = segments.get(index)
+        if segment is None:
+            segment = _encode_segment(coded, opts, header, tca_base)
         chunks.append(hls.write_ndu(header, mps, segment))
         shape = coded.dims
-        reconstruction[name] = recon.reshape(shape)
+        level = base_levels(coded)
+        if with_reconstruction:
+            reconstruction[name] = reconstruct(coded)[0].reshape(shape)
         levels[name] = level.reshape(shape)
         if coded.qp is not None:
             qps[name] = coded.qp
         if opts.update_base and work_base is not None:
-            work_base.advance(name, levels[name], opts.device_id, parameter_id)
+            work_base.advance(name, levels[name], opts.device_id, header.parameter_id)
 
     if opts.update_base and opts.base is not None and work_base is not None:
         _commit_base(opts.base, work_base)
     return EncodeResult(b"".join(chunks), reconstruction, levels, qps, tuple(dropped))
+
+
+def _is_plain_float(array: np.ndarray, opts: EncodeOptions) -> bool:
+    """A float tensor that encode_tensors codes: uniform, no bit depth."""
+    return (
+        array.dtype == np.float32
+        and opts.bitdepth is None
+        and opts.approx_method == "uniform"
+    )
+
+
+def _reconstructs_to_zero(coded: CodedTensor) -> bool:
+    """True if the decoder would output all zeros (quirk Q15's drop test)."""
+    if coded.codebook is not None:
+        entries = np.asarray(coded.codebook.values, dtype=np.int64)
+        return not np.any(entries[coded.values])
+    return not np.any(coded.values)  # step > 0: q = 0 <=> x-hat = 0
 
 
 def encode_tensor(x: object, *, name: str = "tensor", **options: object) -> bytes:
@@ -168,23 +250,33 @@ def encode_tensor(x: object, *, name: str = "tensor", **options: object) -> byte
     return encode({name: x}, **options)
 
 
-def _prepare_params(params: Mapping[str, object]) -> dict[str, np.ndarray]:
+def _prepare_params(
+    params: Mapping[str, object],
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """(codable arrays, max|x| of every non-empty float tensor) by name."""
     if not isinstance(params, Mapping):
         raise TypeError(
             f"params must be a mapping of names to arrays, got {type(params).__name__}"
         )
     tensors = {}
+    max_abs: dict[str, float] = {}
     for name, value in params.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {name!r}")
         if "\x00" in name:
             raise ValueError(f"tensor name {name!r} contains a NUL character")
-        tensors[name] = _as_codable_array(name, value)
-    return tensors
+        tensors[name], tensor_max_abs = _as_codable_array(name, value)
+        if tensor_max_abs is not None:
+            max_abs[name] = tensor_max_abs
+    return tensors, max_abs
 
 
-def _as_codable_array(name: str, value: object) -> np.ndarray:
-    """float32 or int32, C-contiguous, at least 1-D; rejects NaN/inf."""
+def _as_codable_array(name: str, value: object) -> tuple[np.ndarray, float | None]:
+    """(float32 or int32 C-contiguous array, at least 1-D; max|x| of a
+    non-empty float array, else None). Rejects NaN/inf.
+
+    float32 C-contiguous inputs are not copied: the encoder only reads them.
+    """
     array = _to_numpy(name, value)
     if array.ndim == 0:
         array = array.reshape(1)
@@ -192,16 +284,20 @@ def _as_codable_array(name: str, value: object) -> np.ndarray:
     if kind == "f" or array.dtype.name == "bfloat16":
         with np.errstate(over="ignore"):
             converted = np.ascontiguousarray(array, dtype=np.float32)
-        if not np.isfinite(converted).all():
+        if not converted.size:
+            return converted, None
+        # min and max propagate NaN and keep +-inf: finite both <=> all finite.
+        low, high = float(converted.min()), float(converted.max())
+        if not (math.isfinite(low) and math.isfinite(high)):
             bad = (
                 "NaN or infinity"
                 if not np.isfinite(array.astype(np.float64)).all()
                 else "values beyond the float32 range"
             )
             raise ValueError(f"tensor {name!r} contains {bad}")
-        return converted
+        return converted, max(-low, high)
     if kind == "b":
-        return np.ascontiguousarray(array, dtype=np.int32)
+        return np.ascontiguousarray(array, dtype=np.int32), None
     if kind in "iu":
         if array.size and (
             int(array.min()) < _INT32_MIN or int(array.max()) > _INT32_MAX
@@ -211,7 +307,7 @@ def _as_codable_array(name: str, value: object) -> np.ndarray:
                 f"[{int(array.min())}, {int(array.max())}], outside the int32 "
                 f"range NNC codes integer tensors in"
             )
-        return np.ascontiguousarray(array, dtype=np.int32)
+        return np.ascontiguousarray(array, dtype=np.int32), None
     raise TypeError(f"tensor {name!r} has unsupported dtype {array.dtype}")
 
 
@@ -339,6 +435,7 @@ def decode(
     update_base: bool = False,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     max_total_elements: int = DEFAULT_MAX_TOTAL_ELEMENTS,
+    num_threads: int = 0,
 ) -> dict[str, np.ndarray]:
     """Decode an NNC bitstream into ``{name: array}`` in stream order.
 
@@ -355,6 +452,8 @@ def decode(
     max_elements, max_total_elements : int
         Largest tensor, and largest sum over all tensors, in elements, that
         the decoder will allocate; checked on the headers before decoding.
+    num_threads : int
+        Threads decoding segments in parallel; 0 = one per available core.
 
     Returns
     -------
@@ -375,14 +474,22 @@ def decode(
         raise ValueError("update_base=True needs a base (BaseState)")
     if base is not None and not isinstance(base, BaseState):
         raise TypeError(f"base must be a BaseState or None, got {type(base).__name__}")
+    num_threads = resolve_num_threads(num_threads)
     parsed = hls.parse_stream(
         data, max_elements=max_elements, max_total_elements=max_total_elements
     )
     work_base = base.copy() if (update_base and base is not None) else base
+    try:
+        decoded = _decode_ndus_batched(data, parsed, work_base, num_threads)
+    except (ValueError, IndexError, OverflowError, MemoryError):
+        # Decode unit by unit to raise the first failing unit's exact error.
+        decoded = [
+            _decode_ndu(data, unit, unit.header, parsed.mps, work_base)
+            for unit in parsed.ndus
+        ]
     tensors: dict[str, np.ndarray] = {}
-    for unit in parsed.ndus:
+    for unit, (values, levels) in zip(parsed.ndus, decoded):
         header: hls.NDUHeader = unit.header  # type: ignore[assignment]
-        values, levels = _decode_ndu(data, unit, header, parsed.mps, work_base)
         tensors[header.name] = values
         if update_base and work_base is not None and levels is not None:
             try:
@@ -409,6 +516,78 @@ def decode_tensor(bitstream: bytes, **kwargs: object) -> np.ndarray:
     return next(iter(tensors.values()))
 
 
+def _decode_ndus_batched(
+    data: bytes,
+    parsed: hls.ParsedStream,
+    base: BaseState | None,
+    num_threads: int,
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(array, base levels or None) per NDU, all segments in one
+    ``_core.decode_segments`` call. Raises ValueError on any fault; the
+    caller then decodes unit by unit for the exact error.
+
+    Unit names are unique (parse_stream checks), so the TCA base of each
+    unit does not depend on the units decoded before it.
+    """
+    ndus = parsed.ndus
+    coded = [u for u in ndus if u.header.payload_type != hls.PT_RAW_FLOAT]
+    segments: dict[int, tuple[np.ndarray, int | None, int]] = {}
+    if coded:
+        headers: list[hls.NDUHeader] = [u.header for u in coded]  # type: ignore
+        is_float = [h.payload_type == hls.PT_FLOAT for h in headers]
+        unary_lengths = {h.cabac_unary_length_minus1 for h in headers}
+        if len(unary_lengths) != 1:
+            raise ValueError("units with different CABAC unary lengths")
+        results = _core.decode_segments(
+            [_payload_view(data, u) for u in coded],
+            [matrix_shape(h.dims) for h in headers],
+            has_qp=is_float,
+            dq=[f and bool(h.dq_flag) for f, h in zip(is_float, headers)],
+            qp_density=parsed.mps.qp_density,
+            hdsp_flag_present=[bool(h.parent_node_id_present_flag) for h in headers],
+            tca_bases=[
+                _tca_base_for_decode(u, h, base) for u, h in zip(coded, headers)
+            ],
+            codebook_sizes=[
+                0 if h.codebook is None else len(h.codebook.values) for h in headers
+            ],
+            codebook_zero_offsets=[
+                0 if h.codebook is None else h.codebook.zero_offset for h in headers
+            ],
+            unary_len=unary_lengths.pop() + 1,
+            num_threads=num_threads,
+        )
+        segments = {u.index: result for u, result in zip(coded, results)}
+
+    decoded = []
+    for unit in ndus:
+        header: hls.NDUHeader = unit.header  # type: ignore[assignment]
+        if header.payload_type == hls.PT_RAW_FLOAT:
+            decoded.append(_decode_raw_float(data, unit, header))
+        else:
+            q, segment_qp, consumed = segments[unit.index]
+            decoded.append(
+                _finish_segment(unit, header, parsed.mps, q, segment_qp, consumed)
+            )
+    return decoded
+
+
+def _payload_view(data: bytes, unit: hls.ParsedUnit) -> np.ndarray:
+    """The unit's CABAC segment as a uint8 view of ``data`` (no copy)."""
+    return np.frombuffer(
+        data, dtype=np.uint8, count=unit.payload_size, offset=unit.payload_offset
+    )
+
+
+def _decode_raw_float(
+    data: bytes, unit: hls.ParsedUnit, header: hls.NDUHeader
+) -> tuple[np.ndarray, None]:
+    raw = np.frombuffer(
+        data, dtype="<f4", count=unit.payload_size // 4, offset=unit.payload_offset
+    )
+    return raw.astype(np.float32).reshape(header.dims), None
+
+
 def _decode_ndu(
     data: bytes,
     unit: hls.ParsedUnit,
@@ -417,10 +596,8 @@ def _decode_ndu(
     base: BaseState | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(decoded array, base levels or None for RAW_FLOAT) of one NDU."""
-    payload = data[unit.payload_offset : unit.offset + unit.size]
     if header.payload_type == hls.PT_RAW_FLOAT:
-        raw = np.frombuffer(payload, dtype="<f4").astype(np.float32)
-        return raw.reshape(header.dims), None
+        return _decode_raw_float(data, unit, header)
 
     tca_base = _tca_base_for_decode(unit, header, base)
     codebook = header.codebook
@@ -428,7 +605,7 @@ def _decode_ndu(
     is_float = header.payload_type == hls.PT_FLOAT
     try:
         q, segment_qp, consumed = _core.decode_segment(
-            np.frombuffer(payload, dtype=np.uint8),
+            _payload_view(data, unit),
             height,
             width,
             has_qp=is_float,
@@ -446,16 +623,29 @@ def _decode_ndu(
             unit=unit.label,
             offset=unit.payload_offset,
         ) from None
-    if consumed != len(payload):
+    return _finish_segment(unit, header, mps, q, segment_qp, consumed)
+
+
+def _finish_segment(
+    unit: hls.ParsedUnit,
+    header: hls.NDUHeader,
+    mps: hls.ModelParameterSet,
+    q: np.ndarray,
+    segment_qp: int | None,
+    consumed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(array, base levels) from a decoded segment: checks and dequantises."""
+    if consumed != unit.payload_size:
         raise NNCFormatError(
             f"CABAC segment ends after {consumed} bytes but the unit holds "
-            f"{len(payload)} payload bytes",
+            f"{unit.payload_size} payload bytes",
             unit=unit.label,
             offset=unit.payload_offset + consumed,
         )
-    if not is_float:
+    if header.payload_type != hls.PT_FLOAT:
         return q.reshape(header.dims), q.reshape(header.dims)
 
+    assert segment_qp is not None
     qp = int(segment_qp) + mps.quantization_parameter
     step = _core.step_size(qp, mps.qp_density) if -4096 < qp < 4096 else 0.0
     if not (step > 0.0 and math.isfinite(step)):
@@ -464,8 +654,8 @@ def _decode_ndu(
             unit=unit.label,
             offset=unit.payload_offset,
         )
-    if codebook is not None:
-        recon, levels = reconstruct_codebook(q, codebook, qp, mps.qp_density)
+    if header.codebook is not None:
+        recon, levels = reconstruct_codebook(q, header.codebook, qp, mps.qp_density)
     else:
         recon, levels = _core.dequantize(q, qp, mps.qp_density), q
     return recon.reshape(header.dims), levels.reshape(header.dims)

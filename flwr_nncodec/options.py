@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass, fields
 
 from flwr_nncodec.base_state import BaseState
 
-__all__ = ["DEFAULT_LAMBDA_SCALE", "EncodeOptions", "make_options", "qp_range"]
+__all__ = [
+    "DEFAULT_LAMBDA_SCALE",
+    "EncodeOptions",
+    "make_options",
+    "qp_range",
+    "resolve_num_threads",
+]
 
-# Rate weight of the quantisers (0 = pure squared error, as every NNCodec
-# API hard-wires). Kept at 0 so that default streams equal NNCodec's.
-DEFAULT_LAMBDA_SCALE = 0.0
+# Rate weight of the quantisers: > 0 selects RDOQ (URQ) and the rate-aware
+# trellis (DQ); 0 is pure squared error, NNCodec's choice, and reproduces
+# NNCodec's streams. See docs/ARCHITECTURE.md §2 for the measurements.
+DEFAULT_LAMBDA_SCALE = 0.5
+MAX_THREADS = 1024
 
 APPROX_METHODS = ("uniform", "codebook")
 MAX_DEVICE_ID = (1 << 31) - 1
@@ -38,6 +47,7 @@ class EncodeOptions:
     device_id: int = 0
     sparsity: float = 0.0
     struct_spars_factor: float = 0.0
+    num_threads: int = 0  # encoder threads, 0 = one per available core
 
     @property
     def effective_nonweight_qp(self) -> int:
@@ -100,6 +110,7 @@ def make_options(**options: object) -> EncodeOptions:
         )
     values["lambda_scale"] = _real("lambda_scale", values["lambda_scale"], 0.0, None)
     values["device_id"] = _integer("device_id", values["device_id"], 0, MAX_DEVICE_ID)
+    values["num_threads"] = resolve_num_threads(values["num_threads"])
     values["sparsity"] = _real("sparsity", values["sparsity"], 0.0, 1.0)
     values["struct_spars_factor"] = _real(
         "struct_spars_factor", values["struct_spars_factor"], 0.0, None
@@ -116,6 +127,17 @@ def make_options(**options: object) -> EncodeOptions:
             "compress_differences=True as well (NNCodec silently ignores it)"
         )
     return EncodeOptions(**values)
+
+
+def resolve_num_threads(num_threads: object) -> int:
+    """Validated thread count; 0 becomes the number of cores this process may use."""
+    count = _integer("num_threads", num_threads, 0, MAX_THREADS)
+    if count == 0:
+        try:
+            count = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            count = os.cpu_count() or 1
+    return count
 
 
 def _integer(name: str, value: object, low: int, high: int) -> int:

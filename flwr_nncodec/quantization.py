@@ -16,7 +16,15 @@ import numpy as np
 from flwr_nncodec import _core, hls
 from flwr_nncodec.options import EncodeOptions, qp_range
 
-__all__ = ["CodedTensor", "dq_states", "matrix_shape", "quantize_tensor", "reconstruct"]
+__all__ = [
+    "CodedTensor",
+    "base_levels",
+    "dq_states",
+    "matrix_shape",
+    "plan_uniform",
+    "quantize_tensor",
+    "reconstruct",
+]
 
 # NNCodec's int32 overflow check: |round(x / step)| must stay below these (§2.2).
 _OVERFLOW_LIMIT_DQ = (1 << 31) - 3
@@ -38,7 +46,8 @@ class CodedTensor:
 
     payload_type: int  # hls.PT_FLOAT or hls.PT_INT
     dims: tuple[int, ...]
-    values: np.ndarray  # int32[n]: q, INT values, or codebook indices
+    values: np.ndarray  # int32[n]: q, INT values, or codebook indices (float32
+    # input until coded, for tensors planned by plan_uniform)
     qp: int | None = None
     qp_density: int = 2
     dq: bool = False
@@ -74,6 +83,31 @@ def quantize_tensor(name: str, array: np.ndarray, opts: EncodeOptions) -> CodedT
     if opts.approx_method == "codebook" and flat.size:
         return _prefer_codebook(name, flat, uniform, bits, opts)
     return uniform
+
+
+def plan_uniform(
+    name: str, array: np.ndarray, opts: EncodeOptions, max_abs: float | None = None
+) -> CodedTensor:
+    """A float32 tensor's uniform (URQ/DQ) plan without bit depth: the qp
+    (non-weight qp for ndim <= 1, raised by the overflow guard) and the flat
+    input in ``values``, for ``_core.encode_tensors`` to quantise and code.
+    ``max_abs`` is max|x| if the caller already knows it.
+    """
+    dims = tuple(int(d) for d in array.shape)
+    flat = array.reshape(-1)
+    qp = opts.qp if array.ndim > 1 else opts.effective_nonweight_qp
+    qp = overflow_safe_qp(name, flat, qp, opts.qp_density, opts.use_dq, max_abs)
+    return CodedTensor(hls.PT_FLOAT, dims, flat, qp, opts.qp_density, opts.use_dq)
+
+
+def base_levels(coded: CodedTensor) -> np.ndarray:
+    """The flat integers a BaseState keeps for a coded tensor (see reconstruct)."""
+    if coded.payload_type == hls.PT_INT:
+        return coded.values.copy()  # may be a view of the caller's array
+    if coded.codebook is not None:
+        offset = coded.codebook.zero_offset
+        return (coded.values.astype(np.int64) - offset).astype(np.int32)
+    return coded.values
 
 
 def reconstruct(coded: CodedTensor) -> tuple[np.ndarray, np.ndarray]:
@@ -124,12 +158,22 @@ def _quantize_uniform(
 
 
 def overflow_safe_qp(
-    name: str, flat: np.ndarray, qp: int, qp_density: int, dq: bool
+    name: str,
+    flat: np.ndarray,
+    qp: int,
+    qp_density: int,
+    dq: bool,
+    max_abs: float | None = None,
 ) -> int:
-    """qp, raised as NNCodec does when max|x| / step overflows int32 (§2.2)."""
+    """qp, raised as NNCodec does when max|x| / step overflows int32 (§2.2).
+
+    ``max_abs`` (max|x| of ``flat``) saves a pass when the caller knows it.
+    """
     if flat.size == 0:
         return qp
-    max_abs = np.float32(np.max(np.abs(flat)))
+    if max_abs is None:
+        max_abs = max(-float(flat.min()), float(flat.max()))
+    max_abs = np.float32(max_abs)
     inverse_step = np.float32(1) / np.float32(_core.step_size(qp, qp_density))
     with np.errstate(over="ignore"):
         scaled = float(max_abs * inverse_step)  # float32 product, as NNCodec

@@ -84,17 +84,24 @@ def assert_same_floats(actual: np.ndarray, expected: np.ndarray) -> None:
 # Golden streams
 
 
-def test_defaults_write_worked_example_a_byte_for_byte():
-    assert nnc.encode({"w": W}) == EXAMPLE_A
+# The golden streams are NNCodec's: they are written with its squared-error
+# quantisation, lambda_scale=0 (the default, 0.5, is rate-aware).
+NNCODEC_CHOICE = {"lambda_scale": 0.0}
+
+
+def test_nncodec_defaults_write_worked_example_a_byte_for_byte():
+    assert nnc.encode({"w": W}, **NNCODEC_CHOICE) == EXAMPLE_A
 
 
 def test_urq_without_row_skip_and_param_opt_writes_the_48_byte_stream():
-    stream = nnc.encode({"w": W}, use_dq=False, param_opt=False, row_skipping=False)
+    stream = nnc.encode(
+        {"w": W}, use_dq=False, param_opt=False, row_skipping=False, **NNCODEC_CHOICE
+    )
     assert stream == EXAMPLE_A_URQ
 
 
 def test_two_tensors_write_example_b_and_decode_to_the_documented_values():
-    assert nnc.encode({"w": W, "b": B}) == EXAMPLE_B
+    assert nnc.encode({"w": W, "b": B}, **NNCODEC_CHOICE) == EXAMPLE_B
     decoded = nnc.decode(EXAMPLE_B)
 
     assert list(decoded) == ["w", "b"]
@@ -115,6 +122,7 @@ def test_differential_tca_stream_equals_nncodecs():
         device_id=3,
         base=base,
         param_opt=False,
+        **NNCODEC_CHOICE,
     )
     assert stream == TCA_STREAM
     assert base == tca_base()  # no update_base: untouched
@@ -178,11 +186,14 @@ def test_round_trip_is_exact_and_within_half_a_step(use_dq, row_skipping):
     weight[3] = 0  # a row to skip
     params = {"fc.weight": weight, "fc.bias": rng.normal(size=24).astype(np.float32)}
 
-    result, decoded = round_trip(params, use_dq=use_dq, row_skipping=row_skipping)
+    result, decoded = round_trip(
+        params, use_dq=use_dq, row_skipping=row_skipping, lambda_scale=0.0
+    )
 
     step = 2.0**-8  # qp -32
-    # URQ rounds to the nearest multiple; the DQ trellis picks, per value, one
-    # of the two nearest indices of its state's quantiser (spacing 2*step).
+    # With lambda_scale=0 (squared error only) URQ rounds to the nearest
+    # multiple; the DQ trellis picks, per value, one of the two nearest
+    # indices of its state's quantiser (spacing 2*step).
     limit = 2 * step if use_dq else step / 2
     assert np.max(np.abs(decoded["fc.weight"] - weight)) <= limit
     assert np.array_equal(decoded["fc.weight"][3], np.zeros(24, np.float32))
@@ -235,7 +246,7 @@ def test_empty_tensors_round_trip(shape):
 
 
 def test_encode_tensor_and_decode_tensor():
-    stream = nnc.encode_tensor(W, name="w")
+    stream = nnc.encode_tensor(W, name="w", **NNCODEC_CHOICE)
     assert stream == EXAMPLE_A
     assert_same_floats(nnc.decode_tensor(stream), nnc.decode(EXAMPLE_A)["w"])
     with pytest.raises(ValueError, match="one tensor, found 2"):
@@ -375,6 +386,68 @@ def test_codebook_mode_falls_back_to_uniform_when_cheaper():
     result, _ = round_trip({"g": gauss}, approx_method="codebook")
     assert nnc.inspect(result.bitstream)[3]["codebook_size"] == 0
     assert result.bitstream == nnc.encode({"g": gauss})
+
+
+# --------------------------------------------------------------------------
+# Rate-aware default and threads
+
+
+def laplacian_update(shape=(128, 256), seed=11) -> np.ndarray:
+    """A weight-difference-like tensor: Laplacian, scale 0.002 (half a step)."""
+    return np.random.default_rng(seed).laplace(0, 0.002, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("use_dq", [True, False])
+def test_default_quantisation_is_rate_aware(use_dq):
+    update = {"dw": laplacian_update()}
+    default = nnc.encode_with_reconstruction(update, use_dq=use_dq)
+    nncodec_choice = nnc.encode_with_reconstruction(
+        update, use_dq=use_dq, **NNCODEC_CHOICE
+    )
+
+    assert default.bitstream == nnc.encode(update, use_dq=use_dq, lambda_scale=0.5)
+    assert default.bitstream == nnc.encode(update, use_dq=use_dq)
+    # Fewer bytes for a little more error, and the decoder agrees.
+    assert len(default.bitstream) < 0.95 * len(nncodec_choice.bitstream)
+    assert not np.array_equal(default.levels["dw"], nncodec_choice.levels["dw"])
+    decoded = nnc.decode(default.bitstream)["dw"]
+    assert np.array_equal(decoded, default.reconstruction["dw"])
+
+
+def test_thread_count_does_not_change_the_stream():
+    rng = np.random.default_rng(12)
+    params = {
+        f"layer{i}.weight": rng.normal(0, 0.05, (40 + i, 30)).astype(np.float32)
+        for i in range(5)
+    }
+    params["layer0.bias"] = rng.normal(0, 0.05, 40).astype(np.float32)
+    params["steps"] = np.arange(7, dtype=np.int64)
+    streams = {n: nnc.encode(params, num_threads=n) for n in (1, 2, 3, 0)}
+    assert len(set(streams.values())) == 1
+
+    decoded = {n: nnc.decode(streams[1], num_threads=n) for n in (1, 2, 0)}
+    for name in params:
+        assert np.array_equal(decoded[1][name], decoded[2][name])
+        assert np.array_equal(decoded[1][name], decoded[0][name])
+    assert np.array_equal(decoded[0]["steps"], params["steps"])
+
+
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError)])
+def test_thread_count_is_validated(bad, error):
+    with pytest.raises(error, match="num_threads"):
+        nnc.encode({"w": W}, num_threads=bad)
+    with pytest.raises(error, match="num_threads"):
+        nnc.decode(EXAMPLE_A, num_threads=bad)
+
+
+def test_decode_names_the_failing_unit_of_a_multi_tensor_stream():
+    params = {"a": laplacian_update((8, 8)), "b": laplacian_update((8, 8), 3)}
+    stream = bytearray(nnc.encode(params, **NNCODEC_CHOICE))
+    last = nnc.inspect(bytes(stream))[-1]
+    stream[last["offset"] + last["size"] - 1] ^= 0xFF  # break b's stop bits
+    with pytest.raises(nnc.NNCFormatError) as caught:
+        nnc.decode(bytes(stream))
+    assert caught.value.unit == "NDU #4 'b'"
 
 
 # --------------------------------------------------------------------------

@@ -219,3 +219,107 @@ def test_we_decode_nncodec_tca_sequence(seed):
         ours = nnc.decode(bitstream, base=our_base, update_base=True)
         assert_same_tensors(ours, reference, list(reference), where)
         assert_base_like_reference(our_base, reference_base, where)
+
+
+# --------------------------------------------------------------------------
+# Codebook streams with any size and zero offset, with and without TCA
+#
+# The codebook eco list (EG prefix entries, TCA gt pairs) depends on the
+# largest |index - zero offset| of the tensor; NNCodec rejected some of our
+# streams ("Terminating Bin not received!") when that list was off by one.
+# The segments are built directly (the encoder's own codebook choice rarely
+# picks large codebooks or odd zero offsets).
+
+from flwr_nncodec import codec as _codec, hls  # noqa: E402
+from flwr_nncodec.options import make_options  # noqa: E402
+from flwr_nncodec.quantization import CodedTensor  # noqa: E402
+
+CODEBOOK_QP = -36
+
+
+def codebook_stream(name, indices, dims, codebook, *, base=None, tca=False,
+                    device_id=0) -> bytes:
+    """A one-NDU stream coding int32 ``indices`` into ``codebook`` at CODEBOOK_QP."""
+    differential = base is not None
+    opts = make_options(qp=CODEBOOK_QP, use_dq=False, compress_differences=differential,
+                        tca=tca, base=base, device_id=device_id)
+    coded = CodedTensor(hls.PT_FLOAT, dims, indices, CODEBOOK_QP, 2, False,
+                        codebook=codebook)
+    header = _codec._ndu_header(name, coded, 0, opts)
+    assert bool(header.temporal_context_modeling_flag) == tca
+    tca_base = _codec._tca_base_for(name, header, base, coded)
+    segment = _codec._encode_segment(coded, opts, header, tca_base)
+    mps = hls.ModelParameterSet(parent_signalling_enabled_flag=int(differential),
+                                qp_density=2)
+    return (hls.write_start_unit() + hls.write_mps(mps) + hls.write_topology()
+            + hls.write_ndu(header, mps, segment))
+
+
+def codebook_case(seed: int):
+    """(dims, codebook, indices) drawn over sizes 1..40 and every zero offset.
+
+    Seed 0 is the reported case: 5x8 tensor, 17 entries, zero offset 4.
+    """
+    rng = np.random.default_rng(700 + seed)
+    if seed == 0:
+        dims, size, zero = (5, 8), 17, 4
+    else:
+        dims = ((int(rng.integers(1, 9)), int(rng.integers(1, 13))) if seed % 4
+                else (int(rng.integers(1, 60)),))
+        size = int(rng.integers(1, 41))
+        zero = int(rng.integers(0, size))
+    entries = np.sort(rng.choice(np.arange(-200, 201), size, replace=False))
+    codebook = hls.Codebook(int(rng.integers(0, 4)), zero,
+                            tuple(int(v) for v in entries))
+    count = int(np.prod(dims))
+    # Mix uniform indices with ones at both ends, so the largest |index - zero|
+    # (which sizes the eco list) is often reached.
+    indices = rng.integers(0, size, count)
+    ends = rng.random(count)
+    indices[ends < 0.15] = 0
+    indices[ends > 0.85] = size - 1
+    return dims, codebook, np.ascontiguousarray(indices, dtype=np.int32)
+
+
+def expected_codebook_values(codebook, indices, dims) -> np.ndarray:
+    step = np.float32(2.0 ** (CODEBOOK_QP / 4))
+    values = np.asarray(codebook.values, np.float32)[indices] * step
+    return values.astype(np.float32).reshape(dims)
+
+
+@pytest.mark.parametrize("seed", range(32))
+def test_nncodec_decodes_our_codebook_streams(seed):
+    dims, codebook, indices = codebook_case(seed)
+    stream = codebook_stream("cb", indices, dims, codebook)
+
+    expected = expected_codebook_values(codebook, indices, dims)
+    where = f"seed {seed}: dims {dims}, {len(codebook.values)} entries, zero " \
+            f"offset {codebook.zero_offset}"
+    assert_bit_exact(nnc.decode(stream)["cb"], expected, where + " (ours)")
+    assert_bit_exact(nncodec_decode(stream)["cb"], expected, where + " (NNCodec)")
+
+
+@pytest.mark.parametrize("seed", range(32))
+def test_nncodec_decodes_our_codebook_streams_with_tca(seed):
+    dims, codebook, indices = codebook_case(1000 + seed)
+    rng = np.random.default_rng(seed)
+    our_base = nnc.BaseState(device_id=0, parameters={}, put_node_depth={},
+                             parameter_id={})
+    reference_base = empty_reference_base()
+    # Step 0: a uniform update, which both bases record.
+    first = {"cb": rng.normal(0, 0.05, dims).astype(np.float32)}
+    stream = nnc.encode(first, compress_differences=True, tca=True, base=our_base,
+                        update_base=True, device_id=2)
+    nncodec_decode(stream, reference_base)
+    assert_base_like_reference(our_base, reference_base, f"seed {seed} step 0")
+
+    # Step 1: a codebook update coded against that base.
+    stream = codebook_stream("cb", indices, dims, codebook, base=our_base, tca=True,
+                             device_id=2)
+    expected = expected_codebook_values(codebook, indices, dims)
+    where = f"seed {seed}: dims {dims}, {len(codebook.values)} entries, zero " \
+            f"offset {codebook.zero_offset}, TCA"
+    assert_bit_exact(nnc.decode(stream, base=our_base.copy())["cb"], expected,
+                     where + " (ours)")
+    assert_bit_exact(nncodec_decode(stream, reference_base)["cb"], expected,
+                     where + " (NNCodec)")
