@@ -96,9 +96,13 @@ def encode(params: Mapping[str, object], **options: object) -> bytes:
     **options
         NNCodec's option names and defaults: ``qp=-32, qp_density=2,
         nonweight_qp=-75, use_dq=True, row_skipping=True, param_opt=True,
-        bitdepth=None, approx_method="uniform", lambda_scale=0.0,
-        compress_differences=False, tca=False, base=None, update_base=False,
-        device_id=0, sparsity=0.0, struct_spars_factor=0.0``.
+        bitdepth=None, approx_method="uniform", compress_differences=False,
+        tca=False, base=None, update_base=False, device_id=0, sparsity=0.0,
+        struct_spars_factor=0.0``, except ``lambda_scale=0.5`` (rate-aware:
+        RDOQ for URQ, rate-aware trellis for DQ; ``lambda_scale=0`` is
+        NNCodec's squared-error choice and reproduces its streams). Also
+        ``num_threads=0``: threads coding the float tensors, 0 = one per
+        available core (the stream does not depend on it).
 
     Returns
     -------
@@ -115,6 +119,8 @@ def encode(params: Mapping[str, object], **options: object) -> bytes:
       coding whenever they are > 0 (NNCodec's ``nn.encode`` only does so
       when ``epoch > 0``; ``fl.encode`` always does).
     * Decoding returns float32 for every float input dtype.
+    * float32 C-contiguous inputs (numpy, or CPU torch tensors) are read in
+      place by the C++ core, never copied.
     * Empty tensors are coded like NNCodec codes them. NNCodec's decoder
       crashes (division by zero) on shapes like (3, 0), whose rows are
       empty; this package decodes them.

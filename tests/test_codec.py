@@ -454,6 +454,25 @@ def test_decode_names_the_failing_unit_of_a_multi_tensor_stream():
 # Differential and incremental coding
 
 
+@pytest.mark.parametrize("plain_float", [True, False])
+def test_tca_base_of_the_wrong_size_matters_only_if_the_tensor_is_coded(plain_float):
+    base = nnc.BaseState(
+        device_id=0,
+        parameters={"w": np.zeros(5, np.int32)},  # w has 6 values below
+        put_node_depth={"w": 0},
+        parameter_id={"w": 0},
+    )
+    options = dict(compress_differences=True, tca=True, base=base)
+    if not plain_float:  # the bit-depth path quantises outside encode_tensors
+        options["bitdepth"] = 8
+    zero = np.zeros((2, 3), np.float32)
+    result = nnc.encode_with_reconstruction({"w": zero}, **options)
+    assert result.dropped == ("w",)
+
+    with pytest.raises(ValueError, match="base has 5 values, tensor has 6"):
+        nnc.encode({"w": np.full((2, 3), 0.5, np.float32)}, **options)
+
+
 def test_differential_streams_drop_tensors_that_quantise_to_zero():
     tiny = np.full((3, 3), 1e-6, np.float32)  # below half a step at qp -32
     result = nnc.encode_with_reconstruction(
