@@ -97,8 +97,9 @@ def encode(params: Mapping[str, object], **options: object) -> bytes:
         NNCodec's option names and defaults: ``qp=-32, qp_density=2,
         nonweight_qp=-75, use_dq=True, row_skipping=True, param_opt=True,
         bitdepth=None, approx_method="uniform", compress_differences=False,
-        tca=False, base=None, update_base=False, device_id=0, sparsity=0.0,
-        struct_spars_factor=0.0``, except ``lambda_scale=0.5`` (rate-aware:
+        tca=False, base=None, update_base=False, sparsity=0.0,
+        struct_spars_factor=0.0``, ``device_id`` (default: the base's, else
+        0), except ``lambda_scale=0.5`` (rate-aware:
         RDOQ for URQ, rate-aware trellis for DQ; ``lambda_scale=0`` is
         NNCodec's squared-error choice and reproduces its streams). Also
         ``num_threads=0``: threads coding the float tensors, 0 = one per

@@ -44,7 +44,7 @@ class EncodeOptions:
     tca: bool = False
     base: BaseState | None = None
     update_base: bool = False
-    device_id: int = 0
+    device_id: int | None = None  # None: the base's device_id, else 0
     sparsity: float = 0.0
     struct_spars_factor: float = 0.0
     num_threads: int = 0  # encoder threads, 0 = one per available core
@@ -109,7 +109,6 @@ def make_options(**options: object) -> EncodeOptions:
             f"{values['approx_method']!r}"
         )
     values["lambda_scale"] = _real("lambda_scale", values["lambda_scale"], 0.0, None)
-    values["device_id"] = _integer("device_id", values["device_id"], 0, MAX_DEVICE_ID)
     values["num_threads"] = resolve_num_threads(values["num_threads"])
     values["sparsity"] = _real("sparsity", values["sparsity"], 0.0, 1.0)
     values["struct_spars_factor"] = _real(
@@ -119,6 +118,14 @@ def make_options(**options: object) -> EncodeOptions:
     base = values["base"]
     if base is not None and not isinstance(base, BaseState):
         raise TypeError(f"base must be a BaseState or None, got {type(base).__name__}")
+    if values["device_id"] is None:
+        values["device_id"] = base.device_id if base is not None else 0
+    values["device_id"] = _integer("device_id", values["device_id"], 0, MAX_DEVICE_ID)
+    if base is not None and base.device_id and base.device_id != values["device_id"]:
+        raise ValueError(
+            f"device_id {values['device_id']} contradicts the base's device_id "
+            f"{base.device_id}; leave device_id out to use the base's"
+        )
     if values["update_base"] and base is None:
         raise ValueError("update_base=True needs a base (BaseState)")
     if values["tca"] and not values["compress_differences"]:

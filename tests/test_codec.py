@@ -562,7 +562,7 @@ def test_base_state_plain_array_form():
 
 def test_encoder_checks_tca_base_consistency():
     base = tca_base()
-    with pytest.raises(ValueError, match="device_id 5 differs"):
+    with pytest.raises(ValueError, match="device_id 5 contradicts the base.s device_id 3"):
         nnc.encode(
             {"w": TCA_W}, compress_differences=True, tca=True, device_id=5, base=base
         )
@@ -633,3 +633,18 @@ def test_results_share_no_memory_with_the_inputs():
     for array in (*result.reconstruction.values(), *result.levels.values()):
         assert not np.shares_memory(array, ints)
         assert not np.shares_memory(array, floats)
+
+
+def test_device_id_defaults_to_the_bases_and_a_contradiction_is_refused():
+    update = {"w": np.linspace(-0.1, 0.1, 48, dtype=np.float32).reshape(6, 8)}
+    sender = nnc.BaseState(device_id=3)
+    receiver = nnc.BaseState(device_id=3)
+
+    stream = nnc.encode(update, compress_differences=True, tca=True,
+                        base=sender, update_base=True)
+
+    assert nnc.inspect(stream)[3]["device_id"] == 3
+    nnc.decode(stream, base=receiver, update_base=True)
+    assert receiver == sender
+    with pytest.raises(ValueError, match="device_id 5 contradicts the base's device_id 3"):
+        nnc.encode(update, compress_differences=True, base=sender, device_id=5)
