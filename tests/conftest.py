@@ -22,6 +22,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 VECTORS_DIR = REPO_ROOT / "tests" / "vectors"
 
 
+def find_shared_file(name: str) -> Path | None:
+    """A file of the team's shared facts folder, or None when it is absent.
+
+    Looked up in ``$NNC_SHARED_DIR``, then ``shared/`` beside the checkout (as
+    CI lays it), then ``/work/shared``.
+    """
+    candidates = [os.environ.get("NNC_SHARED_DIR"), REPO_ROOT.parent / "shared",
+                  "/work/shared"]
+    for folder in candidates:
+        if folder and (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
 def _prefer_installed_package() -> None:
     """Let a regular (non-editable) install win over the bare source tree.
 

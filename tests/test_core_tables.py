@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 
 from flwr_nncodec import _core
 
-TABLES_JSON = Path("/work/shared/nnc-tables.json")
+from conftest import find_shared_file
+
+TABLES_JSON = find_shared_file("nnc-tables.json")
 
 
 def _sha256_of_values(values) -> str:
@@ -23,7 +24,7 @@ def _sha256_of_values(values) -> str:
 
 @pytest.fixture(scope="module")
 def reference():
-    if not TABLES_JSON.exists():
+    if TABLES_JSON is None:
         pytest.skip("nnc-tables.json not available")
     return json.loads(TABLES_JSON.read_text())
 

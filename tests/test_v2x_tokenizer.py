@@ -13,8 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations" / "be
 from berlin_v2x.data import serialise_rows, telekom_rows  # noqa: E402
 from berlin_v2x.synthetic import SyntheticConfig, generate_table  # noqa: E402
 from berlin_v2x.tokenizer import VOCAB_SIZE, load_tokenizer  # noqa: E402
+from conftest import find_shared_file  # noqa: E402
 
-TELKO_MODEL = Path("/work/shared/telko_tokenizer.model")
+TELKO_MODEL = find_shared_file("telko_tokenizer.model")
 
 
 @pytest.mark.parametrize(
@@ -49,8 +50,8 @@ def test_decode_inverts_encode_on_vocabulary_text():
 
 def test_ids_equal_sentencepiece_on_serialised_rows():
     spm = pytest.importorskip("sentencepiece")
-    if not TELKO_MODEL.is_file():
-        pytest.skip(f"{TELKO_MODEL} not present")
+    if TELKO_MODEL is None:
+        pytest.skip("telko_tokenizer.model not found (see conftest.find_shared_file)")
     reference = spm.SentencePieceProcessor(model_file=str(TELKO_MODEL))
     tokenizer = load_tokenizer()
     table = telekom_rows(generate_table(SyntheticConfig(num_rows=400, seed=11)))
