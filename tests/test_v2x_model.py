@@ -160,3 +160,32 @@ def test_run_config_errors_name_the_key():
         resolve({"data": "parquet"})
     with pytest.raises(ValueError, match="unknown TLM size '7'"):
         build_model("7")
+
+
+def test_round_table_accumulates_bytes_and_ratio():
+    from berlin_v2x.outputs import merge_rounds
+
+    rounds = [{"round": 1, "loss": 2.0}, {"round": 0, "loss": 3.0}, {"round": 2, "loss": 1.5}]
+    traffic = {
+        1: {"bytes_up": 100, "bytes_down": 300, "bytes_config": 20, "bytes_float32": 40_000},
+        2: {"bytes_up": 50, "bytes_down": 50, "bytes_config": 10, "bytes_float32": 40_000},
+    }
+
+    table = merge_rounds(rounds, traffic)
+
+    assert [row["round"] for row in table] == [0, 1, 2]
+    assert [row["cumulative_bytes"] for row in table] == [0, 400, 500]
+    assert table[2]["cumulative_mb_float32"] == pytest.approx(0.08)
+    assert table[2]["ratio"] == pytest.approx(500 / 80_000)
+
+
+def test_snapped_init_lies_on_the_quantiser_grid():
+    from berlin_v2x.experiment import quantizer_step, snap_to_grid
+
+    arrays = model_to_arrays(build_model("nano", max_seq_len=16))
+    snapped = snap_to_grid(arrays, -18)
+
+    assert quantizer_step(-18) == 0.046875 and quantizer_step(-32) == 0.00390625
+    levels = snapped["layers.0.attention.wq.weight"] / 0.046875
+    np.testing.assert_array_equal(levels, np.rint(levels))
+    np.testing.assert_array_equal(snapped["norm.weight"], arrays["norm.weight"])

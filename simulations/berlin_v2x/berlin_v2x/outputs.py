@@ -71,6 +71,13 @@ def _write_json(path: Path, document: Any) -> None:
     path.write_text(json.dumps(_json_safe(document), indent=1) + "\n")
 
 
+def _percent(value: float | None) -> str:
+    """Two decimals, or "n/a" when no row produced a value (None/NaN)."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.2f}"
+
+
 def write_feature_table(path_stem: Path, errors: dict[str, dict[str, float]],
                         baseline: dict[str, dict[str, float]] | None = None) -> None:
     """feature_errors.json and a Markdown table of mean |relative error| (%)."""
@@ -78,9 +85,9 @@ def write_feature_table(path_stem: Path, errors: dict[str, dict[str, float]],
     lines = ["| feature | rows | mean abs. rel. error (%) |" + (" float32 FedAvg (%) |" if baseline else ""),
              "| --- | ---: | ---: |" + (" ---: |" if baseline else "")]
     for key, entry in errors.items():
-        line = f"| {key} | {entry['rows']} | {entry['mean_abs_rel_error_pct']:.2f} |"
+        line = f"| {key} | {entry['rows']} | {_percent(entry['mean_abs_rel_error_pct'])} |"
         if baseline:
-            line += f" {baseline[key]['mean_abs_rel_error_pct']:.2f} |"
+            line += f" {_percent(baseline[key]['mean_abs_rel_error_pct'])} |"
         lines.append(line)
     path_stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
@@ -160,10 +167,15 @@ def plot_runs(out_dir: Path, tables: dict[str, list[dict[str, Any]]]) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
     for codec, table in tables.items():
-        mb = [max(row["cumulative_mb"], 1e-3) for row in table]
-        ax.plot(mb, [row["masked_accuracy"] for row in table], color=COLOURS[codec],
-                marker="o", markersize=3.5, linewidth=1.8,
+        sent = [row for row in table if row["cumulative_mb"] > 0]  # round 0 sent nothing
+        ax.plot([row["cumulative_mb"] for row in sent], [row["masked_accuracy"] for row in sent],
+                color=COLOURS[codec], marker="o", markersize=3.5, linewidth=1.8,
                 label=f"{LABELS[codec]}: {table[-1]['cumulative_mb']:.2f} MB total")
+    if "float32" in tables:
+        one_percent_mb = 0.01 * tables["float32"][-1]["cumulative_mb"]
+        ax.axvline(one_percent_mb, color="grey", linestyle=":", linewidth=1.2)
+        ax.annotate("1 % of float32 total", (one_percent_mb, 0.02), xycoords=("data", "axes fraction"),
+                    rotation=90, ha="right", va="bottom", fontsize=8, color="grey")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative traffic, up + down (MB, log scale)")
     ax.set_ylabel("masked top-1 accuracy (%)")
