@@ -324,9 +324,92 @@ def decode_update(
 
     Raises the codec's NNCFormatError for a broken stream and LinkError when
     the stream's tensors do not fit the manifest or hold non-finite values.
+    The stream's headers are checked against the manifest before anything is
+    decoded, and the decoder may allocate no more than the manifest holds, so
+    a few bytes from the other end cannot make this end allocate or spin on
+    tensors the model does not have.
     """
-    decoded = codec_api().decode(bitstream, base=base, update_base=base is not None)
+    check_stream_fits(bitstream, manifest)
+    max_elements = max((spec.num_elements for spec in manifest), default=0)
+    decoded = codec_api().decode(
+        bitstream,
+        base=base,
+        update_base=base is not None,
+        max_elements=max(1, max_elements),
+        max_total_elements=max(1, count_parameters(manifest)),
+    )
     return _complete(decoded, manifest, "stream")
+
+
+def check_stream_fits(bitstream: bytes, manifest: Manifest) -> None:
+    """Raise LinkError unless every NDU of the stream codes one manifest tensor,
+    with the manifest's shape and a payload type of its dtype, at most once.
+
+    Reads headers only (``inspect``); the per-tensor element limit is the
+    manifest's largest tensor, so an oversized header fails while parsing.
+    """
+    from flwr_nncodec.inspection import inspect  # pylint: disable=C0415
+
+    by_name = {spec.name: spec for spec in manifest}
+    max_elements = max((spec.num_elements for spec in manifest), default=0)
+    units = inspect(bitstream, max_elements=max(1, max_elements))
+
+    seen: set[str] = set()
+    for unit in units:
+        if unit["type"] != "NDU":
+            continue
+        name = unit["name"]
+        spec = by_name.get(name)  # type: ignore[arg-type]
+        if spec is None:
+            raise LinkError(f"stream holds tensor {name!r:.80}, not in the model")
+        if name in seen:
+            raise LinkError(f"stream holds tensor {name!r} more than once")
+        seen.add(name)  # type: ignore[arg-type]
+
+        shape = tuple(unit["shape"])  # type: ignore[arg-type]
+        fits = shape == spec.shape or (spec.shape == () and shape == (1,))
+        if not fits or spec.num_elements == 0:
+            raise LinkError(
+                f"stream tensor {name!r} has shape {shape!s:.80}, "
+                f"the model's is {spec.shape}"
+            )
+        payload_type = unit["payload_type"]
+        if (payload_type == "INT") == spec.is_float:
+            raise LinkError(
+                f"stream tensor {name!r} has payload type {payload_type}, "
+                f"the model's dtype is {spec.dtype}"
+            )
+
+
+def check_plain_model(
+    arrays: dict[str, np.ndarray], manifest: Manifest, source: str
+) -> None:
+    """Raise LinkError unless ``arrays`` holds exactly the manifest's tensors,
+    each in its shape and dtype, with finite values in float tensors."""
+    names = [spec.name for spec in manifest]
+    if set(arrays) != set(names):
+        missing = sorted(set(names) - set(arrays))[:5]
+        unknown = sorted(set(arrays) - set(names))[:5]
+        raise LinkError(
+            f"{source} lacks tensors {missing} and holds tensors not in the "
+            f"model {unknown}"
+        )
+    for spec in manifest:
+        array = arrays[spec.name]
+        if tuple(array.shape) != spec.shape:
+            raise LinkError(
+                f"{source} tensor {spec.name!r} has shape {tuple(array.shape)}, "
+                f"the model's is {spec.shape}"
+            )
+        if str(array.dtype) != spec.dtype:
+            raise LinkError(
+                f"{source} tensor {spec.name!r} has dtype {array.dtype}, "
+                f"the model's is {spec.dtype}"
+            )
+        if spec.is_float and not np.all(np.isfinite(array)):
+            raise LinkError(
+                f"{source} tensor {spec.name!r} holds non-finite values"
+            )
 
 
 def _complete(

@@ -126,6 +126,8 @@ class NNCServerCodec:
         if manifest != self.manifest:
             self._restart_chain(manifest)
         target = link.to_reference(model, manifest)
+        if self.options.compress_downstream:
+            _check_finite_global(target, manifest)
         if self.target is not None and _same_model(target, self.target):
             return
 
@@ -311,10 +313,12 @@ class NNCServerCodec:
         array_keys = [k for k, v in content.items() if isinstance(v, ArrayRecord)]
         link_record = content.get(link.LINK_RECORD_KEY)
         if link_record is None:
-            # A node without the mod replies with plain weights: pass them on.
+            # A node without the mod replies with plain weights: checked like
+            # decoded ones, then passed on.
             if phase == "train" and array_keys:
                 traffic.bytes_up += link.payload_bytes(content[array_keys[0]])
                 traffic.models_up += 1
+                self._check_plain_model(content, array_keys)
             return reply
         if not isinstance(link_record, ConfigRecord):
             raise link.LinkError(f"{link.LINK_RECORD_KEY} is not a ConfigRecord")
@@ -344,9 +348,20 @@ class NNCServerCodec:
                 model = self._decode_uplink(node, records[key], link_record, kind)
                 assert self.manifest is not None
                 records[key] = link.from_reference(model, self.manifest)
-            elif kind != link.KIND_FULL:
+            elif kind == link.KIND_FULL:
+                self._check_plain_model(records, [key])
+            else:
                 raise link.LinkError(f"{link.KEY_KIND}={kind!r} is not an uplink kind")
         return Message(metadata=reply.metadata, content=RecordDict(records))
+
+    def _check_plain_model(self, records: Any, array_keys: list[str]) -> None:
+        """Raise LinkError unless each plain ArrayRecord holds exactly the model's
+        tensors, in its shapes and dtypes, with finite float values."""
+        assert self.manifest is not None
+        for key in array_keys:
+            record = records[key]
+            arrays = link.record_to_arrays(record)
+            link.check_plain_model(arrays, self.manifest, f"reply record {key!r}")
 
     def _decode_uplink(
         self, node: NodeLink, record: ArrayRecord, link_record: ConfigRecord, kind: str
@@ -524,3 +539,15 @@ def _broadcast_model(
 
 def _same_model(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _check_finite_global(target: dict[str, np.ndarray], manifest: Any) -> None:
+    # NNC codes finite values only; name the tensor rather than fail in the codec.
+    for spec in manifest:
+        if spec.is_float and not np.all(np.isfinite(target[spec.name])):
+            num_bad = int(np.count_nonzero(~np.isfinite(target[spec.name])))
+            raise ValueError(
+                f"nnc: the global model's tensor {spec.name!r} holds {num_bad} "
+                "non-finite values (NaN or inf); the strategy's aggregation "
+                "diverged and the model cannot be NNC-coded"
+            )

@@ -523,3 +523,91 @@ def test_start_logs_codec_summary_and_round_traffic(caplog):
     assert "NNC (ISO/IEC 15938-17) coding: down + uplink" in text
     assert "diff_qp -30 | qp -26" in text
     assert "nnc: round 1 total:" in text and "vs 24960 B float32" in text  # 6 transfers
+
+
+def _replace_weights(reply: Message, arrays: dict[str, np.ndarray]) -> None:
+    reply.content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+_GOOD_BIAS = np.zeros(NUM_OUTPUTS, np.float32)
+_BAD_PLAIN_REPLIES = {
+    "inf-weights": (
+        {"fc.weight": np.full((NUM_OUTPUTS, NUM_FEATURES), np.inf, np.float32)},
+        "'fc.weight' holds non-finite values",
+    ),
+    "nan-weights": (
+        {"fc.weight": np.full((NUM_OUTPUTS, NUM_FEATURES), np.nan, np.float32)},
+        "'fc.weight' holds non-finite values",
+    ),
+    "wrong-shape": (
+        {"fc.weight": np.zeros((3, 3), np.float32)},
+        r"'fc.weight' has shape \(3, 3\)",
+    ),
+    "wrong-dtype": (
+        {"fc.weight": np.zeros((NUM_OUTPUTS, NUM_FEATURES), np.float64)},
+        "'fc.weight' has dtype float64",
+    ),
+    "wrong-keys": ({"evil": np.zeros((3, 3), np.float32)}, r"\['evil'\]"),
+}
+
+
+@pytest.mark.parametrize("path", ["kind-full", "no-link-record", "uplink-off"])
+@pytest.mark.parametrize("bad", sorted(_BAD_PLAIN_REPLIES))
+def test_bad_plain_reply_is_dropped_and_counted(caplog, path, bad):
+    """Plain weights that bypass coding are checked like decoded ones: a reply
+    with wrong keys, shapes, dtypes or non-finite values is dropped with a
+    warning naming the tensor, and the run goes on with a finite model."""
+    # Prepare
+    mods = [NNCMod(compress_upstream=False)] if path == "uplink-off" else [nnc_mod]
+    grid = LoopbackGrid(_make_client_app(mods), num_nodes=3)
+    strategy = NNCFedAvg(min_available_nodes=3)
+    victim = 1000
+    weights, message = _BAD_PLAIN_REPLIES[bad]
+    weights = dict(weights)
+    if bad != "wrong-keys":
+        weights["fc.bias"] = _GOOD_BIAS
+
+    def tamper(call: int, reply: Message) -> None:
+        if call != 3 or reply.metadata.src_node_id != victim:  # round 2 train
+            return
+        _replace_weights(reply, weights)
+        if path == "kind-full":
+            reply.content[link.LINK_RECORD_KEY][link.KEY_KIND] = link.KIND_FULL
+        elif path == "no-link-record":
+            del reply.content[link.LINK_RECORD_KEY]
+
+    grid.tamper_reply = tamper
+    caplog.set_level("WARNING", logger="flwr")
+
+    # Execute
+    result = _run(strategy, grid, num_rounds=3)
+
+    # Assert
+    history = strategy.codec.history()
+    assert [r["decode_failures"] for r in history["rounds"]] == [0, 1, 0]
+    assert result.train_metrics_clientapp[2]["nnc-decode-failures"] == 1
+    assert sorted(result.train_metrics_clientapp) == [1, 2, 3]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    dropped = [w for w in warnings if f"train reply of node {victim} dropped" in w]
+    assert len(dropped) == 1
+    assert __import__("re").search(message, dropped[0]), dropped[0]
+    final = _arrays(result.arrays)
+    assert final["fc.weight"].shape == (NUM_OUTPUTS, NUM_FEATURES)
+    assert all(np.all(np.isfinite(v)) for v in final.values())
+
+
+def test_non_finite_global_model_is_named():
+    """A global model with NaN fails at the broadcast with the tensor's name,
+    not inside the codec."""
+    # Prepare
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=2)
+    initial = _initial_arrays()
+    weight = initial["fc.weight"].numpy()
+    weight[3, 5] = np.nan
+    weight[0, 0] = -np.inf
+    initial["fc.weight"] = Array(weight)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="tensor 'fc.weight' holds 2 non-finite"):
+        NNCFedAvg().start(grid=grid, initial_arrays=initial, num_rounds=1)
+    assert grid.calls == 0

@@ -167,3 +167,113 @@ def test_config_bytes_counts_like_flower_and_allows_empty_lists():
     entries = {"nnc.version": 3, "nnc.kind": "delta", "nnc.tca": True, "nnc.s": [1, 2]}
     assert config_bytes(entries) == ConfigRecord(entries).count_bytes()
     assert config_bytes({"nnc.segments": []}) == len("nnc.segments")
+
+
+def _stream_with_shape(name: str, dims: tuple[int, ...]) -> bytes:
+    # One float NDU with the given header dims and a one-byte payload: enough
+    # for the header parser, whatever the decoder would then make of it.
+    from flwr_nncodec import hls
+
+    mps = hls.ModelParameterSet(qp_density=2, quantization_parameter=-32)
+    header = hls.NDUHeader(payload_type=hls.PT_FLOAT, name=name, dims=dims, dq_flag=1)
+    return b"".join(
+        [
+            hls.write_start_unit(),
+            hls.write_mps(mps),
+            hls.write_topology(),
+            hls.write_ndu(header, mps, b"\x00"),
+        ]
+    )
+
+
+class _DecodeSpy:
+    """Stands in for codec.decode: records the limits, decodes for real."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.calls: list[dict] = []
+
+    def __call__(self, bitstream, **kwargs):
+        self.calls.append(kwargs)
+        return self.real(bitstream, **kwargs)
+
+
+@pytest.fixture
+def decode_spy(monkeypatch):
+    import flwr_nncodec.codec as codec
+
+    spy = _DecodeSpy(codec.decode)
+    monkeypatch.setattr(codec, "decode", spy)
+    return spy
+
+
+@pytest.mark.parametrize(
+    "name, dims, message",
+    [
+        # a legitimately coded tensor 4096x the model's size (a decompression bomb)
+        ("w", (2, 1 << 27), "element|shape"),
+        # zero-sized NDU with a huge first dimension (hangs the C++ decoder)
+        ("w", (1 << 40, 0), r"shape \(1099511627776, 0\)"),
+        ("w", (3, 2), r"shape \(3, 2\), the model's is \(2, 3\)"),
+        ("v", (2, 3), "'v', not in the model"),
+    ],
+)
+def test_decode_update_checks_headers_before_decoding(decode_spy, name, dims, message):
+    """A stream whose NDUs do not match the manifest never reaches the decoder."""
+    manifest = link.manifest_of({"w": np.zeros((2, 3), np.float32)})
+    bitstream = _stream_with_shape(name, dims)
+    assert len(bitstream) < 64
+
+    with pytest.raises(ValueError, match=message):
+        link.decode_update(bitstream, manifest, base=None)
+    assert decode_spy.calls == []
+
+
+def test_decode_update_rejects_int_payload_for_float_tensor(decode_spy):
+    from flwr_nncodec import encode
+
+    manifest = link.manifest_of({"w": np.zeros(4, np.float32)})
+    bitstream = encode({"w": np.arange(4, dtype=np.int32)})
+    with pytest.raises(link.LinkError, match="payload type INT, the model's dtype"):
+        link.decode_update(bitstream, manifest, base=None)
+    assert decode_spy.calls == []
+
+
+def test_decode_update_bounds_the_decoder_by_the_manifest(decode_spy):
+    """A fitting stream decodes with limits of the model's sizes."""
+    arrays = {
+        "w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+        "b": np.float32(0.5).reshape(()),
+        "steps": np.array([7, 9], np.int64),
+    }
+    manifest = link.manifest_of(arrays)
+    options = NNCOptions(diff_qp=-60, sparsity=0.0, struct_spars_factor=0.0)
+    bitstream, reconstruction = link.encode_update(
+        arrays, manifest, options, base=None, device_id=1, sparsify=False
+    )
+
+    decoded = link.decode_update(bitstream, manifest, base=None)
+
+    assert [(c["max_elements"], c["max_total_elements"]) for c in decode_spy.calls] == [
+        (12, 15)
+    ]
+    assert decoded["b"].shape == () and decoded["steps"].tolist() == [7, 9]
+    for name in arrays:
+        np.testing.assert_array_equal(decoded[name], reconstruction[name])
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"w": np.zeros((3, 2), np.float32)}, r"'w' has shape \(3, 2\)"),
+        ({"w": np.zeros((2, 3), np.float64)}, "'w' has dtype float64"),
+        ({"w": np.full((2, 3), np.inf, np.float32)}, "'w' holds non-finite"),
+        ({"v": np.zeros((2, 3), np.float32)}, r"lacks tensors \['w'\]"),
+        ({}, r"lacks tensors \['w'\]"),
+    ],
+)
+def test_check_plain_model_names_the_bad_tensor(arrays, message):
+    manifest = link.manifest_of({"w": np.zeros((2, 3), np.float32)})
+    with pytest.raises(link.LinkError, match=message):
+        link.check_plain_model(arrays, manifest, "reply")
+    link.check_plain_model({"w": np.ones((2, 3), np.float32)}, manifest, "reply")
