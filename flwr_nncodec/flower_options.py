@@ -168,3 +168,29 @@ def _check_type(name: str, value: Any, expected: type) -> None:
             f"{name} must be {expected.__name__}, got {value!r} "
             f"({type(value).__name__})"
         )
+
+
+# Weight qps from which the quantiser step (2^16 and up) is so coarse that any
+# realistic weight or update quantises to zero.
+COARSE_QP_WARN_FROM = 64
+
+
+def quantizer_step(qp: int, qp_density: int = 2) -> float:
+    """NNC's uniform quantiser step: 2^(qp >> k) * (1 + (qp & (2^k - 1)) / 2^k)."""
+    mask = (1 << qp_density) - 1
+    return 2.0 ** (qp >> qp_density) * (1 + (qp & mask) / (1 << qp_density))
+
+
+def coarse_qp_warnings(options: NNCOptions, names: tuple[str, ...]) -> list[str]:
+    """One line per weight qp in ``names`` so coarse that every update codes to 0."""
+    lines = []
+    for name in names:
+        qp = getattr(options, name)
+        if qp >= COARSE_QP_WARN_FROM:
+            step = quantizer_step(qp)
+            lines.append(
+                f"{name}={qp} gives a quantiser step of {step:.3g}: every weight "
+                f"or update below {step / 2:.3g} in magnitude quantises to zero, "
+                "so the model will not change"
+            )
+    return lines

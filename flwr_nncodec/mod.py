@@ -20,7 +20,11 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.logger import log
 
 from flwr_nncodec import flower_link as link
-from flwr_nncodec.flower_options import CONFIG_PREFIX, NNCOptions
+from flwr_nncodec.flower_options import (
+    CONFIG_PREFIX,
+    NNCOptions,
+    coarse_qp_warnings,
+)
 
 # Keys of the mod's records in context.state.
 STATE_META = "nnc.state"
@@ -120,7 +124,11 @@ class NNCMod:
     """
 
     def __init__(self, **uplink_overrides: Any) -> None:
-        NNCOptions().with_overrides(**uplink_overrides)  # validates names and values
+        # validates names and values
+        options = NNCOptions().with_overrides(**uplink_overrides)
+        overridden = tuple(n for n in ("qp", "diff_qp") if n in uplink_overrides)
+        for line in coarse_qp_warnings(options, overridden):
+            log(WARNING, "nnc_mod: %s", line)
         self.uplink_overrides = uplink_overrides
 
     def __call__(

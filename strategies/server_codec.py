@@ -33,7 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 from flwr.common.logger import log
 
 from flwr_nncodec import flower_link as link
-from flwr_nncodec.flower_options import NNCOptions
+from flwr_nncodec.flower_options import NNCOptions, coarse_qp_warnings
 
 from .traffic import RoundTraffic, config_bytes, metric_entries, write_history
 
@@ -66,6 +66,8 @@ class NNCServerCodec:
         catchup_bytes_limit: int | None = None,
     ) -> None:
         self.options = options
+        for line in coarse_qp_warnings(options, ("qp", "diff_qp")):
+            log(WARNING, "nnc: %s", line)
         self.results_dir = Path(results_dir) if results_dir else None
         self.catchup_bytes_limit = catchup_bytes_limit
         self.chain_id = secrets.randbelow(2**31 - 1) + 1

@@ -277,3 +277,34 @@ def test_check_plain_model_names_the_bad_tensor(arrays, message):
     with pytest.raises(link.LinkError, match=message):
         link.check_plain_model(arrays, manifest, "reply")
     link.check_plain_model({"w": np.ones((2, 3), np.float32)}, manifest, "reply")
+
+
+def test_quantizer_step_matches_the_core():
+    from flwr_nncodec import _core
+    from flwr_nncodec.flower_options import quantizer_step
+
+    for qp in (-128, -26, 0, 5, 63, 64, 127):
+        level_one = _core.dequantize(np.array([1], np.int32), qp, 2)
+        assert quantizer_step(qp) == pytest.approx(float(level_one[0]), rel=1e-6)
+
+
+def test_coarse_weight_qp_warns_once_at_the_server(caplog):
+    """qp=127 makes every update quantise to zero; the server says so at start."""
+    from flwr_nncodec.strategies.server_codec import NNCServerCodec
+
+    caplog.set_level("WARNING", logger="flwr")
+    NNCServerCodec(NNCOptions(qp=127, diff_qp=-26))
+    NNCServerCodec(NNCOptions(qp=63, diff_qp=-26))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "qp=127 gives a quantiser step of 3.76e+09" in warnings[0]
+    assert "quantises to zero" in warnings[0]
+
+
+def test_coarse_uplink_override_warns(caplog):
+    from flwr_nncodec import NNCMod
+
+    caplog.set_level("WARNING", logger="flwr")
+    NNCMod(diff_qp=100)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("diff_qp=100 gives a quantiser step" in m for m in messages)
