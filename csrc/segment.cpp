@@ -172,6 +172,7 @@ void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
                 const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
                 bool feed_values_as_levels, int64_t max_positions) {
   const LevelLimits limits = level_limits(spec);
+  if (spec.width == 0 || spec.height == 0) return;  // empty: no per-row work
   int64_t prev_level = 0;
   int state = 0;
   const int64_t num_rows =
@@ -556,6 +557,9 @@ void get_levels(CabacDecoder& decoder, ContextModel* models,
   const LevelLimits limits = level_limits(spec);
   const int32_t zero_value =
       int32_t(spec.codebook_size > 0 ? spec.codebook_zero_offset : 0);
+  // An empty matrix (H x 0 or 0 x W) has no levels and no row-skip syntax:
+  // no per-row work, however large the other dimension (work ~ elements).
+  if (spec.width == 0 || spec.height == 0) return;
   int64_t prev_level = 0;
   int state = 0;
   for (int64_t row = 0; row < spec.height; ++row) {

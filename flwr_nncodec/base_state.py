@@ -48,6 +48,37 @@ class BaseState:
     put_node_depth: dict[str, int] = field(default_factory=dict)
     parameter_id: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Validate on construction: names are str, q arrays hold integers that
+        # fit int32 (stored as int32), depths and ids are non-negative ints.
+        self.device_id = _checked_id("device_id", self.device_id)
+        for label, mapping in (
+            ("parameters", self.parameters),
+            ("put_node_depth", self.put_node_depth),
+            ("parameter_id", self.parameter_id),
+        ):
+            if not isinstance(mapping, dict):
+                raise TypeError(
+                    f"BaseState.{label} must be a dict, got {type(mapping).__name__}"
+                )
+            for name in mapping:
+                if not isinstance(name, str):
+                    raise TypeError(
+                        f"BaseState.{label}: tensor names must be str, got {name!r}"
+                    )
+        self.parameters = {
+            name: _int32_levels(f"parameters[{name!r}]", q)
+            for name, q in self.parameters.items()
+        }
+        self.put_node_depth = {
+            name: _checked_id(f"put_node_depth[{name!r}]", depth)
+            for name, depth in self.put_node_depth.items()
+        }
+        self.parameter_id = {
+            name: _checked_id(f"parameter_id[{name!r}]", pid)
+            for name, pid in self.parameter_id.items()
+        }
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BaseState):
             return NotImplemented
@@ -119,6 +150,8 @@ class BaseState:
         """Inverse of :meth:`to_arrays`; validates every key, dtype and value."""
         state = cls()
         for key, value in arrays.items():
+            if not isinstance(key, str):
+                raise TypeError(f"base entry keys must be str, got {key!r}")
             array = np.asarray(value)
             if key == _DEVICE_ID_KEY:
                 state.device_id = _scalar_id(key, array)
@@ -177,3 +210,26 @@ def _scalar_id(key: str, array: np.ndarray) -> int:
     if not 0 <= value <= _MAX_ID:
         raise ValueError(f"base entry {key!r} = {value} outside 0..{_MAX_ID}")
     return value
+
+
+def _int32_levels(label: str, q: object) -> np.ndarray:
+    """``q`` as an int32 array; ValueError unless it holds int32 integers."""
+    array = np.asarray(q)
+    if array.dtype.kind not in "iu":
+        raise ValueError(
+            f"BaseState.{label} has dtype {array.dtype}; base levels must be "
+            "integers (int32)"
+        )
+    if array.dtype != np.int32 and array.size and (
+        int(array.min()) < -(1 << 31) or int(array.max()) > _MAX_ID
+    ):
+        raise ValueError(f"BaseState.{label} has values outside int32")
+    return array if array.dtype == np.int32 else array.astype(np.int32)
+
+
+def _checked_id(label: str, value: object) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"BaseState.{label} must be an int, got {value!r}")
+    if not 0 <= int(value) <= _MAX_ID:
+        raise ValueError(f"BaseState.{label} = {value} outside 0..{_MAX_ID}")
+    return int(value)

@@ -18,7 +18,12 @@ from flwr_nncodec import _core, hls
 from flwr_nncodec.base_state import BaseState
 from flwr_nncodec.errors import NNCFormatError
 from flwr_nncodec.inspection import inspect
-from flwr_nncodec.options import EncodeOptions, make_options, resolve_num_threads
+from flwr_nncodec.options import (
+    MAX_DECODABLE_QP_MAGNITUDE,
+    EncodeOptions,
+    make_options,
+    resolve_num_threads,
+)
 from flwr_nncodec.quantization import (
     CodedTensor,
     base_levels,
@@ -42,10 +47,15 @@ __all__ = [
     "inspect",
 ]
 
-# What decode() allocates at most unless told otherwise: 1 GiB of float32 per
-# tensor, 8 GiB for the whole stream.
-DEFAULT_MAX_ELEMENTS = 1 << 28
-DEFAULT_MAX_TOTAL_ELEMENTS = 1 << 31
+# What decode() allocates at most unless told otherwise: 2**26 elements
+# (256 MiB of float32) per tensor, 2**28 (1 GiB) for the whole stream. A
+# stream of a few dozen bytes can claim any shape (all-zero rows cost one bin
+# each), so the defaults must be what a caller can afford to allocate for an
+# untrusted stream; they still cover every tensor of models up to ~250M
+# parameters such as ResNet-50, BERT-base or a 7B model's 4096x4096 layers.
+# Callers that know the model pass tighter or larger limits.
+DEFAULT_MAX_ELEMENTS = 1 << 26
+DEFAULT_MAX_TOTAL_ELEMENTS = 1 << 28
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -272,6 +282,13 @@ def _prepare_params(
             raise TypeError(f"tensor names must be str, got {name!r}")
         if "\x00" in name:
             raise ValueError(f"tensor name {name!r} contains a NUL character")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"tensor name {name!r} cannot be encoded as UTF-8 ({exc.reason} "
+                f"at position {exc.start}); NNC stores names as UTF-8"
+            ) from None
         tensors[name], tensor_max_abs = _as_codable_array(name, value)
         if tensor_max_abs is not None:
             max_abs[name] = tensor_max_abs
@@ -287,6 +304,9 @@ def _as_codable_array(name: str, value: object) -> tuple[np.ndarray, float | Non
     array = _to_numpy(name, value)
     if array.ndim == 0:
         array = array.reshape(1)
+    problem = hls.dims_problem(tuple(int(d) for d in array.shape))
+    if problem is not None:
+        raise ValueError(f"tensor {name!r} {problem}")
     kind = array.dtype.kind
     if kind == "f" or array.dtype.name == "bfloat16":
         with np.errstate(over="ignore"):
@@ -321,7 +341,21 @@ def _as_codable_array(name: str, value: object) -> tuple[np.ndarray, float | Non
 def _to_numpy(name: str, value: object) -> np.ndarray:
     module = type(value).__module__ or ""
     if module.startswith("torch") and hasattr(value, "detach"):
-        tensor = value.detach().cpu()  # type: ignore[attr-defined]
+        tensor = value.detach()  # type: ignore[attr-defined]
+        if tensor.is_meta or tensor.is_quantized or tensor.is_sparse or (
+            tensor.layout.__class__.__name__ == "layout"
+            and str(tensor.layout) != "torch.strided"
+        ):
+            kind = (
+                "a meta tensor (no values)" if tensor.is_meta
+                else "quantized" if tensor.is_quantized
+                else f"of layout {tensor.layout}"
+            )
+            raise TypeError(
+                f"tensor {name!r} ({tensor.dtype}) is {kind}; pass a dense "
+                "tensor with values"
+            )
+        tensor = tensor.cpu()
         if tensor.is_floating_point() and tensor.element_size() < 4:
             tensor = tensor.float()  # bfloat16/float16: numpy has no bfloat16
         return tensor.numpy()
@@ -459,6 +493,9 @@ def decode(
     max_elements, max_total_elements : int
         Largest tensor, and largest sum over all tensors, in elements, that
         the decoder will allocate; checked on the headers before decoding.
+        Defaults :data:`DEFAULT_MAX_ELEMENTS` (2**26) and
+        :data:`DEFAULT_MAX_TOTAL_ELEMENTS` (2**28); pass larger values (CLI:
+        ``--max-elements``, ``--max-total-elements``) for larger models.
     num_threads : int
         Threads decoding segments in parallel; 0 = one per available core.
 
@@ -477,6 +514,8 @@ def decode(
         the byte offset.
     """
     data = hls.bitstream_bytes(bitstream)
+    max_elements = _check_limit("max_elements", max_elements)
+    max_total_elements = _check_limit("max_total_elements", max_total_elements)
     if update_base and base is None:
         raise ValueError("update_base=True needs a base (BaseState)")
     if base is not None and not isinstance(base, BaseState):
@@ -510,6 +549,16 @@ def decode(
     if update_base and base is not None and work_base is not None:
         _commit_base(base, work_base)
     return tensors
+
+
+def _check_limit(name: str, value: object) -> int:
+    """A decode() element limit as a non-negative int; TypeError/ValueError
+    naming the parameter otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
 
 
 def decode_tensor(bitstream: bytes, **kwargs: object) -> np.ndarray:
@@ -592,6 +641,7 @@ def _decode_raw_float(
     raw = np.frombuffer(
         data, dtype="<f4", count=unit.payload_size // 4, offset=unit.payload_offset
     )
+    _check_finite(unit, raw, "NNR_PT_RAW_FLOAT payload with NaN or infinity")
     return raw.astype(np.float32).reshape(header.dims), None
 
 
@@ -654,7 +704,11 @@ def _finish_segment(
 
     assert segment_qp is not None
     qp = int(segment_qp) + mps.quantization_parameter
-    step = _core.step_size(qp, mps.qp_density) if -4096 < qp < 4096 else 0.0
+    step = (
+        _core.step_size(qp, mps.qp_density)
+        if abs(qp) <= MAX_DECODABLE_QP_MAGNITUDE
+        else 0.0
+    )
     if not (step > 0.0 and math.isfinite(step)):
         raise NNCFormatError(
             f"qp {qp} gives a step size outside the float32 range",
@@ -665,7 +719,25 @@ def _finish_segment(
         recon, levels = reconstruct_codebook(q, header.codebook, qp, mps.qp_density)
     else:
         recon, levels = _core.dequantize(q, qp, mps.qp_density), q
+    _check_finite(unit, recon, f"qp {qp}")
     return recon.reshape(header.dims), levels.reshape(header.dims)
+
+
+def _check_finite(unit: hls.ParsedUnit, values: np.ndarray, cause: str) -> None:
+    """NNCFormatError naming the unit if ``values`` holds NaN or infinity.
+
+    min and max propagate NaN and keep +-inf: two passes, no temporary array.
+    """
+    if not values.size:
+        return
+    low, high = float(values.min()), float(values.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise NNCFormatError(
+            f"the reconstruction is not finite (values in [{low}, {high}], "
+            f"{cause}); an encoder never writes such a stream",
+            unit=unit.label,
+            offset=unit.payload_offset,
+        )
 
 
 def _tca_base_for_decode(

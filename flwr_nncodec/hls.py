@@ -430,7 +430,9 @@ def parse_stream(
             if max_total_elements is not None and total_elements > max_total_elements:
                 raise reader.error(
                     f"the stream's tensors hold more than {max_total_elements} "
-                    "elements in total (max_total_elements)",
+                    "elements in total, the decoder's limit (raise it with "
+                    "decode(max_total_elements=...) or the CLI's "
+                    "--max-total-elements if the model really is that large)",
                     offset,
                 )
             payload_offset = reader.byte_offset
@@ -652,6 +654,30 @@ def _parse_ndu_header(
     )
 
 
+def dims_problem(dims: tuple[int, ...]) -> str | None:
+    """Why ``dims`` cannot be coded, or None. Encoder and decoder share it.
+
+    1..MAX_TENSOR_DIMS dimensions; the product of the non-zero dimensions
+    at most MAX_ELEMENTS_HARD_LIMIT, so an empty tensor cannot claim an
+    absurd shape such as (2**40, 0) either (work and numpy shapes stay
+    bounded).
+    """
+    if not 1 <= len(dims) <= MAX_TENSOR_DIMS:
+        return (
+            f"has {len(dims)} dimensions; NNC codes 1..{MAX_TENSOR_DIMS} "
+            "(count_tensor_dimensions)"
+        )
+    extent = 1
+    for dim in dims:
+        extent *= max(dim, 1)
+        if extent > MAX_ELEMENTS_HARD_LIMIT:
+            return (
+                f"has shape {tuple(dims)}, whose non-zero dimensions multiply to "
+                f"more than {MAX_ELEMENTS_HARD_LIMIT}"
+            )
+    return None
+
+
 def _parse_dims(reader: BitReader, max_elements: int) -> tuple[int, ...]:
     start = reader.byte_offset
     count = reader.ue(1, "count_tensor_dimensions")
@@ -669,9 +695,14 @@ def _parse_dims(reader: BitReader, max_elements: int) -> tuple[int, ...]:
     if num_elements > limit:
         raise reader.error(
             f"tensor of shape {tuple(dims)} has {num_elements} elements, more "
-            f"than the limit of {limit} (max_elements)",
+            f"than the limit of {limit} (max_elements; raise it with "
+            "decode(max_elements=...) or the CLI's --max-elements if the model "
+            "really is that large)",
             start,
         )
+    problem = dims_problem(tuple(dims))
+    if problem is not None:
+        raise reader.error(f"tensor {problem}", start)
     return tuple(dims)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -22,6 +23,8 @@ __all__ = [
 # NNCodec's streams. See docs/ARCHITECTURE.md §2 for the measurements.
 DEFAULT_LAMBDA_SCALE = 0.5
 MAX_THREADS = 1024
+
+logger = logging.getLogger(__name__)
 
 APPROX_METHODS = ("uniform", "codebook")
 MAX_DEVICE_ID = (1 << 31) - 1
@@ -60,10 +63,20 @@ class EncodeOptions:
 _OPTION_NAMES = tuple(f.name for f in fields(EncodeOptions))
 
 
+# |qp| the decoder accepts (flwr_nncodec.decode refuses qp <= -4096 and
+# qp >= 4096, as NNCodec's step-size table does).
+MAX_DECODABLE_QP_MAGNITUDE = 4095
+
+
 def qp_range(qp_density: int) -> tuple[int, int]:
-    """Inclusive qp range codable in the 6 + qp_density bit qp offset (Q9)."""
+    """Inclusive qp range the encoder may use: codable in the 6 + qp_density
+    bit qp offset (Q9) and accepted by the decoder (|qp| <= 4095, so qp_density
+    7 loses -4096). Every qp in it has a finite, non-zero float32 step."""
     half = 1 << (5 + qp_density)
-    return -half, half - 1
+    return (
+        max(-half, -MAX_DECODABLE_QP_MAGNITUDE),
+        min(half - 1, MAX_DECODABLE_QP_MAGNITUDE),
+    )
 
 
 def make_options(**options: object) -> EncodeOptions:
@@ -88,10 +101,12 @@ def make_options(**options: object) -> EncodeOptions:
     low, high = qp_range(qp_density)
     values["qp_density"] = qp_density
     values["qp"] = _integer("qp", values["qp"], low, high)
-    if values["nonweight_qp"] is not None:
-        values["nonweight_qp"] = _integer(
-            "nonweight_qp", values["nonweight_qp"], low, high
-        )
+    values["nonweight_qp"] = _nonweight_qp(
+        values["nonweight_qp"],
+        "nonweight_qp" in options,
+        values["qp"],
+        qp_density,
+    )
     for flag in (
         "use_dq",
         "row_skipping",
@@ -134,6 +149,42 @@ def make_options(**options: object) -> EncodeOptions:
             "compress_differences=True as well (NNCodec silently ignores it)"
         )
     return EncodeOptions(**values)
+
+
+def _nonweight_qp(
+    value: object, user_set: bool, qp: int, qp_density: int
+) -> int | None:
+    """The validated nonweight_qp option.
+
+    * set by the caller (non-zero): must lie in :func:`qp_range`;
+    * None or 0 (NNCodec's "derive it"): qp - 2**(qp_density + 1) must lie in
+      the range; the error says how it was derived;
+    * the default -75, left unset, is clamped into the range (qp_density 0
+      and 1 cannot code it), with a log line saying so.
+    """
+    low, high = qp_range(qp_density)
+    if value is None or (
+        not isinstance(value, bool) and isinstance(value, numbers.Integral) and value == 0
+    ):
+        derived = qp - (2 << qp_density)
+        if not low <= derived <= high:
+            raise ValueError(
+                f"nonweight_qp={value!r} derives the qp of 1-D tensors as "
+                f"qp - 2**(qp_density + 1) = {qp} - {2 << qp_density} = {derived}, "
+                f"outside the codable range {low}..{high} of qp_density "
+                f"{qp_density}; pass nonweight_qp explicitly"
+            )
+        return value  # type: ignore[return-value]
+    if not user_set:
+        clamped = min(max(int(value), low), high)  # type: ignore[call-overload]
+        if clamped != value:
+            logger.info(
+                "default nonweight_qp %s is outside the range %d..%d of qp_density "
+                "%d; using %d for 1-D tensors (set nonweight_qp to choose)",
+                value, low, high, qp_density, clamped,
+            )
+        return clamped
+    return _integer("nonweight_qp", value, low, high)
 
 
 def resolve_num_threads(num_threads: object) -> int:

@@ -309,7 +309,11 @@ def test_values_beyond_any_qp_are_refused():
             ValueError,
             "qp = -40 is outside the range -32..31",
         ),
-        ({"qp": -20, "qp_density": 0}, ValueError, "nonweight_qp = -75 is outside"),
+        (
+            {"qp": -20, "qp_density": 0, "nonweight_qp": -75},
+            ValueError,
+            "nonweight_qp = -75 is outside",
+        ),
         ({"nonweight_qp": -200}, ValueError, "nonweight_qp = -200"),
         ({"qp": 1.5}, TypeError, "qp must be an integer"),
         ({"qp_density": 8}, ValueError, "qp_density = 8"),
