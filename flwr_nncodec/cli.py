@@ -139,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="decoder threads (default 0: one per core)",
     )
+    decode.add_argument(
+        "--max-elements",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        help="largest tensor the decoder will allocate, in elements (default "
+        "2**26; raise it for larger models)",
+    )
+    decode.add_argument(
+        "--max-total-elements",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        help="largest sum of all tensors, in elements (default 2**28)",
+    )
 
     info = commands.add_parser(
         "info",
@@ -155,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------
 # helpers
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, also written as 2**N."""
+    try:
+        if text.startswith("2**"):
+            value = 2 ** int(text[3:])
+        else:
+            value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _codec():
@@ -339,10 +366,17 @@ def command_encode(args: argparse.Namespace) -> int:
         args,
         f"{args.output}: {len(bitstream):,} bytes for {len(params)} tensors, "
         f"{num_params:,} parameters ({8 * len(bitstream) / max(num_params, 1):.3f} "
-        f"bits/param, {input_bytes / max(len(bitstream), 1):.1f}x smaller than "
+        f"bits/param, {_size_ratio(len(bitstream), input_bytes)} "
         f"{input_bytes:,} input bytes), MSE {mse:.4g}, {encode_seconds:.2f} s",
     )
     return EXIT_OK
+
+
+def _size_ratio(output_bytes: int, input_bytes: int) -> str:
+    """'4.0x smaller than' or, when the stream is bigger, '1.5x larger than'."""
+    if output_bytes <= input_bytes:
+        return f"{input_bytes / max(output_bytes, 1):.1f}x smaller than"
+    return f"{output_bytes / max(input_bytes, 1):.1f}x larger than"
 
 
 def command_decode(args: argparse.Namespace) -> int:
@@ -351,8 +385,9 @@ def command_decode(args: argparse.Namespace) -> int:
     _check_output_path(args.output, args.force)
     bitstream = model_io.read_bytes(args.input)
     decode_options = {}
-    if hasattr(args, "num_threads"):
-        decode_options["num_threads"] = args.num_threads
+    for name in ("num_threads", "max_elements", "max_total_elements"):
+        if hasattr(args, name):
+            decode_options[name] = getattr(args, name)
 
     codec = _codec()
     started = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -80,15 +81,26 @@ def save_parameters(
         raise ModelFileError(f"{path}: file exists (use --force to overwrite it)")
 
     arrays = {name: np.ascontiguousarray(value) for name, value in params.items()}
-    temp_path = path.with_name(f".{path.name}.partial{path.suffix}")
+    # A fresh temp file made with O_EXCL (mkstemp) in the output's folder:
+    # never a predictable name a planted symlink could redirect.
     try:
-        if kind == "torch":
-            _save_torch(temp_path, arrays)
-        elif kind == "npz":
-            with open(temp_path, "wb") as handle:
-                np.savez(handle, **arrays)
-        else:
-            _save_safetensors(temp_path, arrays)
+        fd, temp_name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
+        )
+    except OSError as error:
+        raise ModelFileError(
+            f"{path}: cannot write: {error.strerror or error}"
+        ) from None
+    temp_path = Path(temp_name)
+    try:
+        os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes it 0600
+        with os.fdopen(fd, "wb") as handle:
+            if kind == "torch":
+                _save_torch(handle, arrays, path)
+            elif kind == "npz":
+                _save_npz(handle, arrays)
+            else:
+                _save_safetensors(handle, arrays, path)
         os.replace(temp_path, path)
     except OSError as error:
         raise ModelFileError(
@@ -97,6 +109,12 @@ def save_parameters(
     finally:
         if temp_path.exists():
             temp_path.unlink()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(
@@ -188,8 +206,32 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
                 f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor "
                 "(nested state dicts are not supported)"
             )
+        problem = _torch_tensor_problem(value)
+        if problem is not None:
+            raise ModelFileError(f"{path}: tensor {name!r} {problem}")
         params[name] = _torch_to_numpy(value)
     return params
+
+
+def _torch_tensor_problem(tensor) -> str | None:
+    """Why a torch tensor cannot be read as a plain array, or None."""
+    import torch
+
+    if tensor.is_quantized:
+        return (
+            f"is quantized ({tensor.dtype}); dequantize it (tensor.dequantize()) "
+            "before coding"
+        )
+    if tensor.layout != torch.strided:
+        return (
+            f"has layout {tensor.layout} ({tensor.dtype}); store it dense "
+            "(tensor.to_dense()) before coding"
+        )
+    if tensor.is_meta:
+        return f"is a meta tensor ({tensor.dtype}) and holds no values"
+    if tensor.is_complex():
+        return f"has dtype {tensor.dtype}; only real tensors can be coded"
+    return None
 
 
 def _torch_to_numpy(tensor) -> np.ndarray:
@@ -201,10 +243,10 @@ def _torch_to_numpy(tensor) -> np.ndarray:
     return tensor.contiguous().numpy().copy()
 
 
-def _save_torch(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def _save_torch(handle, arrays: dict[str, np.ndarray], path: Path) -> None:
     torch = _import_torch(path)
     state = {name: torch.from_numpy(array.copy()) for name, array in arrays.items()}
-    torch.save(state, path)
+    torch.save(state, handle)
 
 
 # ---------------------------------------------------------------------------
@@ -215,8 +257,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path}: not a valid .npz archive (not a zip file)")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        return _read_npz_members(path)
     except (zipfile.BadZipFile, EOFError) as error:
         raise ModelFileError(f"{path}: not a valid .npz archive ({error})") from None
     except ValueError as error:
@@ -227,6 +268,31 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         ) from None
     except OSError as error:
         raise ModelFileError(f"{path}: cannot read: {error}") from None
+
+
+def _read_npz_members(path: Path) -> dict[str, np.ndarray]:
+    """Every member of an .npz archive, named as written (".npy" dropped),
+    read without pickle; any tensor name round-trips with :func:`_save_npz`."""
+    params: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            name = info.filename.removesuffix(".npy")
+            if name in params:
+                raise ModelFileError(f"{path}: tensor {name!r} occurs twice")
+            with archive.open(info) as member:
+                params[name] = np.lib.format.read_array(member, allow_pickle=False)
+    return params
+
+
+def _save_npz(handle, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz archive member by member (what np.load reads), so that
+    names such as ``file`` or ``allow_pickle`` need no keyword argument."""
+    with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 # ---------------------------------------------------------------------------
@@ -301,7 +367,7 @@ def _load_safetensors_via_torch(path: Path) -> tuple[dict[str, np.ndarray], dict
     return params, metadata
 
 
-def _save_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def _save_safetensors(handle, arrays: dict[str, np.ndarray], path: Path) -> None:
     safetensors = _import_safetensors(path)
     metadata = {_ORDER_METADATA_KEY: json.dumps(list(arrays))}
-    safetensors.numpy.save_file(arrays, str(path), metadata=metadata)
+    handle.write(safetensors.numpy.save(arrays, metadata=metadata))

@@ -325,3 +325,113 @@ def test_npz_with_object_array_is_refused(tmp_path):
     np.savez(path, a=np.array([{"x": 1}], dtype=object))
     with pytest.raises(model_io.ModelFileError, match=str(path).replace(".", r"\.")):
         model_io.load_parameters(path)
+
+
+# ---------------------------------------------------------------------------
+# adversarial tester's findings
+
+
+@pytest.mark.parametrize("suffix", ["npz", "safetensors", "pt"])
+def test_any_tensor_name_round_trips_through_every_format(tmp_path, suffix):
+    """Names that are np.savez keywords ('file', 'allow_pickle') are kept."""
+    if suffix == "pt":
+        pytest.importorskip("torch")
+    if suffix == "safetensors":
+        pytest.importorskip("safetensors")
+    params = {
+        "allow_pickle": np.arange(3, dtype=np.float32),
+        "file": np.ones((2, 2), np.float32),
+        "w.npy": np.array([7], np.int32),
+        "dir/x": np.array([1.5], np.float32),
+    }
+    path = tmp_path / f"names.{suffix}"
+    model_io.save_parameters(path, params)
+    loaded = model_io.load_parameters(path)
+    assert list(loaded) == list(params)
+    for name, array in params.items():
+        assert loaded[name].dtype == array.dtype
+        assert np.array_equal(loaded[name], array)
+    if suffix == "npz":  # numpy reads what we write
+        with np.load(path, allow_pickle=False) as archive:
+            assert sorted(archive.files) == sorted(params)
+            assert np.array_equal(archive["file"], params["file"])
+
+
+def test_cli_decode_to_npz_keeps_savez_keyword_names(tmp_path):
+    stream = tmp_path / "m.nnc"
+    stream.write_bytes(
+        flwr_nncodec.encode(
+            {"allow_pickle": np.zeros(3, np.float32), "file": np.array([5, -2], np.int32)}
+        )
+    )
+    out = tmp_path / "m.npz"
+    assert cli.main(["-q", "decode", str(stream), str(out)]) == 0
+    loaded = model_io.load_parameters(out)
+    assert list(loaded) == ["allow_pickle", "file"]
+    assert loaded["file"].tolist() == [5, -2]
+    assert loaded["allow_pickle"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_output_is_not_written_through_a_planted_symlink(tmp_path):
+    """The temp file is created exclusively; a symlink at any name is ignored."""
+    stream = tmp_path / "m.nnc"
+    stream.write_bytes(flwr_nncodec.encode({"w": np.ones((4, 4), np.float32)}))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / ".out.npz.partial.npz").symlink_to(victim)  # the old temp name
+    out = tmp_path / "out.npz"
+    assert cli.main(["-q", "decode", str(stream), str(out)]) == 0
+    assert victim.read_text() == "precious"
+    assert not out.is_symlink()
+    assert model_io.load_parameters(out)["w"].shape == (4, 4)
+    leftovers = {p.name for p in tmp_path.iterdir()}
+    assert leftovers == {"m.nnc", "victim.txt", ".out.npz.partial.npz", "out.npz"}
+
+
+def test_torch_quantized_and_sparse_tensors_are_one_line_errors(tmp_path):
+    torch = pytest.importorskip("torch")
+    cases = {
+        "quant.pt": (
+            {"q": torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.qint8)},
+            "tensor 'q' is quantized (torch.qint8)",
+        ),
+        "sparse.pt": (
+            {"s": torch.eye(3).to_sparse()},
+            "tensor 's' has layout torch.sparse_coo (torch.float32)",
+        ),
+    }
+    for file_name, (state, fragment) in cases.items():
+        path = tmp_path / file_name
+        torch.save(state, path)
+        completed = _run_cli("encode", str(path), str(tmp_path / f"{file_name}.nnc"))
+        assert completed.returncode == 1, completed.stderr
+        assert "Traceback" not in completed.stderr
+        assert fragment in completed.stderr, completed.stderr
+
+
+def test_encode_says_larger_when_the_stream_is_bigger(tmp_path, capsys):
+    source = tmp_path / "tiny.npz"
+    model_io.save_parameters(source, {"file": np.zeros(3, np.float32)})
+    assert cli.main(["encode", str(source), str(tmp_path / "tiny.nnc")]) == 0
+    stream_bytes = (tmp_path / "tiny.nnc").stat().st_size
+    assert stream_bytes > 12
+    out = capsys.readouterr().out
+    assert f"{stream_bytes / 12:.1f}x larger than 12 input bytes" in out
+    assert "smaller" not in out
+
+
+def test_decode_max_elements_option_raises_the_limit(tmp_path, capsys):
+    stream = tmp_path / "m.nnc"
+    stream.write_bytes(flwr_nncodec.encode({"w": np.ones((4, 4), np.float32)}))
+    out = tmp_path / "m.npz"
+    assert cli.main(["decode", "--max-elements", "8", str(stream), str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "16 elements, more than the limit of 8" in error and "--max-elements" in error
+    assert cli.main(["decode", "--max-total-elements", "15", str(stream), str(out)]) == 1
+    assert "--max-total-elements" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main(
+        ["-q", "decode", "--max-elements", "2**4", "--max-total-elements", "16",
+         str(stream), str(out)]
+    ) == 0
+    assert model_io.load_parameters(out)["w"].shape == (4, 4)
