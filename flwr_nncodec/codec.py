@@ -342,9 +342,12 @@ def _to_numpy(name: str, value: object) -> np.ndarray:
     module = type(value).__module__ or ""
     if module.startswith("torch") and hasattr(value, "detach"):
         tensor = value.detach()  # type: ignore[attr-defined]
-        if tensor.is_meta or tensor.is_quantized or tensor.is_sparse or (
-            tensor.layout.__class__.__name__ == "layout"
-            and str(tensor.layout) != "torch.strided"
+        # Meta tensors hold no values; quantized and sparse ones no plain
+        # strided buffer numpy could read.
+        if (
+            tensor.is_meta
+            or tensor.is_quantized
+            or str(tensor.layout) != "torch.strided"
         ):
             kind = (
                 "a meta tensor (no values)" if tensor.is_meta

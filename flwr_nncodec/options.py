@@ -163,9 +163,12 @@ def _nonweight_qp(
       and 1 cannot code it), with a log line saying so.
     """
     low, high = qp_range(qp_density)
-    if value is None or (
-        not isinstance(value, bool) and isinstance(value, numbers.Integral) and value == 0
-    ):
+    derives = value is None or (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Integral)
+        and value == 0
+    )
+    if derives:
         derived = qp - (2 << qp_density)
         if not low <= derived <= high:
             raise ValueError(
