@@ -44,6 +44,11 @@ KINDS = (KIND_DELTA, KIND_INTRA, KIND_FULL)
 # Prefix of the TCA base arrays inside a "full" payload.
 BASE_PREFIX = "nnc.base/"
 
+# Integer tensors NNC cannot code (uint64, or an update outside the int32 range)
+# travel exactly, beside the bitstreams, as "nnc.plain/<segment index>/<name>"
+# arrays in the reference dtype; they stand for what the segment would code.
+PLAIN_PREFIX = "nnc.plain/"
+
 # Error replies the mod sends when the node cannot follow the server (Flower's
 # ErrorCode.MOD_FAILED_PRECONDITION); the server resets that node's links.
 RESYNC_ERROR_CODE = 6
@@ -57,7 +62,17 @@ DOWNLINK_DEVICE_ID = 0
 UPLINK_DEVICE_ID = 1
 
 _FLOAT_DTYPES = ("float16", "float32", "float64")
-_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
+_INT_DTYPES = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+)
 _MAX_MANIFEST_ELEMENTS = 1 << 34
 
 
@@ -80,6 +95,13 @@ class TensorSpec:
     @property
     def is_float(self) -> bool:
         return self.dtype in _FLOAT_DTYPES
+
+    @property
+    def reference_dtype(self) -> type:
+        """float32 for floats, uint64 for uint64 (wrapping sums), int64 else."""
+        if self.is_float:
+            return np.float32
+        return np.uint64 if self.dtype == "uint64" else np.int64
 
 
 Manifest = tuple[TensorSpec, ...]
@@ -164,16 +186,12 @@ def to_reference(
             raise LinkError(
                 f"tensor {spec.name!r} has shape {array.shape}, expected {spec.shape}"
             )
-        wire_dtype = np.float32 if spec.is_float else np.int64
-        reference[spec.name] = array.astype(wire_dtype, copy=True)
+        reference[spec.name] = array.astype(spec.reference_dtype, copy=True)
     return reference
 
 
 def zero_reference(manifest: Manifest) -> dict[str, np.ndarray]:
-    return {
-        spec.name: np.zeros(spec.shape, np.float32 if spec.is_float else np.int64)
-        for spec in manifest
-    }
+    return {spec.name: np.zeros(spec.shape, spec.reference_dtype) for spec in manifest}
 
 
 def from_reference(reference: dict[str, np.ndarray], manifest: Manifest) -> ArrayRecord:
@@ -215,6 +233,49 @@ def unpack_segments(array: Array, lengths: Any, crc32: Any) -> list[bytes]:
         segments.append(data[offset : offset + length])
         offset += length
     return segments
+
+
+def payload_record(
+    segments: list[bytes], plains: list[dict[str, np.ndarray]]
+) -> tuple[ArrayRecord, list[int], int]:
+    """The ArrayRecord of coded segments and their plain tensors; returns it,
+    the segment lengths and the CRC-32 of the bitstreams."""
+    array, lengths, crc32 = pack_segments(segments)
+    record = {PAYLOAD_KEY: array}
+    for index, plain in enumerate(plains):
+        for name, value in plain.items():
+            record[f"{PLAIN_PREFIX}{index}/{name}"] = Array(
+                np.array(value, order="C", copy=True)
+            )
+    return ArrayRecord(record), lengths, crc32
+
+
+def unpack_payload(
+    record: ArrayRecord, lengths: Any, crc32: Any, expected: int
+) -> tuple[list[bytes], list[dict[str, np.ndarray]]]:
+    """Split a payload record into ``expected`` segments and their plain tensors."""
+    plains: list[dict[str, np.ndarray]] = [{} for _ in range(expected)]
+    for key in record.keys():
+        if key == PAYLOAD_KEY:
+            continue
+        index_text, _, name = key[len(PLAIN_PREFIX) :].partition("/")
+        valid = (
+            key.startswith(PLAIN_PREFIX)
+            and index_text.isdigit()
+            and int(index_text) < expected
+            and name
+        )
+        if not valid:
+            raise LinkError(f"payload record holds an unexpected array {key!r:.80}")
+        if record[key].stype != "numpy.ndarray":
+            raise LinkError(f"plain tensor {key!r:.80} is not a numpy array")
+        plains[int(index_text)][name] = record[key].numpy()
+    if PAYLOAD_KEY not in record:
+        raise LinkError(f"payload record lacks {PAYLOAD_KEY!r}")
+    segments = unpack_segments(record[PAYLOAD_KEY], lengths, crc32)
+    if len(segments) != expected:
+        raise LinkError(f"payload holds {len(segments)} segments, expected {expected}")
+    return segments, plains
 
 
 def payload_bytes(record: ArrayRecord) -> int:
@@ -265,22 +326,26 @@ def encode_update(
     base: Any | None,
     device_id: int,
     sparsify: bool,
-) -> tuple[bytes, dict[str, np.ndarray]]:
+) -> tuple[bytes, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Code one update (a difference, or a whole model when not differential).
 
-    Returns the bitstream and the reconstruction the decoder will get (every
-    manifest tensor, zeros where the stream drops it). With a ``base`` the
-    encoder advances it, as the decoder at the other end will.
+    Returns the bitstream, the reconstruction the decoder will get (every
+    manifest tensor, zeros where the stream drops it) and the plain tensors:
+    integer updates NNC cannot code (uint64, or values outside int32), which
+    travel exactly beside the stream. With a ``base`` the encoder advances it,
+    as the decoder at the other end will.
     """
-    coded = {}
+    coded, plain = {}, {}
     for spec in manifest:
         if spec.num_elements == 0:
             continue
         value = update[spec.name]
         if spec.is_float:
             coded[spec.name] = np.ascontiguousarray(value, dtype=np.float32)
+        elif spec.dtype == "uint64" or not _fits_int32(value):
+            plain[spec.name] = np.asarray(value).astype(spec.reference_dtype)
         else:
-            coded[spec.name] = _checked_int32(spec.name, value)
+            coded[spec.name] = np.ascontiguousarray(value, dtype=np.int32)
 
     if sparsify:
         coded = _sparsified(coded, options)
@@ -299,7 +364,8 @@ def encode_update(
         device_id=device_id,
     )
     reconstruction = _complete(result.reconstruction, manifest, "encoder")
-    return bytes(result.bitstream), reconstruction
+    reconstruction.update({k: v.copy() for k, v in plain.items()})
+    return bytes(result.bitstream), reconstruction, plain
 
 
 def _sparsified(tensors: dict[str, np.ndarray], options: Any) -> dict[str, np.ndarray]:
@@ -318,7 +384,11 @@ def _sparsified(tensors: dict[str, np.ndarray], options: Any) -> dict[str, np.nd
 
 
 def decode_update(
-    bitstream: bytes, manifest: Manifest, *, base: Any | None
+    bitstream: bytes,
+    manifest: Manifest,
+    *,
+    base: Any | None,
+    plain: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode one update against ``base`` (advanced in place when given).
 
@@ -327,9 +397,11 @@ def decode_update(
     The stream's headers are checked against the manifest before anything is
     decoded, and the decoder may allocate no more than the manifest holds, so
     a few bytes from the other end cannot make this end allocate or spin on
-    tensors the model does not have.
+    tensors the model does not have. ``plain`` holds the tensors that came
+    uncoded beside the stream (integer tensors only, in the reference dtype).
     """
     check_stream_fits(bitstream, manifest)
+    plain = _checked_plain(plain or {}, manifest)
     max_elements = max((spec.num_elements for spec in manifest), default=0)
     decoded = codec_api().decode(
         bitstream,
@@ -338,7 +410,33 @@ def decode_update(
         max_elements=max(1, max_elements),
         max_total_elements=max(1, count_parameters(manifest)),
     )
-    return _complete(decoded, manifest, "stream")
+    both = sorted(set(decoded) & set(plain))
+    if both:
+        raise LinkError(f"tensors {both[:5]} come both coded and plain")
+    complete = _complete(decoded, manifest, "stream")
+    complete.update(plain)
+    return complete
+
+
+def _checked_plain(
+    plain: dict[str, np.ndarray], manifest: Manifest
+) -> dict[str, np.ndarray]:
+    # Plain tensors must be integer model tensors in their reference form.
+    by_name = {spec.name: spec for spec in manifest}
+    checked = {}
+    for name, value in plain.items():
+        spec = by_name.get(name)
+        if spec is None or spec.is_float:
+            raise LinkError(f"plain tensor {name!r:.80} is not an integer model tensor")
+        array = np.asarray(value)
+        wanted = np.dtype(spec.reference_dtype)
+        if array.shape != spec.shape or array.dtype != wanted:
+            raise LinkError(
+                f"plain tensor {name!r} is {array.dtype}{list(array.shape)}, "
+                f"expected {wanted}{list(spec.shape)}"
+            )
+        checked[name] = array.copy()
+    return checked
 
 
 def check_stream_fits(bitstream: bytes, manifest: Manifest) -> None:
@@ -436,9 +534,7 @@ def _complete(
     return complete
 
 
-def _checked_int32(name: str, value: np.ndarray) -> np.ndarray:
+def _fits_int32(value: np.ndarray) -> bool:
     value = np.asarray(value)
     info = np.iinfo(np.int32)
-    if value.size and (value.min() < info.min or value.max() > info.max):
-        raise LinkError(f"integer tensor {name!r} update exceeds the int32 range")
-    return np.ascontiguousarray(value, dtype=np.int32)
+    return not value.size or (value.min() >= info.min and value.max() <= info.max)

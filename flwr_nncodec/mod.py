@@ -215,8 +215,10 @@ class NNCMod:
             _apply_full(state, config, record, options)
         elif kind == link.KIND_INTRA:
             state.manifest = link.manifest_from_json(config.get(link.KEY_MANIFEST))
-            (segment,) = _segments(config, record, expected=1)
-            state.reference = link.decode_update(segment, state.manifest, base=None)
+            segments, plains = _segments(config, record, expected=1)
+            state.reference = link.decode_update(
+                segments[0], state.manifest, base=None, plain=plains[0]
+            )
         else:
             if start == 0:
                 state.manifest = link.manifest_from_json(config.get(link.KEY_MANIFEST))
@@ -234,10 +236,13 @@ class NNCMod:
                     f"node holds version {state.version}, payload covers "
                     f"{start}..{target}"
                 )
-            segments = _segments(config, record, expected=target - start)
-            for segment in segments[state.version - start :]:
+            segments, plains = _segments(config, record, expected=target - start)
+            for index in range(state.version - start, target - start):
                 update = link.decode_update(
-                    segment, state.manifest, base=state.down_base
+                    segments[index],
+                    state.manifest,
+                    base=state.down_base,
+                    plain=plains[index],
                 )
                 state.reference = {
                     k: state.reference[k] + update[k] for k in state.reference
@@ -278,7 +283,7 @@ class NNCMod:
                     for k in update
                 }
             base, seq = self._uplink_base(config, options, state)
-            bitstream, reconstruction = link.encode_update(
+            bitstream, reconstruction, plain = link.encode_update(
                 update,
                 state.manifest,
                 options,
@@ -295,7 +300,7 @@ class NNCMod:
             state.up_base, state.up_seq = base, (seq + 1 if base is not None else 0)
             kind = link.KIND_DELTA
         else:
-            bitstream, _ = link.encode_update(
+            bitstream, _, plain = link.encode_update(
                 trained,
                 state.manifest,
                 options,
@@ -305,8 +310,8 @@ class NNCMod:
             )
             seq, kind = 0, link.KIND_INTRA
 
-        payload, lengths, crc32 = link.pack_segments([bitstream])
-        content[array_keys[0]] = ArrayRecord({link.PAYLOAD_KEY: payload})
+        payload, lengths, crc32 = link.payload_record([bitstream], [plain])
+        content[array_keys[0]] = payload
         link_entries.update(
             {
                 link.KEY_KIND: kind,
@@ -315,7 +320,7 @@ class NNCMod:
                 link.KEY_CRC32: crc32,
             }
         )
-        return len(bitstream)
+        return link.payload_bytes(payload)
 
     @staticmethod
     def _uplink_base(
@@ -375,19 +380,15 @@ def _apply_full(
         state.down_base = None
 
 
-def _segments(config: ConfigRecord, record: ArrayRecord, expected: int) -> list[bytes]:
-    if list(record.keys()) != [link.PAYLOAD_KEY]:
-        raise link.LinkError(f"payload record holds {list(record.keys())[:4]}")
-    segments = link.unpack_segments(
-        record[link.PAYLOAD_KEY],
+def _segments(
+    config: ConfigRecord, record: ArrayRecord, expected: int
+) -> tuple[list[bytes], list[dict[str, np.ndarray]]]:
+    return link.unpack_payload(
+        record,
         config.get(link.KEY_SEGMENTS),
         config.get(link.KEY_CRC32),
+        expected=expected,
     )
-    if len(segments) != expected:
-        raise link.LinkError(
-            f"payload holds {len(segments)} segments, expected {expected}"
-        )
-    return segments
 
 
 def _base_from_record(record: Any) -> Any:

@@ -77,6 +77,7 @@ class NNCServerCodec:
         self.target: dict[str, np.ndarray] | None = None
         self.down_base: Any | None = None
         self.segments: dict[int, bytes] = {}
+        self.plains: dict[int, dict[str, np.ndarray]] = {}  # uncoded, per version
         self.nodes: dict[int, NodeLink] = {}
         self.rounds: dict[int, RoundTraffic] = {}
 
@@ -139,7 +140,7 @@ class NNCServerCodec:
             self.reference = target
         elif options.compress_differences:
             difference = {k: target[k] - self.reference[k] for k in target}
-            bitstream, reconstruction = link.encode_update(
+            bitstream, reconstruction, plain = link.encode_update(
                 difference,
                 manifest,
                 options,
@@ -149,8 +150,9 @@ class NNCServerCodec:
             )
             self.reference = {k: self.reference[k] + reconstruction[k] for k in target}
             self.segments[self.version + 1] = bitstream
+            self.plains[self.version + 1] = plain
         else:
-            bitstream, reconstruction = link.encode_update(
+            bitstream, reconstruction, plain = link.encode_update(
                 target,
                 manifest,
                 options,
@@ -160,6 +162,7 @@ class NNCServerCodec:
             )
             self.reference = reconstruction
             self.segments = {self.version + 1: bitstream}
+            self.plains = {self.version + 1: plain}
 
         self.version += 1
         self.target = target
@@ -180,6 +183,7 @@ class NNCServerCodec:
             else None
         )
         self.segments = {}
+        self.plains = {}
         self.nodes = {}
         self.chain_id = secrets.randbelow(2**31 - 1) + 1
         self.version = 0
@@ -200,6 +204,7 @@ class NNCServerCodec:
                 break
             kept[version] = self.segments[version]
         self.segments = dict(sorted(kept.items()))
+        self.plains = {v: self.plains.get(v, {}) for v in self.segments}
 
     def _payload_for(
         self, node_id: int, arrays: ArrayRecord
@@ -236,8 +241,9 @@ class NNCServerCodec:
             up_to_date = start == self.version
             versions = range(0) if up_to_date else range(self.version, self.version + 1)
             kind = link.KIND_DELTA if up_to_date else link.KIND_INTRA
-        payload, lengths, crc32 = link.pack_segments(
-            [self.segments[v] for v in versions]
+        payload, lengths, crc32 = link.payload_record(
+            [self.segments[v] for v in versions],
+            [self.plains.get(v, {}) for v in versions],
         )
         entries.update(
             {
@@ -249,7 +255,7 @@ class NNCServerCodec:
         )
         if start == 0 or kind == link.KIND_INTRA:
             entries[link.KEY_MANIFEST] = manifest_json
-        return ArrayRecord({link.PAYLOAD_KEY: payload}), entries, node.resyncing
+        return payload, entries, node.resyncing
 
     def _catchup_start(self, node_version: int | None) -> int | None:
         """First version of a segment run that brings the node up to date.
@@ -369,20 +375,17 @@ class NNCServerCodec:
         self, node: NodeLink, record: ArrayRecord, link_record: ConfigRecord, kind: str
     ) -> dict[str, np.ndarray]:
         assert self.manifest is not None and self.reference is not None
-        if list(record.keys()) != [link.PAYLOAD_KEY]:
-            raise link.LinkError(f"coded reply holds {list(record.keys())[:4]}")
         if link_record.get(link.KEY_VERSION) != self.version:
             raise link.LinkError(
                 f"reply codes against version {link_record.get(link.KEY_VERSION)}, "
                 f"the chain is at {self.version}"
             )
-        segments = link.unpack_segments(
-            record[link.PAYLOAD_KEY],
+        segments, plains = link.unpack_payload(
+            record,
             link_record.get(link.KEY_SEGMENTS),
             link_record.get(link.KEY_CRC32),
+            expected=1,
         )
-        if len(segments) != 1:
-            raise link.LinkError(f"reply holds {len(segments)} segments, expected 1")
 
         seq = link_record.get(link.KEY_UP_SEQ)
         differential = kind == link.KIND_DELTA
@@ -398,7 +401,9 @@ class NNCServerCodec:
                 f"reply codes on uplink base #{seq!r}, the server holds #{node.up_seq}"
             )
 
-        update = link.decode_update(segments[0], self.manifest, base=base)
+        update = link.decode_update(
+            segments[0], self.manifest, base=base, plain=plains[0]
+        )
         node.up_base = base
         node.up_seq = seq + 1 if base is not None else 0
         if not differential:

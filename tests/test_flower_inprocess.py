@@ -611,3 +611,124 @@ def test_non_finite_global_model_is_named():
     with pytest.raises(ValueError, match="tensor 'fc.weight' holds 2 non-finite"):
         NNCFedAvg().start(grid=grid, initial_arrays=initial, num_rounds=1)
     assert grid.calls == 0
+
+
+def _echo_client_app(mods: list, received: list) -> ClientApp:
+    """Records what each node receives; floats move by -0.01, integers by +5,
+    bool tensors come back negated."""
+    app = ClientApp(mods=mods)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        received.append(arrays)
+        trained = {}
+        for name, value in arrays.items():
+            if value.dtype == np.bool_:
+                trained[name] = np.asarray(~value)
+            elif np.issubdtype(value.dtype, np.integer):
+                trained[name] = np.asarray(value + value.dtype.type(5))
+            else:
+                trained[name] = np.asarray(value - value.dtype.type(0.01))
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in trained.items()}),
+                "metrics": MetricRecord({"num-examples": 10}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return Message(
+            RecordDict({"metrics": MetricRecord({"num-examples": 10})}), reply_to=msg
+        )
+
+    return app
+
+
+def test_uncodable_integer_tensors_travel_plain():
+    """int64 beyond int32, uint64 (plain) and bool (coded as 0/1) tensors reach
+    every node exactly and come back exactly; the run does not abort."""
+    # Prepare
+    received: list[dict[str, np.ndarray]] = []
+    grid = LoopbackGrid(_echo_client_app([nnc_mod], received), num_nodes=3)
+    initial = {
+        "w": np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6),
+        "steps": np.array(2**40 + 3, np.int64),
+        "u64": np.array([2**50 + 7, 1, 2**40], np.uint64),
+        "mask": np.array([True, False, True]),
+    }
+    sent_keys: list[list[str]] = []
+    grid.before_send = lambda call, message: sent_keys.append(
+        sorted(message.content["arrays"].keys())
+    )
+
+    # Execute
+    strategy = NNCFedAvg(min_available_nodes=3, **NEAR_LOSSLESS)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
+        num_rounds=1,
+    )
+
+    # Assert
+    assert sum(grid.errors) == 0
+    assert sent_keys[0] == [link.PAYLOAD_KEY, "nnc.plain/0/steps", "nnc.plain/0/u64"]
+    first_round = received[:3]
+    for arrays in first_round:
+        assert arrays["steps"].dtype == np.int64 and arrays["steps"] == 2**40 + 3
+        assert arrays["u64"].dtype == np.uint64
+        assert arrays["u64"].tolist() == [2**50 + 7, 1, 2**40]
+        assert arrays["mask"].dtype == np.bool_
+        assert arrays["mask"].tolist() == [True, False, True]
+    history = strategy.codec.history()
+    assert [r["decode_failures"] for r in history["rounds"]] == [0]
+    # FedAvg averages the exactly decoded uplink values (as float64).
+    final = _arrays(result.arrays)
+    assert float(final["steps"]) == 2**40 + 8
+    assert final["u64"][1:].tolist() == [6.0, 2**40 + 5]
+    assert final["mask"].tolist() == [0.0, 1.0, 0.0]
+
+
+def test_oversized_downlink_stream_is_refused_by_the_node(monkeypatch):
+    """A downlink segment whose tensor is 4096x the announced model never
+    reaches the node's decoder; the node asks for a resync and catches up."""
+    # Prepare
+    import flwr_nncodec.codec as codec
+    from flwr_nncodec import encode
+
+    decoded_sizes: list[int] = []
+    real_decode = codec.decode
+
+    def spy(bitstream, **kwargs):
+        decoded_sizes.append(len(bytes(bitstream)))
+        return real_decode(bitstream, **kwargs)
+
+    monkeypatch.setattr(codec, "decode", spy)
+    bomb = encode({"fc.weight": np.zeros((NUM_OUTPUTS * 64, NUM_FEATURES * 64))})
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
+    strategy = NNCFedAvg(min_available_nodes=3)
+    victim = 1001
+
+    def tamper(call: int, message: Message) -> None:
+        if call != 4 or message.metadata.dst_node_id != victim:  # round 2 evaluate
+            return
+        config = message.content["config"]
+        config[link.KEY_SEGMENTS] = [len(bomb)]
+        config[link.KEY_CRC32] = __import__("zlib").crc32(bomb)
+        message.content["arrays"] = ArrayRecord(
+            {link.PAYLOAD_KEY: Array("uint8", (len(bomb),), link.PAYLOAD_STYPE, bomb)}
+        )
+
+    grid.before_send = tamper
+
+    # Execute
+    result = _run(strategy, grid, num_rounds=3)
+
+    # Assert
+    assert len(bomb) not in decoded_sizes
+    assert grid.errors == [0, 0, 0, 1, 0, 0]
+    history = strategy.codec.history()
+    assert [r["resyncs"] for r in history["rounds"]] == [0, 0, 1]
+    assert sorted(result.train_metrics_clientapp) == [1, 2, 3]

@@ -139,7 +139,7 @@ def test_decode_update_fills_dropped_tensors_with_zeros():
     arrays = {"w": np.ones((2, 3), np.float32), "z": np.zeros((4, 4), np.float32)}
     manifest = link.manifest_of(arrays)
     options = NNCOptions(diff_qp=-60, sparsity=0.0, struct_spars_factor=0.0)
-    bitstream, reconstruction = link.encode_update(
+    bitstream, reconstruction, _ = link.encode_update(
         arrays, manifest, options, base=None, device_id=1, sparsify=False
     )
     decoded = link.decode_update(bitstream, manifest, base=None)
@@ -248,7 +248,7 @@ def test_decode_update_bounds_the_decoder_by_the_manifest(decode_spy):
     }
     manifest = link.manifest_of(arrays)
     options = NNCOptions(diff_qp=-60, sparsity=0.0, struct_spars_factor=0.0)
-    bitstream, reconstruction = link.encode_update(
+    bitstream, reconstruction, _ = link.encode_update(
         arrays, manifest, options, base=None, device_id=1, sparsify=False
     )
 
@@ -308,3 +308,67 @@ def test_coarse_uplink_override_warns(caplog):
     NNCMod(diff_qp=100)
     messages = [r.getMessage() for r in caplog.records]
     assert any("diff_qp=100 gives a quantiser step" in m for m in messages)
+
+
+def test_plain_tensors_round_trip_beside_the_stream():
+    """uint64 and out-of-int32 updates travel plain and decode exactly."""
+    arrays = {
+        "w": np.ones((2, 3), np.float32),
+        "big": np.array([2**40, -(2**35)], np.int64),
+        "u": np.array([2**63 + 1], np.uint64),
+        "small": np.array([1, -2], np.int64),
+    }
+    manifest = link.manifest_of(arrays)
+    options = NNCOptions(diff_qp=-60, sparsity=0.0, struct_spars_factor=0.0)
+    bitstream, reconstruction, plain = link.encode_update(
+        link.to_reference(arrays, manifest),
+        manifest,
+        options,
+        base=None,
+        device_id=1,
+        sparsify=False,
+    )
+    assert sorted(plain) == ["big", "u"]
+    record, lengths, crc32 = link.payload_record([bitstream], [plain])
+    keys = [link.PAYLOAD_KEY, "nnc.plain/0/big", "nnc.plain/0/u"]
+    assert sorted(record.keys()) == keys
+
+    segments, plains = link.unpack_payload(record, lengths, crc32, expected=1)
+    decoded = link.decode_update(segments[0], manifest, base=None, plain=plains[0])
+
+    assert decoded["big"].tolist() == [2**40, -(2**35)]
+    assert decoded["u"].dtype == np.uint64 and decoded["u"].tolist() == [2**63 + 1]
+    assert decoded["small"].tolist() == [1, -2]
+    for name in arrays:
+        np.testing.assert_array_equal(decoded[name], reconstruction[name])
+
+
+@pytest.mark.parametrize(
+    "plain, message",
+    [
+        ({"w": np.ones((2, 3), np.float32)}, "'w' is not an integer model tensor"),
+        ({"n": np.ones(3, np.int64)}, r"'n' is int64\[3\], expected int64\[2\]"),
+        ({"n": np.ones(2, np.float64)}, r"'n' is float64\[2\]"),
+        ({"x": np.ones(2, np.int64)}, "'x' is not an integer model tensor"),
+        ({"n": np.ones(2, np.int64)}, r"\['n'\] come both coded and plain"),
+    ],
+)
+def test_decode_update_rejects_bad_plain_tensors(plain, message):
+    arrays = {"w": np.ones((2, 3), np.float32), "n": np.array([4, 5], np.int64)}
+    manifest = link.manifest_of(arrays)
+    options = NNCOptions(diff_qp=-60, sparsity=0.0, struct_spars_factor=0.0)
+    bitstream, _, _ = link.encode_update(
+        arrays, manifest, options, base=None, device_id=1, sparsify=False
+    )
+    with pytest.raises(link.LinkError, match=message):
+        link.decode_update(bitstream, manifest, base=None, plain=plain)
+
+
+@pytest.mark.parametrize(
+    "key", ["evil", "nnc.plain/1/n", "nnc.plain/x/n", "nnc.plain/0/"]
+)
+def test_unpack_payload_rejects_foreign_arrays(key):
+    record, lengths, crc32 = link.payload_record([b"abc"], [{}])
+    record[key] = Array(np.zeros(2, np.int64))
+    with pytest.raises(link.LinkError, match="unexpected array"):
+        link.unpack_payload(record, lengths, crc32, expected=1)
