@@ -81,8 +81,25 @@ def save_parameters(
         raise ModelFileError(f"{path}: file exists (use --force to overwrite it)")
 
     arrays = {name: np.ascontiguousarray(value) for name, value in params.items()}
-    # A fresh temp file made with O_EXCL (mkstemp) in the output's folder:
-    # never a predictable name a planted symlink could redirect.
+
+    def write(handle) -> None:
+        if kind == "torch":
+            _save_torch(handle, arrays, path)
+        elif kind == "npz":
+            _save_npz(handle, arrays)
+        else:
+            _save_safetensors(handle, arrays, path)
+
+    _write_via_temp(path, write)
+
+
+def _write_via_temp(path: Path, write) -> None:
+    """Run ``write(handle)`` on a fresh temp file beside ``path``, then move it
+    onto ``path`` (os.replace: a symlink at ``path`` is replaced, not followed).
+
+    The temp file is made with O_EXCL (mkstemp), never at a predictable name
+    a planted symlink could redirect; it is removed if anything fails.
+    """
     try:
         fd, temp_name = tempfile.mkstemp(
             dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
@@ -95,12 +112,7 @@ def save_parameters(
     try:
         os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes it 0600
         with os.fdopen(fd, "wb") as handle:
-            if kind == "torch":
-                _save_torch(handle, arrays, path)
-            elif kind == "npz":
-                _save_npz(handle, arrays)
-            else:
-                _save_safetensors(handle, arrays, path)
+            write(handle)
         os.replace(temp_path, path)
     except OSError as error:
         raise ModelFileError(
@@ -120,11 +132,18 @@ def _current_umask() -> int:
 def write_bytes(
     path: str | os.PathLike, data: bytes, *, overwrite: bool = False
 ) -> None:
-    """Write ``data`` to ``path``, refusing to replace a file unless ``overwrite``."""
+    """Write ``data`` to ``path``, refusing to replace a file unless ``overwrite``.
+
+    Without ``overwrite`` the file is created with O_EXCL (an existing file or
+    symlink is refused); with it, through a temp file and os.replace, so a
+    symlink at ``path`` is replaced rather than written through.
+    """
     path = Path(path)
-    mode = "wb" if overwrite else "xb"
+    if overwrite:
+        _write_via_temp(path, lambda handle: handle.write(data))
+        return
     try:
-        with open(path, mode) as handle:
+        with open(path, "xb") as handle:
             handle.write(data)
     except FileExistsError:
         raise ModelFileError(

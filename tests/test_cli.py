@@ -436,3 +436,20 @@ def test_decode_max_elements_option_raises_the_limit(tmp_path, capsys):
          str(stream), str(out)]
     ) == 0
     assert model_io.load_parameters(out)["w"].shape == (4, 4)
+
+
+def test_forced_outputs_replace_a_symlink_instead_of_writing_through_it(tmp_path):
+    source = tmp_path / "m.npz"
+    model_io.save_parameters(source, {"w": np.ones((4, 4), np.float32)})
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    stream = tmp_path / "m.nnc"
+    stream.symlink_to(victim)
+    restored = tmp_path / "r.npz"
+    restored.symlink_to(victim)
+    assert cli.main(["-q", "encode", "--force", str(source), str(stream)]) == 0
+    assert cli.main(["-q", "decode", "--force", str(stream), str(restored)]) == 0
+    assert victim.read_text() == "precious"
+    assert not stream.is_symlink() and not restored.is_symlink()
+    assert stream.read_bytes() == flwr_nncodec.encode(model_io.load_parameters(source))
+    assert model_io.load_parameters(restored)["w"].shape == (4, 4)
