@@ -95,6 +95,26 @@ constexpr int kDqPredState[8][2] = {{0, 4}, {2, 6}, {0, 4}, {2, 6},
 constexpr int kDqPredParity[8][2] = {{0, 1}, {0, 1}, {1, 0}, {1, 0},
                                      {1, 0}, {1, 0}, {0, 1}, {0, 1}};
 
+// Trellis traceback shared by both DQ searches: start at the cheapest final
+// state and follow the back pointers (low 3 bits: previous state, high bits:
+// candidate index within that state's quantiser), writing q for every value.
+void backtrack_trellis(const float* x, size_t n, float inverse_step,
+                       const std::vector<uint8_t>& back, const double* cost,
+                       int32_t* q_out) {
+  int state = 0;
+  for (int s = 1; s < 8; ++s) {
+    if (cost[s] < cost[state]) state = s;
+  }
+  DqCandidates cand;
+  for (size_t i = n; i-- > 0;) {
+    const uint8_t pointer = back[i * 8 + size_t(state)];
+    const int prev = pointer & 7;
+    dq_candidates(double(inverse_step) * double(x[i]), cand);
+    q_out[i] = int32_t(cand.q[prev & 1][pointer >> 3]);
+    state = prev;
+  }
+}
+
 // Minimum squared error path through the DQ trellis (lambda_scale 0). Each
 // state keeps the cheaper of its two entering edges; an edge (s, parity)
 // carries the first nearest candidate of quantiser s&1 with that parity, so
@@ -153,18 +173,7 @@ void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q
     for (int s = 0; s < 8; ++s) cost[s] = next_cost[s];
   }
 
-  // Backtrack from the cheapest final state.
-  int state = 0;
-  for (int s = 1; s < 8; ++s) {
-    if (cost[s] < cost[state]) state = s;
-  }
-  for (size_t i = n; i-- > 0;) {
-    const uint8_t pointer = back[i * 8 + size_t(state)];
-    const int prev = pointer & 7;
-    dq_candidates(double(inverse_step) * double(x[i]), cand);
-    q_out[i] = int32_t(cand.q[prev & 1][pointer >> 3]);
-    state = prev;
-  }
+  backtrack_trellis(x, n, inverse_step, back, cost, q_out);
 }
 
 // Rate-aware URQ (RDOQ): per value, in scan order, the cheapest of
@@ -341,18 +350,7 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
     }
   }
 
-  // Backtrack from the cheapest final state.
-  int state = 0;
-  for (int s = 1; s < 8; ++s) {
-    if (cost[s] < cost[state]) state = s;
-  }
-  for (size_t i = n; i-- > 0;) {
-    const uint8_t pointer = back[i * 8 + size_t(state)];
-    const int prev = pointer & 7;
-    dq_candidates(double(inverse_step) * double(x[i]), cand);
-    q_out[i] = int32_t(cand.q[prev & 1][pointer >> 3]);
-    state = prev;
-  }
+  backtrack_trellis(x, n, inverse_step, back, cost, q_out);
 }
 
 }  // namespace
