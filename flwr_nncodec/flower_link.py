@@ -356,6 +356,7 @@ def encode_update(
         nonweight_qp=options.nonweight_qp,
         use_dq=options.use_dq,
         param_opt=options.param_opt,
+        lambda_scale=options.lambda_scale,
         row_skipping=options.row_skipping,
         compress_differences=options.compress_differences,
         tca=options.tca_active and base is not None,

@@ -9,6 +9,7 @@ single flag instead of one zero level per element.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -36,6 +37,9 @@ class NNCOptions:
         Dependent (trellis-coded) quantisation.
     param_opt : bool (default: True)
         NNC's parameter optimisation of the CABAC contexts.
+    lambda_scale : float (default: 0.5)
+        Strength of rate-aware quantisation (RDOQ / rate-aware trellis);
+        0 picks levels by squared error alone, as NNCodec does.
     row_skipping : bool (default: True)
         Code all-zero rows of 2-D tensors with one flag each.
     sparsity : float (default: 0.6)
@@ -63,6 +67,7 @@ class NNCOptions:
     nonweight_qp: int = -75
     use_dq: bool = False
     param_opt: bool = True
+    lambda_scale: float = 0.5
     row_skipping: bool = True
     sparsity: float = 0.6
     struct_spars_factor: float = 0.9
@@ -84,6 +89,11 @@ class NNCOptions:
                     f"NNCOptions.{name} must lie in [{QP_MIN}, {QP_MAX}], got {value}"
                 )
 
+        if not 0.0 <= self.lambda_scale < math.inf:
+            raise ValueError(
+                "NNCOptions.lambda_scale must be >= 0 and finite, "
+                f"got {self.lambda_scale}"
+            )
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(
                 f"NNCOptions.sparsity must lie in [0, 1), got {self.sparsity}"
@@ -144,6 +154,7 @@ _FIELD_TYPES: dict[str, type] = {
     "nonweight_qp": int,
     "use_dq": bool,
     "param_opt": bool,
+    "lambda_scale": float,
     "row_skipping": bool,
     "sparsity": float,
     "struct_spars_factor": float,

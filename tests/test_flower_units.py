@@ -10,6 +10,7 @@ import pytest
 from flwr.app import Array, ConfigRecord
 from flwr_nncodec.strategies.traffic import RoundTraffic, config_bytes
 
+import flwr_nncodec as nnc
 from flwr_nncodec import flower_link as link
 from flwr_nncodec.flower_options import NNCOptions
 
@@ -40,6 +41,7 @@ def test_options_round_trip_through_config():
         ({"struct_spars_factor": -0.5}, r"got -0.5"),
         ({"use_dq": 1}, r"use_dq must be bool, got 1"),
         ({"diff_qp": True}, r"diff_qp must be int, got True"),
+        ({"lambda_scale": -0.1}, r"lambda_scale must be >= 0 and finite, got -0.1"),
     ],
     ids=[
         "qp-below-8-bit",
@@ -47,12 +49,31 @@ def test_options_round_trip_through_config():
         "negative-gain",
         "int-as-bool",
         "bool-as-int",
+        "negative-lambda",
     ],
 )
 def test_options_reject_bad_values_naming_them(overrides, message):
     """Invalid options raise and name the value received."""
     with pytest.raises((TypeError, ValueError), match=message):
         NNCOptions(**overrides)
+
+
+def test_lambda_scale_reaches_the_encoder():
+    """The link codes with the option's lambda_scale: 0 is the codec's MSE choice."""
+    rng = np.random.default_rng(5)
+    update = {"w": rng.laplace(0.0, 0.01, (64, 48)).astype(np.float32)}
+    manifest = link.manifest_of(update)
+
+    for lambda_scale in (0.0, 2.0):
+        options = NNCOptions(compress_differences=False, qp=-24, sparsity=0.0,
+                             struct_spars_factor=0.0, lambda_scale=lambda_scale)
+        bitstream, _, _ = link.encode_update(
+            update, manifest, options, base=None, device_id=0, sparsify=False
+        )
+        expected = nnc.encode(update, qp=-24, nonweight_qp=-75, use_dq=False,
+                              lambda_scale=lambda_scale)
+        assert bitstream == expected
+    assert NNCOptions.from_config(NNCOptions(lambda_scale=0.0).to_config()).lambda_scale == 0.0
 
 
 def test_options_from_config_rejects_wrong_type():

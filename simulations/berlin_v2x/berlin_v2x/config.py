@@ -38,6 +38,7 @@ class Preset:
     nonweight_qp: int = -75
     sparsity: float = 0.8
     struct_spars_factor: float = 0.9
+    lambda_scale: float = 0.5
 
 
 # Codec values of the small CPU runs: the README command's. Measured
@@ -73,6 +74,7 @@ class CodecSettings:
     use_dq: bool
     row_skipping: bool
     param_opt: bool
+    lambda_scale: float
 
     def as_kwargs(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +145,7 @@ def resolve(run_config: Mapping[str, Any]) -> ExperimentConfig:
     qp = _preset_value(run_config, "qp", base.qp)
     sparsity = float(_get(run_config, "sparsity", -1.0))
     struct = float(_get(run_config, "struct-spars-factor", -1.0))
+    lam = float(_get(run_config, "lambda-scale", -1.0))
     codec = CodecSettings(
         qp=qp,
         diff_qp=_preset_value(run_config, "diff-qp", qp),
@@ -157,6 +160,7 @@ def resolve(run_config: Mapping[str, Any]) -> ExperimentConfig:
         use_dq=bool(_get(run_config, "use-dq", False)),
         row_skipping=bool(_get(run_config, "row-skipping", True)),
         param_opt=bool(_get(run_config, "param-opt", True)),
+        lambda_scale=base.lambda_scale if lam < 0 else lam,
     )
 
     mode = str(_get(run_config, "mode", "compare"))
