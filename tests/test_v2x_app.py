@@ -25,7 +25,9 @@ def test_smoke_run_compares_fedavg_and_nncfedavg(tmp_path):
 
     result = subprocess.run(
         [str(SCRIPT), "--preset", "smoke", "--results-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -36,7 +38,9 @@ def test_smoke_run_compares_fedavg_and_nncfedavg(tmp_path):
     float32_bytes = SMOKE_ROUNDS * 2 * NUM_CLIENTS * NANO_PARAMETERS * 4
     assert plain["bytes_total"] == float32_bytes == coded["bytes_float32_total"]
     assert 0 < coded["bytes_total"] < 0.05 * float32_bytes
-    assert summary["traffic_ratio"] == pytest.approx(coded["bytes_total"] / float32_bytes)
+    assert summary["traffic_ratio"] == pytest.approx(
+        coded["bytes_total"] / float32_bytes
+    )
     assert plain["masked_accuracy"] > 10.0  # learned the field structure
     for key in ("masked_accuracy", "top1_accuracy", "traffic_ratio"):
         assert key in summary

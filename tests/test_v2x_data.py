@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 import sys
 from pathlib import Path
 
@@ -12,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations" / "berlin_v2x"))
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1] / "simulations" / "berlin_v2x")
+)
 
-from berlin_v2x import data as v2x_data  # noqa: E402
 from berlin_v2x.data import (  # noqa: E402
     V2XDataError,
     build_shards,
@@ -74,11 +74,18 @@ def _fixed_row() -> dict:
     row = {key: float("nan") for key in TEXT_KEYS}
     row.update(
         {
-            "direction": "downlink", "measured_qos": "datarate", "device": "pc1",
-            "target_datarate": 350000000, "PCell_E-ARFCN": 1300.0,
-            "PCell_Downlink_bandwidth_MHz": "20 ", "PCell_Downlink_RBs_MCS_3": 12.5,
-            "Latitude": 52.5123456, "Traffic_Street_Name": "Straße des 17. Juni",
-            "PCell_RSRP_1": -117.25, "jitter": 0.000952, "ping_ms": 54.7,
+            "direction": "downlink",
+            "measured_qos": "datarate",
+            "device": "pc1",
+            "target_datarate": 350000000,
+            "PCell_E-ARFCN": 1300.0,
+            "PCell_Downlink_bandwidth_MHz": "20 ",
+            "PCell_Downlink_RBs_MCS_3": 12.5,
+            "Latitude": 52.5123456,
+            "Traffic_Street_Name": "Straße des 17. Juni",
+            "PCell_RSRP_1": -117.25,
+            "jitter": 0.000952,
+            "ping_ms": 54.7,
         }
     )
     return row
@@ -131,7 +138,9 @@ def test_generator_is_deterministic_and_seed_dependent(table):
 def test_generator_schema_matches_the_real_table(table):
     for column in ("timestamp", *REQUIRED_COLUMNS):
         assert column in table.column_names
-    assert table.schema.field("timestamp").type == pa.timestamp("ns", tz="Europe/Berlin")
+    assert table.schema.field("timestamp").type == pa.timestamp(
+        "ns", tz="Europe/Berlin"
+    )
     assert table.schema.field("target_datarate").type == pa.int64()
     assert table.schema.field("PCell_RSRP_1").type == pa.float64()
     assert table.schema.field("Traffic_Street_Name").type == pa.string()
@@ -151,9 +160,14 @@ def test_generator_statistics_follow_the_design(table):
     assert 0.02 < np.isnan(col("PCell_RSRP_1")).mean() < 0.09
     assert np.nanstd(col("visibility")) == 0.0
     both = ~np.isnan(col("PCell_RSRP_max")) & ~np.isnan(col("PCell_SNR_1"))
-    assert np.corrcoef(col("PCell_RSRP_max")[both], col("PCell_SNR_1")[both])[0, 1] > 0.5
+    assert (
+        np.corrcoef(col("PCell_RSRP_max")[both], col("PCell_SNR_1")[both])[0, 1] > 0.5
+    )
     ok = ~np.isnan(col("PCell_SNR_1")) & ~np.isnan(col("PCell_Downlink_Average_MCS"))
-    assert np.corrcoef(col("PCell_SNR_1")[ok], col("PCell_Downlink_Average_MCS")[ok])[0, 1] > 0.7
+    assert (
+        np.corrcoef(col("PCell_SNR_1")[ok], col("PCell_Downlink_Average_MCS")[ok])[0, 1]
+        > 0.7
+    )
     assert -95 < np.nanmean(col("PCell_RSRP_max")) < -80
     ping = col("ping_ms")[~np.isnan(col("ping_ms"))]
     assert np.median(ping) / np.mean(ping) < 0.5  # heavy tail
@@ -162,7 +176,10 @@ def test_generator_statistics_follow_the_design(table):
     area = np.array(t.column("area").to_pylist(), dtype=object)
     snr, speed = col("PCell_SNR_1"), col("speed_kmh")
     assert np.nanmean(snr[area == "Tunnel"]) < np.nanmean(snr[area == "Park"]) - 5
-    assert np.nanmean(speed[area == "Highway"]) > np.nanmean(speed[area == "Residential"]) + 15
+    assert (
+        np.nanmean(speed[area == "Highway"])
+        > np.nanmean(speed[area == "Residential"]) + 15
+    )
 
 
 def test_every_synthetic_row_tokenizes_without_unknowns(table):
@@ -184,12 +201,18 @@ def test_split_reproduces_pandas_sample_semantics(table):
     t = telekom_rows(table)
     split = split_rows(t)
 
-    expected = np.random.RandomState(909).permutation(t.num_rows)[: round(0.9 * t.num_rows)]
+    expected = np.random.RandomState(909).permutation(t.num_rows)[
+        : round(0.9 * t.num_rows)
+    ]
     np.testing.assert_array_equal(split.train_rows, expected)
     seconds = t.column("timestamp").to_numpy().astype("datetime64[ns]").astype(np.int64)
     assert not np.isin(seconds[split.test_rows], seconds[split.train_rows]).any()
     plain = split_rows(t, faithful_test_drop=False)
-    assert len(plain.test_rows) == t.num_rows - len(split.train_rows) > len(split.test_rows)
+    assert (
+        len(plain.test_rows)
+        == t.num_rows - len(split.train_rows)
+        > len(split.test_rows)
+    )
 
 
 def test_shards_round_trip_and_follow_the_reference_layout(table, tmp_path):
@@ -208,7 +231,9 @@ def test_shards_round_trip_and_follow_the_reference_layout(table, tmp_path):
         assert len(sequences) == len(rows[k]) + 1  # the 1-token stub first
         assert sequences[0].tolist() == [236]
     # Byte for byte for the smallest client (Tunnel): rows in sample order.
-    expected = np.concatenate([load_tokenizer().encode(x) for x in serialise_rows(t, rows[4])])
+    expected = np.concatenate(
+        [load_tokenizer().encode(x) for x in serialise_rows(t, rows[4])]
+    )
     np.testing.assert_array_equal(read_shard(train[4]), expected.astype(np.uint8))
     write_shard(tmp_path / "copy.bin", read_shard(train[4]))
     assert (tmp_path / "copy.bin").read_bytes() == train[4].read_bytes()
@@ -221,7 +246,9 @@ def test_split_sequences_and_padding():
 
     assert [s.tolist() for s in sequences] == [[236], [17, 5, 6, 236], [17, 7, 236]]
     padded = pad_sequences(sequences, 4)
-    np.testing.assert_array_equal(padded, [[236, 0, 0, 0], [17, 5, 6, 236], [17, 7, 236, 0]])
+    np.testing.assert_array_equal(
+        padded, [[236, 0, 0, 0], [17, 5, 6, 236], [17, 7, 236, 0]]
+    )
 
 
 def test_area_boxes_follow_geotag_order():
@@ -240,20 +267,27 @@ def test_parquet_missing_columns_is_named(table, tmp_path):
     path = tmp_path / "cellular_dataframe.parquet"
     pq.write_table(table.drop_columns(["ping_ms", "PCell_SNR_2"]), path)
 
-    with pytest.raises(V2XDataError, match=r"lacks 2 required column\(s\): PCell_SNR_2, ping_ms"):
+    with pytest.raises(
+        V2XDataError, match=r"lacks 2 required column\(s\): PCell_SNR_2, ping_ms"
+    ):
         load_cellular_parquet(path)
 
 
 def test_parquet_with_spaces_in_names_loads(table, tmp_path):
     path = tmp_path / "cellular_dataframe.parquet"
-    renamed = [n.replace("Traffic_Jam_Factor", "Traffic Jam Factor") for n in table.column_names]
+    renamed = [
+        n.replace("Traffic_Jam_Factor", "Traffic Jam Factor")
+        for n in table.column_names
+    ]
     pq.write_table(table.rename_columns(renamed), path)
 
     assert "Traffic_Jam_Factor" in load_cellular_parquet(path).column_names
 
 
 def test_wrong_paths_are_named(tmp_path):
-    with pytest.raises(V2XDataError, match="cellular parquet not found: .*nothing.parquet"):
+    with pytest.raises(
+        V2XDataError, match="cellular parquet not found: .*nothing.parquet"
+    ):
         load_cellular_parquet(tmp_path / "nothing.parquet")
     with pytest.raises(V2XDataError, match="token shard not found"):
         read_shard(tmp_path / "train" / "clientID_0.bin")
@@ -269,7 +303,10 @@ def test_shard_with_ids_outside_the_vocabulary_is_refused(tmp_path):
     path = tmp_path / "clientID_0.bin"
     path.write_bytes(bytes([236, 17, 16, 240, 255]))
 
-    with pytest.raises(V2XDataError, match=r"id 240 at byte 3 is outside the telko vocabulary of 237 \(2 such"):
+    with pytest.raises(
+        V2XDataError,
+        match=r"id 240 at byte 3 is outside the telko vocabulary of 237 \(2 such",
+    ):
         read_shard(path)
     with pytest.raises(V2XDataError, match=r"must lie in \[0, 237\), got max 237"):
         write_shard(path, np.array([1, 237]))
@@ -284,7 +321,9 @@ def test_empty_region_is_named(table, tmp_path):
 
 def test_table_without_telekom_rows_is_refused(table):
     vodafone = table.set_column(
-        table.column_names.index("operator"), "operator", pa.array([2] * table.num_rows, pa.int64())
+        table.column_names.index("operator"),
+        "operator",
+        pa.array([2] * table.num_rows, pa.int64()),
     )
     with pytest.raises(V2XDataError, match="no rows with operator == 1"):
         telekom_rows(vodafone)

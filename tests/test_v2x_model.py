@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations" / "berlin_v2x"))
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1] / "simulations" / "berlin_v2x")
+)
 
 from berlin_v2x.config import resolve  # noqa: E402
 from berlin_v2x.data import TokenSequences  # noqa: E402
@@ -61,7 +63,9 @@ def test_tied_embedding_travels_once():
     arrays_to_model(model, arrays)
     assert torch.all(model.output.weight == 0.5)
     with pytest.raises(ValueError, match="tok_embeddings.weight: shape"):
-        arrays_to_model(model, {**arrays, "tok_embeddings.weight": np.zeros((3, 3), np.float32)})
+        arrays_to_model(
+            model, {**arrays, "tok_embeddings.weight": np.zeros((3, 3), np.float32)}
+        )
 
 
 def test_kv_cache_decoding_equals_full_forward():
@@ -79,8 +83,13 @@ def test_kv_cache_decoding_equals_full_forward():
 
 
 def test_warmup_cosine_schedule():
-    s = TrainSettings(batch_size=8, local_steps=300, learning_rate=3e-4, warmup_iters=1000,
-                      lr_decay_iters=9000)
+    s = TrainSettings(
+        batch_size=8,
+        local_steps=300,
+        learning_rate=3e-4,
+        warmup_iters=1000,
+        lr_decay_iters=9000,
+    )
 
     assert learning_rate_at(0, s) == 0.0
     assert learning_rate_at(500, s) == pytest.approx(1.5e-4)
@@ -100,7 +109,9 @@ class _ConstantModel(torch.nn.Module):
     def forward(self, tokens, targets=None):
         logits = torch.zeros(*tokens.shape, 237)
         logits[..., self.answer] = 5.0
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 237), targets.reshape(-1))
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, 237), targets.reshape(-1)
+        )
         return logits, loss
 
 
@@ -109,32 +120,62 @@ def test_accuracy_with_and_without_padding():
     ids = np.array([17, 236, 236, 236, 236, 17, 236, 236, 236, 236], dtype=np.uint8)
     data = TokenSequences(ids, max_seq_len=10)
 
-    predicts_pad = evaluate(_ConstantModel(0), data, batch_size=2, max_batches=None,
-                            device=torch.device("cpu"))
-    predicts_space = evaluate(_ConstantModel(236), data, batch_size=2, max_batches=None,
-                              device=torch.device("cpu"))
+    predicts_pad = evaluate(
+        _ConstantModel(0),
+        data,
+        batch_size=2,
+        max_batches=None,
+        device=torch.device("cpu"),
+    )
+    predicts_space = evaluate(
+        _ConstantModel(236),
+        data,
+        batch_size=2,
+        max_batches=None,
+        device=torch.device("cpu"),
+    )
 
     # Targets per row: 236 236 236 236 0 0 0 0 0 -> 5 of 9 are padding.
     assert predicts_pad["top1_accuracy"] == pytest.approx(100 * 5 / 9)
     assert predicts_pad["masked_accuracy"] == 0.0
     assert predicts_space["top1_accuracy"] == pytest.approx(100 * 4 / 9)
     assert predicts_space["masked_accuracy"] == 100.0
-    assert predicts_space["perplexity"] == pytest.approx(math.exp(predicts_space["loss"]))
+    assert predicts_space["perplexity"] == pytest.approx(
+        math.exp(predicts_space["loss"])
+    )
 
 
 def test_parse_key_values_reads_qos_numbers():
-    ids = load_tokenizer().encode("PCell_RSRP_1 = -117.25 PCell_SNR_1 = 18.3 jitter = ping_ms = 5 datarate = 1.2.3")
+    ids = load_tokenizer().encode(
+        "PCell_RSRP_1 = -117.25 PCell_SNR_1 = 18.3 jitter = ping_ms = 5 datarate = 1.2.3"
+    )
 
-    assert parse_key_values(ids) == {"PCell_RSRP_1": -117.25, "PCell_SNR_1": 18.3, "ping_ms": 5.0}
+    assert parse_key_values(ids) == {
+        "PCell_RSRP_1": -117.25,
+        "PCell_SNR_1": 18.3,
+        "ping_ms": 5.0,
+    }
 
 
 def test_training_reduces_loss_and_checkpoint_loads_weights_only(tmp_path):
-    ids = np.tile(np.array(load_tokenizer().encode("time = 1 2 3 4 direction = uplink --> ping_ms = 4 2"),
-                           dtype=np.uint8), 8)
+    ids = np.tile(
+        np.array(
+            load_tokenizer().encode(
+                "time = 1 2 3 4 direction = uplink --> ping_ms = 4 2"
+            ),
+            dtype=np.uint8,
+        ),
+        8,
+    )
     data = TokenSequences(ids, max_seq_len=40)
     model = build_model("nano", max_seq_len=40, dropout=0.0)
-    settings = TrainSettings(batch_size=4, local_steps=3, learning_rate=3e-3, warmup_iters=1,
-                             lr_decay_iters=30)
+    settings = TrainSettings(
+        batch_size=4,
+        local_steps=3,
+        learning_rate=3e-3,
+        warmup_iters=1,
+        lr_decay_iters=30,
+    )
     before = evaluate(model, data, 4, None, torch.device("cpu"))["loss"]
 
     for server_round in (1, 2, 3):
@@ -151,7 +192,9 @@ def test_training_reduces_loss_and_checkpoint_loads_weights_only(tmp_path):
 
 def test_run_config_errors_name_the_key():
     assert resolve({"preset": "paper"}).preset.tlm_size == "1"
-    assert resolve({"preset": "cpu", "num-server-rounds": 3}).preset.num_server_rounds == 3
+    assert (
+        resolve({"preset": "cpu", "num-server-rounds": 3}).preset.num_server_rounds == 3
+    )
     with pytest.raises(ValueError, match="'preset' must be one of"):
         resolve({"preset": "gpu"})
     with pytest.raises(ValueError, match="'mode' must be one of"):
@@ -165,10 +208,24 @@ def test_run_config_errors_name_the_key():
 def test_round_table_accumulates_bytes_and_ratio():
     from berlin_v2x.outputs import merge_rounds
 
-    rounds = [{"round": 1, "loss": 2.0}, {"round": 0, "loss": 3.0}, {"round": 2, "loss": 1.5}]
+    rounds = [
+        {"round": 1, "loss": 2.0},
+        {"round": 0, "loss": 3.0},
+        {"round": 2, "loss": 1.5},
+    ]
     traffic = {
-        1: {"bytes_up": 100, "bytes_down": 300, "bytes_config": 20, "bytes_float32": 40_000},
-        2: {"bytes_up": 50, "bytes_down": 50, "bytes_config": 10, "bytes_float32": 40_000},
+        1: {
+            "bytes_up": 100,
+            "bytes_down": 300,
+            "bytes_config": 20,
+            "bytes_float32": 40_000,
+        },
+        2: {
+            "bytes_up": 50,
+            "bytes_down": 50,
+            "bytes_config": 10,
+            "bytes_float32": 40_000,
+        },
     }
 
     table = merge_rounds(rounds, traffic)

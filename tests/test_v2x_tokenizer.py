@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations" / "berlin_v2x"))
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1] / "simulations" / "berlin_v2x")
+)
 
 from berlin_v2x.data import serialise_rows, telekom_rows  # noqa: E402
 from berlin_v2x.synthetic import SyntheticConfig, generate_table  # noqa: E402
@@ -40,7 +42,9 @@ def test_known_ids(text, ids):
 
 def test_decode_inverts_encode_on_vocabulary_text():
     tokenizer = load_tokenizer()
-    text = "time = 0 9 5 9 direction = uplink device = pc4 --> Kaiserdamm-Süd Lennèstraße"
+    text = (
+        "time = 0 9 5 9 direction = uplink device = pc4 --> Kaiserdamm-Süd Lennèstraße"
+    )
 
     assert tokenizer.decode(tokenizer.encode(text)) == text
     assert tokenizer.vocab_size == VOCAB_SIZE == 237
@@ -65,4 +69,6 @@ def test_ids_equal_sentencepiece_on_serialised_rows():
     for line in lines:
         assert tokenizer.encode(line) == reference.encode(line), line
     # The vocabulary itself matches piece for piece.
-    assert tokenizer.pieces == [reference.id_to_piece(i) for i in range(reference.vocab_size())]
+    assert tokenizer.pieces == [
+        reference.id_to_piece(i) for i in range(reference.vocab_size())
+    ]

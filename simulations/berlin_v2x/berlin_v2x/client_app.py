@@ -15,7 +15,12 @@ from flwr_nncodec import nnc_mod
 
 from .config import resolve
 from .data import shard_paths
-from .experiment import arrays_to_record, load_sequences, prepare_shards, record_to_arrays
+from .experiment import (
+    arrays_to_record,
+    load_sequences,
+    prepare_shards,
+    record_to_arrays,
+)
 from .model import arrays_to_model, build_model, model_to_arrays
 from .training import TrainSettings, pick_device, train_round
 
@@ -25,7 +30,9 @@ app = ClientApp(mods=[nnc_mod])
 def partition_of(context: Context, num_clients: int) -> int:
     """The node's area index from node_config, checked against the five areas."""
     if "partition-id" not in context.node_config:
-        raise KeyError("node_config lacks 'partition-id' (0..4 selects the Berlin V2X area)")
+        raise KeyError(
+            "node_config lacks 'partition-id' (0..4 selects the Berlin V2X area)"
+        )
     partition = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config.get("num-partitions", num_clients))
     if num_partitions != num_clients or not 0 <= partition < num_clients:
@@ -63,7 +70,9 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {
             "arrays": arrays_to_record(model_to_arrays(model)),
-            "metrics": MetricRecord({"train_loss": metrics["train_loss"], "num-examples": num_examples}),
+            "metrics": MetricRecord(
+                {"train_loss": metrics["train_loss"], "num-examples": num_examples}
+            ),
         }
     )
     return Message(content, reply_to=msg)

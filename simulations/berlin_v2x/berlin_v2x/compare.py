@@ -33,8 +33,12 @@ def compare(float32_dir: Path, nnc_dir: Path, out_dir: Path) -> dict:
         for row in run["rounds"]:  # JSON null back to NaN-free floats
             row.update({k: float("nan") for k, v in row.items() if v is None})
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = SimpleNamespace(mode="compare", preset_name=runs["nnc"]["summary"]["preset"],
-                          data_source="synthetic", results_dir=out_dir)
+    cfg = SimpleNamespace(
+        mode="compare",
+        preset_name=runs["nnc"]["summary"]["preset"],
+        data_source="synthetic",
+        results_dir=out_dir,
+    )
     return write_experiment(cfg, runs, nnc_dir.parent / "data")
 
 

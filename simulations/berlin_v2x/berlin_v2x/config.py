@@ -114,7 +114,15 @@ def _get(run_config: Mapping[str, Any], key: str, default: Any) -> Any:
 def _preset_value(run_config: Mapping[str, Any], key: str, preset_value: Any) -> Any:
     """The run-config value unless it is the "from preset" sentinel."""
     value = run_config.get(key)
-    if value is None or value == "" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
+    if (
+        value is None
+        or value == ""
+        or (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and value == 0
+        )
+    ):
         return preset_value
     return type(preset_value)(value)
 
@@ -123,29 +131,47 @@ def resolve(run_config: Mapping[str, Any]) -> ExperimentConfig:
     """Turn a Flower run config into an ExperimentConfig; errors name the key."""
     preset_name = str(_get(run_config, "preset", "cpu"))
     if preset_name not in PRESETS:
-        raise ValueError(f"run config 'preset' must be one of {sorted(PRESETS)}, got {preset_name!r}")
+        raise ValueError(
+            f"run config 'preset' must be one of {sorted(PRESETS)}, got {preset_name!r}"
+        )
     base = PRESETS[preset_name]
     preset = replace(
         base,
         tlm_size=str(_preset_value(run_config, "tlm-size", base.tlm_size)),
-        num_server_rounds=_preset_value(run_config, "num-server-rounds", base.num_server_rounds),
+        num_server_rounds=_preset_value(
+            run_config, "num-server-rounds", base.num_server_rounds
+        ),
         local_steps=_preset_value(run_config, "local-steps", base.local_steps),
         batch_size=_preset_value(run_config, "batch-size", base.batch_size),
-        max_batches_test=_preset_value(run_config, "max-batches-test", base.max_batches_test),
+        max_batches_test=_preset_value(
+            run_config, "max-batches-test", base.max_batches_test
+        ),
         max_seq_len=_preset_value(run_config, "max-seq-len", base.max_seq_len),
         learning_rate=_preset_value(run_config, "lr", base.learning_rate),
         warmup_iters=_preset_value(run_config, "warmup-iters", base.warmup_iters),
         synthetic_rows=_preset_value(run_config, "synthetic-rows", base.synthetic_rows),
-        eval_generate_rows=_preset_value(run_config, "eval-generate-rows", base.eval_generate_rows),
+        eval_generate_rows=_preset_value(
+            run_config, "eval-generate-rows", base.eval_generate_rows
+        ),
     )
     dropout = float(_get(run_config, "dropout", -1.0))
     if dropout >= 0:
         preset = replace(preset, dropout=dropout)
-    for name in ("num_server_rounds", "local_steps", "batch_size", "max_batches_test", "max_seq_len"):
+    for name in (
+        "num_server_rounds",
+        "local_steps",
+        "batch_size",
+        "max_batches_test",
+        "max_seq_len",
+    ):
         if getattr(preset, name) < 1:
-            raise ValueError(f"run config '{name.replace('_', '-')}' must be >= 1, got {getattr(preset, name)}")
+            raise ValueError(
+                f"run config '{name.replace('_', '-')}' must be >= 1, got {getattr(preset, name)}"
+            )
     if not (0.0 < preset.learning_rate < 1.0 and math.isfinite(preset.learning_rate)):
-        raise ValueError(f"run config 'lr' must lie in (0, 1), got {preset.learning_rate}")
+        raise ValueError(
+            f"run config 'lr' must lie in (0, 1), got {preset.learning_rate}"
+        )
 
     # Codec keys: qp values 0 and fractions < 0 mean "the preset's".
     qp = _preset_value(run_config, "qp", base.qp)
@@ -172,17 +198,31 @@ def resolve(run_config: Mapping[str, Any]) -> ExperimentConfig:
     mode = str(_get(run_config, "mode", "compare"))
     if mode not in MODES:
         raise ValueError(f"run config 'mode' must be one of {MODES}, got {mode!r}")
-    results_dir = Path(str(_get(run_config, "results-dir", "results/berlin_v2x"))).expanduser().resolve()
+    results_dir = (
+        Path(str(_get(run_config, "results-dir", "results/berlin_v2x")))
+        .expanduser()
+        .resolve()
+    )
     data_source = str(_get(run_config, "data", "synthetic"))
     if data_source not in DATA_SOURCES:
-        raise ValueError(f"run config 'data' must be one of {DATA_SOURCES}, got {data_source!r}")
+        raise ValueError(
+            f"run config 'data' must be one of {DATA_SOURCES}, got {data_source!r}"
+        )
     parquet = str(_get(run_config, "parquet", ""))
     if data_source == "parquet" and not parquet:
-        raise ValueError("run config 'data' = 'parquet' needs 'parquet' = <path to cellular_dataframe.parquet>")
+        raise ValueError(
+            "run config 'data' = 'parquet' needs 'parquet' = <path to cellular_dataframe.parquet>"
+        )
     data_dir_value = str(_get(run_config, "data-dir", ""))
     if data_source == "shards" and not data_dir_value:
-        raise ValueError("run config 'data' = 'shards' needs 'data-dir' = <folder with train/ and test/>")
-    data_dir = Path(data_dir_value).expanduser().resolve() if data_dir_value else results_dir / "data"
+        raise ValueError(
+            "run config 'data' = 'shards' needs 'data-dir' = <folder with train/ and test/>"
+        )
+    data_dir = (
+        Path(data_dir_value).expanduser().resolve()
+        if data_dir_value
+        else results_dir / "data"
+    )
     return ExperimentConfig(
         mode=mode,
         preset_name=preset_name,

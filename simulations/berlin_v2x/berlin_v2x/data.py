@@ -57,7 +57,9 @@ def load_cellular_parquet(path: str | Path) -> pa.Table:
     except (pa.ArrowInvalid, OSError) as err:
         raise V2XDataError(f"cannot read {path} as parquet: {err}") from err
 
-    table = table.rename_columns([name.replace(" ", "_") for name in table.column_names])
+    table = table.rename_columns(
+        [name.replace(" ", "_") for name in table.column_names]
+    )
     if TIMESTAMP_COLUMN not in table.column_names:
         for name in _PANDAS_INDEX_COLUMNS:
             if name in table.column_names:
@@ -77,13 +79,17 @@ def check_schema(table: pa.Table, source: str = "table") -> None:
         raise V2XDataError(f"{source} lacks {len(missing)} required column(s): {shown}")
     if not pa.types.is_timestamp(table.schema.field(TIMESTAMP_COLUMN).type):
         kind = table.schema.field(TIMESTAMP_COLUMN).type
-        raise V2XDataError(f"{source}: column 'timestamp' must be a timestamp, got {kind}")
+        raise V2XDataError(
+            f"{source}: column 'timestamp' must be a timestamp, got {kind}"
+        )
 
 
 def telekom_rows(table: pa.Table) -> pa.Table:
     """Keep operator 1 only and drop the three columns that are empty for it."""
     operator = pc.cast(table.column(OPERATOR_COLUMN), pa.float64())
-    table = table.filter(pc.fill_null(pc.equal(operator, float(TELEKOM_OPERATOR)), False))
+    table = table.filter(
+        pc.fill_null(pc.equal(operator, float(TELEKOM_OPERATOR)), False)
+    )
     if table.num_rows == 0:
         raise V2XDataError("no rows with operator == 1 (Telekom) in the table")
     drop = [c for c in EMPTY_TELEKOM_COLUMNS if c in table.column_names]
@@ -109,12 +115,16 @@ def split_rows(table: pa.Table, faithful_test_drop: bool = True) -> Split:
     """
     num_rows = table.num_rows
     train_size = round(TRAIN_FRACTION * num_rows)
-    train_rows = np.random.RandomState(SPLIT_SEED).choice(num_rows, size=train_size, replace=False)
+    train_rows = np.random.RandomState(SPLIT_SEED).choice(
+        num_rows, size=train_size, replace=False
+    )
 
     in_train = np.zeros(num_rows, dtype=bool)
     in_train[train_rows] = True
     if faithful_test_drop:
-        seconds = pc.cast(table.column(TIMESTAMP_COLUMN), pa.int64()).to_numpy(zero_copy_only=False)
+        seconds = pc.cast(table.column(TIMESTAMP_COLUMN), pa.int64()).to_numpy(
+            zero_copy_only=False
+        )
         dropped = np.isin(seconds, seconds[train_rows])
         test_rows = np.flatnonzero(~dropped)
     else:
@@ -128,7 +138,9 @@ def client_rows(table: pa.Table, train_rows: np.ndarray) -> list[np.ndarray]:
     per_client = [train_rows[areas == area] for area in CLIENT_AREAS]
     for area, rows in zip(CLIENT_AREAS, per_client):
         if len(rows) == 0:
-            raise V2XDataError(f"area {area!r} has no training rows; cannot build its client")
+            raise V2XDataError(
+                f"area {area!r} has no training rows; cannot build its client"
+            )
     return per_client
 
 
@@ -169,7 +181,9 @@ def tokenize_lines(lines: list[str]) -> np.ndarray:
             num_unknown_lines += 1
         chunks.append(np.asarray(ids, dtype=np.uint8))
     if num_unknown_lines:
-        logger.warning("%d of %d rows contain <unk> tokens", num_unknown_lines, len(lines))
+        logger.warning(
+            "%d of %d rows contain <unk> tokens", num_unknown_lines, len(lines)
+        )
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)
 
 
@@ -177,7 +191,9 @@ def write_shard(path: str | Path, token_ids: np.ndarray) -> None:
     """Write token ids as raw uint8 bytes; refuse ids that do not fit."""
     token_ids = np.asarray(token_ids)
     if token_ids.size and (token_ids.min() < 0 or token_ids.max() >= VOCAB_SIZE):
-        raise V2XDataError(f"token ids must lie in [0, {VOCAB_SIZE}), got max {token_ids.max()}")
+        raise V2XDataError(
+            f"token ids must lie in [0, {VOCAB_SIZE}), got max {token_ids.max()}"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(token_ids.astype(np.uint8).tobytes())
@@ -200,7 +216,9 @@ def read_shard(path: str | Path) -> np.ndarray:
     return token_ids
 
 
-def shard_paths(data_dir: str | Path, num_clients: int = len(CLIENT_AREAS)) -> tuple[list[Path], Path]:
+def shard_paths(
+    data_dir: str | Path, num_clients: int = len(CLIENT_AREAS)
+) -> tuple[list[Path], Path]:
     """Training shard paths (sorted, as the reference loads them) and the test shard."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -216,7 +234,9 @@ def shard_paths(data_dir: str | Path, num_clients: int = len(CLIENT_AREAS)) -> t
     return train, test[0]
 
 
-def build_shards(table: pa.Table, out_dir: str | Path, faithful_test_drop: bool = True) -> dict:
+def build_shards(
+    table: pa.Table, out_dir: str | Path, faithful_test_drop: bool = True
+) -> dict:
     """Filter, split, serialise and tokenise a cellular table into shards.
 
     Returns a summary: rows per client, test rows, tokens per shard.
@@ -229,11 +249,18 @@ def build_shards(table: pa.Table, out_dir: str | Path, faithful_test_drop: bool 
         raise V2XDataError("the test split is empty")
 
     out_dir = Path(out_dir)
-    summary: dict = {"telekom_rows": table.num_rows, "clients": {}, "test_rows": len(split.test_rows)}
+    summary: dict = {
+        "telekom_rows": table.num_rows,
+        "clients": {},
+        "test_rows": len(split.test_rows),
+    }
     for k, rows in enumerate(per_client):
         ids = tokenize_lines(serialise_rows(table, rows))
         write_shard(out_dir / "train" / f"clientID_{k}.bin", ids)
-        summary["clients"][CLIENT_AREAS[k]] = {"rows": len(rows), "tokens": int(ids.size)}
+        summary["clients"][CLIENT_AREAS[k]] = {
+            "rows": len(rows),
+            "tokens": int(ids.size),
+        }
     test_ids = tokenize_lines(serialise_rows(table, split.test_rows))
     write_shard(out_dir / "test" / "clientID_0.bin", test_ids)
     summary["test_tokens"] = int(test_ids.size)
@@ -265,7 +292,9 @@ def pad_sequences(sequences: list[np.ndarray], max_seq_len: int) -> np.ndarray:
 class TokenSequences:
     """Padded sequences of one shard; item i is (x, y) = (seq[:-1], seq[1:])."""
 
-    def __init__(self, token_ids: np.ndarray, max_seq_len: int, limit: int | None = None) -> None:
+    def __init__(
+        self, token_ids: np.ndarray, max_seq_len: int, limit: int | None = None
+    ) -> None:
         sequences = split_sequences(token_ids)
         if limit is not None:
             sequences = sequences[:limit]

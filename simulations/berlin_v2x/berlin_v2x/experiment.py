@@ -25,7 +25,12 @@ from tqdm import tqdm
 from . import outputs
 from .config import ExperimentConfig
 from .data import TokenSequences, build_shards, read_shard, shard_paths
-from .model import build_model, count_unique_parameters, model_to_arrays, arrays_to_model
+from .model import (
+    build_model,
+    count_unique_parameters,
+    model_to_arrays,
+    arrays_to_model,
+)
 from .training import evaluate, feature_errors, pick_device
 
 logger = logging.getLogger(__name__)
@@ -82,7 +87,9 @@ def prepare_shards(cfg: ExperimentConfig) -> Path:
 _SEQUENCE_CACHE: dict[tuple[str, int, int | None], TokenSequences] = {}
 
 
-def load_sequences(path: Path, max_seq_len: int, limit: int | None = None) -> TokenSequences:
+def load_sequences(
+    path: Path, max_seq_len: int, limit: int | None = None
+) -> TokenSequences:
     """Padded sequences of a shard, cached per process."""
     key = (str(path), max_seq_len, limit)
     if key not in _SEQUENCE_CACHE:
@@ -104,7 +111,11 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 def quantizer_step(qp: int, qp_density: int = 2) -> float:
     """NNC uniform quantiser step for qp: (2^d + qp mod 2^d) * 2^(qp div 2^d - d)."""
     scale = 1 << qp_density
-    return float(np.float32((scale + (qp & (scale - 1))) * 2.0 ** ((qp >> qp_density) - qp_density)))
+    return float(
+        np.float32(
+            (scale + (qp & (scale - 1))) * 2.0 ** ((qp >> qp_density) - qp_density)
+        )
+    )
 
 
 def snap_to_grid(arrays: dict[str, np.ndarray], qp: int) -> dict[str, np.ndarray]:
@@ -115,7 +126,11 @@ def snap_to_grid(arrays: dict[str, np.ndarray], qp: int) -> dict[str, np.ndarray
     """
     step = np.float32(quantizer_step(qp))
     return {
-        name: (np.rint(value / step).astype(np.float32) * step if value.ndim >= 2 else value)
+        name: (
+            np.rint(value / step).astype(np.float32) * step
+            if value.ndim >= 2
+            else value
+        )
         for name, value in arrays.items()
     }
 
@@ -135,7 +150,9 @@ def make_strategy(cfg: ExperimentConfig, codec: str, out_dir: Path):
     return NNCFedAvg(**common, results_dir=str(out_dir), **cfg.codec.as_kwargs())
 
 
-def run_one(grid: Grid, cfg: ExperimentConfig, codec: str, shard_dir: Path) -> dict[str, Any]:
+def run_one(
+    grid: Grid, cfg: ExperimentConfig, codec: str, shard_dir: Path
+) -> dict[str, Any]:
     """One federated run; writes its files into results_dir/<codec> and
     returns its summary."""
     out_dir = cfg.results_dir / codec
@@ -167,8 +184,16 @@ def run_one(grid: Grid, cfg: ExperimentConfig, codec: str, shard_dir: Path) -> d
             outputs.save_checkpoint(model, out_dir / "best_model.pt")
         if server_round > 0:
             progress.update(1)
-            progress.set_postfix(masked_acc=f"{metrics['masked_accuracy']:.2f}", loss=f"{metrics['loss']:.3f}")
-        logger.info("%s round %d: %s", codec, server_round, {k: round(v, 4) for k, v in metrics.items()})
+            progress.set_postfix(
+                masked_acc=f"{metrics['masked_accuracy']:.2f}",
+                loss=f"{metrics['loss']:.3f}",
+            )
+        logger.info(
+            "%s round %d: %s",
+            codec,
+            server_round,
+            {k: round(v, 4) for k, v in metrics.items()},
+        )
         return MetricRecord({k: float(v) for k, v in metrics.items()})
 
     train_config = ConfigRecord({"codec": codec})
@@ -182,7 +207,9 @@ def run_one(grid: Grid, cfg: ExperimentConfig, codec: str, shard_dir: Path) -> d
     progress.close()
     runtime_s = time.time() - started
 
-    traffic = round_traffic(codec, out_dir, num_params, cfg.num_clients, p.num_server_rounds)
+    traffic = round_traffic(
+        codec, out_dir, num_params, cfg.num_clients, p.num_server_rounds
+    )
     table = outputs.merge_rounds(rounds, traffic)
 
     # Per-feature errors of the best checkpoint (lowest validation loss).
@@ -204,7 +231,8 @@ def run_one(grid: Grid, cfg: ExperimentConfig, codec: str, shard_dir: Path) -> d
         "best_round": best["round"],
         "bytes_total": final["cumulative_bytes"],
         "bytes_float32_total": final["cumulative_bytes_float32"],
-        "traffic_ratio": final["cumulative_bytes"] / max(1, final["cumulative_bytes_float32"]),
+        "traffic_ratio": final["cumulative_bytes"]
+        / max(1, final["cumulative_bytes_float32"]),
         "runtime_s": runtime_s,
         "device": str(device),
         "codec_options": cfg.codec.as_kwargs() if codec == "nnc" else None,
@@ -214,14 +242,19 @@ def run_one(grid: Grid, cfg: ExperimentConfig, codec: str, shard_dir: Path) -> d
     return {"summary": summary, "rounds": table, "feature_errors": errors}
 
 
-def round_traffic(codec: str, out_dir: Path, num_params: int, num_clients: int,
-                  num_rounds: int) -> dict[int, dict[str, int]]:
+def round_traffic(
+    codec: str, out_dir: Path, num_params: int, num_clients: int, num_rounds: int
+) -> dict[int, dict[str, int]]:
     """Bytes per round: the plugin's history.json for NNC, array sizes for float32."""
     float32_model = num_params * FLOAT32_BYTES
     if codec == "float32":
         return {
-            r: {"bytes_down": num_clients * float32_model, "bytes_up": num_clients * float32_model,
-                "bytes_config": 0, "bytes_float32": 2 * num_clients * float32_model}
+            r: {
+                "bytes_down": num_clients * float32_model,
+                "bytes_up": num_clients * float32_model,
+                "bytes_config": 0,
+                "bytes_float32": 2 * num_clients * float32_model,
+            }
             for r in range(1, num_rounds + 1)
         }
     history_path = out_dir / "history.json"
@@ -232,9 +265,11 @@ def round_traffic(codec: str, out_dir: Path, num_params: int, num_clients: int,
     # (manifest, versions, segment lengths) that travel with them.
     return {
         int(entry["round"]): {
-            "bytes_down": int(entry["bytes_down"]) + int(entry.get("config_bytes_down", 0)),
+            "bytes_down": int(entry["bytes_down"])
+            + int(entry.get("config_bytes_down", 0)),
             "bytes_up": int(entry["bytes_up"]) + int(entry.get("config_bytes_up", 0)),
-            "bytes_config": int(entry.get("config_bytes_down", 0)) + int(entry.get("config_bytes_up", 0)),
+            "bytes_config": int(entry.get("config_bytes_down", 0))
+            + int(entry.get("config_bytes_up", 0)),
             "bytes_float32": int(entry["bytes_float32"]),
         }
         for entry in history["rounds"]
@@ -245,7 +280,9 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
     """The configured mode: one NNC run, one float32 run, or both and a comparison."""
     cfg.results_dir.mkdir(parents=True, exist_ok=True)
     shard_dir = prepare_shards(cfg)
-    codecs = {"nnc": ["nnc"], "float32": ["float32"], "compare": ["float32", "nnc"]}[cfg.mode]
+    codecs = {"nnc": ["nnc"], "float32": ["float32"], "compare": ["float32", "nnc"]}[
+        cfg.mode
+    ]
     runs = {codec: run_one(grid, cfg, codec, shard_dir) for codec in codecs}
     summary = outputs.write_experiment(cfg, runs, shard_dir)
     return summary

@@ -34,7 +34,10 @@ class InProcessGrid(Grid):
     def __init__(self, run_config: dict[str, Any], num_nodes: int) -> None:
         self._contexts = {
             node_id: Context(
-                run_id=1, node_id=node_id, state=RecordDict(), run_config=dict(run_config),
+                run_id=1,
+                node_id=node_id,
+                state=RecordDict(),
+                run_config=dict(run_config),
                 node_config={"partition-id": node_id - 1, "num-partitions": num_nodes},
             )
             for node_id in range(1, num_nodes + 1)
@@ -43,11 +46,16 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self._contexts)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ):
         replies = []
         for message in messages:
             # Deep copies stand in for the wire: nothing is shared by reference.
-            sent = Message(metadata=copy.deepcopy(message.metadata), content=copy.deepcopy(message.content))
+            sent = Message(
+                metadata=copy.deepcopy(message.metadata),
+                content=copy.deepcopy(message.content),
+            )
             try:
                 reply = client_app(sent, self._contexts[message.metadata.dst_node_id])
             except Exception as err:  # a SuperNode reports failures as errors
@@ -101,4 +109,6 @@ def run_local(overrides: dict[str, Any]) -> dict[str, Any]:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     summary = run_local(parse_overrides(sys.argv[1:]))
-    print({k: summary[k] for k in ("masked_accuracy", "top1_accuracy", "traffic_ratio")})
+    print(
+        {k: summary[k] for k in ("masked_accuracy", "top1_accuracy", "traffic_ratio")}
+    )

@@ -63,7 +63,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        normed = x.float() * torch.rsqrt(
+            x.float().pow(2).mean(-1, keepdim=True) + self.eps
+        )
         return normed.type_as(x) * self.weight
 
 
@@ -78,7 +80,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate consecutive (even, odd) feature pairs of x [b, t, h, d] by position."""
     x_even, x_odd = x.float()[..., 0::2], x.float()[..., 1::2]
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
+    rotated = torch.stack(
+        (x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1
+    )
     return rotated.flatten(-2).type_as(x)
 
 
@@ -87,7 +91,11 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: TLMConfig) -> None:
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+        )
         self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
@@ -117,7 +125,11 @@ class Attention(nn.Module):
         past = k.shape[2] - steps
         if past == 0:
             out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+                q,
+                k,
+                v,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=True,
             )
         else:
             # Query i sits at absolute position past + i and sees keys <= it.
@@ -185,8 +197,13 @@ class TinyLlama(nn.Module):
             if name.endswith("w3.weight") or name.endswith("wo.weight"):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, caches=None,
-                start_pos: int = 0):
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        caches=None,
+        start_pos: int = 0,
+    ):
         """Logits [b, t, vocab]; with targets also the mean cross-entropy.
 
         caches: one dict per layer for incremental decoding; start_pos is the
@@ -205,18 +222,28 @@ class TinyLlama(nn.Module):
         logits = self.output(self.norm(h))
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1
+        )
         return logits, loss
 
 
-def build_model(size: str, max_seq_len: int = 1525, dropout: float = 0.1, seed: int = 808) -> TinyLlama:
+def build_model(
+    size: str, max_seq_len: int = 1525, dropout: float = 0.1, seed: int = 808
+) -> TinyLlama:
     """A freshly initialised TLM of a preset size, seeded for reproducibility."""
     if size not in TLM_PRESETS:
-        raise ValueError(f"unknown TLM size {size!r}; choose one of {sorted(TLM_PRESETS)}")
+        raise ValueError(
+            f"unknown TLM size {size!r}; choose one of {sorted(TLM_PRESETS)}"
+        )
     base = TLM_PRESETS[size]
     cfg = TLMConfig(
-        dim=base.dim, n_layers=base.n_layers, n_heads=base.n_heads, n_kv_heads=base.n_kv_heads,
-        max_seq_len=max_seq_len, dropout=dropout,
+        dim=base.dim,
+        n_layers=base.n_layers,
+        n_heads=base.n_heads,
+        n_kv_heads=base.n_kv_heads,
+        max_seq_len=max_seq_len,
+        dropout=dropout,
     )
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -244,10 +271,14 @@ def arrays_to_model(model: nn.Module, arrays) -> None:
     missing = [name for name in params if name not in arrays]
     unexpected = [name for name in arrays if name not in params]
     if missing or unexpected:
-        raise ValueError(f"parameter names differ: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"parameter names differ: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     with torch.no_grad():
         for name, param in params.items():
             value = torch.as_tensor(np.asarray(arrays[name]))
             if tuple(value.shape) != tuple(param.shape):
-                raise ValueError(f"{name}: shape {tuple(value.shape)} != model {tuple(param.shape)}")
+                raise ValueError(
+                    f"{name}: shape {tuple(value.shape)} != model {tuple(param.shape)}"
+                )
             param.copy_(value.to(param.dtype))

@@ -130,7 +130,13 @@ AREA_BOXES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "Highway": ((52.486692, 52.510075), (13.270979, 13.300602)),
 }
 # geotag checks the boxes in this order; the first match wins.
-AREA_CHECK_ORDER: tuple[str, ...] = ("Avenue", "Park", "Residential", "Tunnel", "Highway")
+AREA_CHECK_ORDER: tuple[str, ...] = (
+    "Avenue",
+    "Park",
+    "Residential",
+    "Tunnel",
+    "Highway",
+)
 
 
 def area_of(latitude_deg: float, longitude_deg: float) -> str:

@@ -20,10 +20,18 @@ def main(grid: Grid, context: Context) -> None:
     """Run the configured mode and log the headline figures."""
     logging.getLogger("berlin_v2x").setLevel(logging.INFO)
     cfg = resolve(context.run_config)
-    log(INFO, "Berlin V2X: mode %s, preset %s, results in %s", cfg.mode, cfg.preset_name, cfg.results_dir)
+    log(
+        INFO,
+        "Berlin V2X: mode %s, preset %s, results in %s",
+        cfg.mode,
+        cfg.preset_name,
+        cfg.results_dir,
+    )
     summary = run_experiment(grid, cfg)
     log(
         INFO,
         "Berlin V2X done: masked accuracy %.2f %%, top-1 %.2f %%, traffic ratio %.4f %% of float32",
-        summary["masked_accuracy"], summary["top1_accuracy"], 100.0 * summary["traffic_ratio"],
+        summary["masked_accuracy"],
+        summary["top1_accuracy"],
+        100.0 * summary["traffic_ratio"],
     )

@@ -37,20 +37,67 @@ METRES_PER_DEG_LON = 111_320.0 * math.cos(math.radians(52.505))
 # The lap: waypoints (lat, lon), the street names along each leg and the
 # mean speed there (km/h). Legs cross the five areas and one stretch outside
 # the overall box (UNKNOWN).
-LAP_LEGS: tuple[tuple[tuple[float, float], tuple[float, float], tuple[str, ...], float], ...] = (
-    ((52.5145, 13.3501), (52.5160, 13.3770), ("Straße des 17. Juni", "Platz des 18. März"), 30.0),
+LAP_LEGS: tuple[
+    tuple[tuple[float, float], tuple[float, float], tuple[str, ...], float], ...
+] = (
+    (
+        (52.5145, 13.3501),
+        (52.5160, 13.3770),
+        ("Straße des 17. Juni", "Platz des 18. März"),
+        30.0,
+    ),
     ((52.5160, 13.3770), (52.5215, 13.3700), ("Ebertstraße", "Behrenstraße"), 30.0),
-    ((52.5215, 13.3700), (52.5185, 13.3450), ("John-Foster-Dulles-Allee", "Spreeweg"), 28.0),
+    (
+        (52.5215, 13.3700),
+        (52.5185, 13.3450),
+        ("John-Foster-Dulles-Allee", "Spreeweg"),
+        28.0,
+    ),
     ((52.5185, 13.3450), (52.5168, 13.3362), ("Großer Stern", "Altonaerstraße"), 25.0),
-    ((52.5168, 13.3362), (52.5130, 13.3000), ("Ernst-Reuter-Platz", "Bismarckstraße"), 22.0),
-    ((52.5130, 13.3000), (52.5122, 13.2760), ("Kaiserdamm", "Sophie-Charlotten-Straße"), 26.0),
-    ((52.5090, 13.2800), (52.4975, 13.2920), ("Messedamm", "Masurenallee", "Halenseestraße"), 55.0),
+    (
+        (52.5168, 13.3362),
+        (52.5130, 13.3000),
+        ("Ernst-Reuter-Platz", "Bismarckstraße"),
+        22.0,
+    ),
+    (
+        (52.5130, 13.3000),
+        (52.5122, 13.2760),
+        ("Kaiserdamm", "Sophie-Charlotten-Straße"),
+        26.0,
+    ),
+    (
+        (52.5090, 13.2800),
+        (52.4975, 13.2920),
+        ("Messedamm", "Masurenallee", "Halenseestraße"),
+        55.0,
+    ),
     ((52.4975, 13.2920), (52.4945, 13.2845), ("Kaiserdamm-Süd",), 50.0),
-    ((52.4945, 13.2845), (52.4890, 13.2790), ("Rathenauplatz", "Kurfürstendamm(Schwarzbacher Straße)"), 42.0),
-    ((52.4890, 13.2790), (52.4930, 13.2995), ("Seesener Straße", "Westfälische Straße"), 50.0),
+    (
+        (52.4945, 13.2845),
+        (52.4890, 13.2790),
+        ("Rathenauplatz", "Kurfürstendamm(Schwarzbacher Straße)"),
+        42.0,
+    ),
+    (
+        (52.4890, 13.2790),
+        (52.4930, 13.2995),
+        ("Seesener Straße", "Westfälische Straße"),
+        50.0,
+    ),
     ((52.4930, 13.2995), (52.5010, 13.3180), ("Kurfürstendamm", "Olivaer Platz"), 16.0),
-    ((52.5010, 13.3180), (52.5050, 13.3355), ("Uhlandstraße", "Joachimstaler Straße", "Kantstraße"), 15.0),
-    ((52.5050, 13.3355), (52.5145, 13.3501), ("Tauentzienstraße", "Kurfürstenstraße"), 24.0),
+    (
+        (52.5010, 13.3180),
+        (52.5050, 13.3355),
+        ("Uhlandstraße", "Joachimstaler Straße", "Kantstraße"),
+        15.0,
+    ),
+    (
+        (52.5050, 13.3355),
+        (52.5145, 13.3501),
+        ("Tauentzienstraße", "Kurfürstenstraße"),
+        24.0,
+    ),
 )
 
 # Carrier (DL E-ARFCN) -> (frequency MHz, band, bandwidth string) of §1.2/§8.4.
@@ -186,7 +233,11 @@ class _Lap:
     def locate(self, pos_m: np.ndarray):
         """(leg index, lat, lon) of lap positions in metres."""
         pos_m = np.mod(pos_m, self.length_m)
-        leg = np.clip(np.searchsorted(self.leg_offset_m, pos_m, side="right") - 1, 0, len(LAP_LEGS) - 1)
+        leg = np.clip(
+            np.searchsorted(self.leg_offset_m, pos_m, side="right") - 1,
+            0,
+            len(LAP_LEGS) - 1,
+        )
         frac = (pos_m - self.leg_offset_m[leg]) / self.leg_length_m[leg]
         lat = self.starts[leg, 0] + frac * (self.ends[leg, 0] - self.starts[leg, 0])
         lon = self.starts[leg, 1] + frac * (self.ends[leg, 1] - self.starts[leg, 1])
@@ -210,14 +261,21 @@ def _make_cells(rng: np.random.Generator, lap: _Lap) -> list[_Cell]:
     for leg_index in range(len(LAP_LEGS)):
         num_sites = 2 + int(lap.leg_length_m[leg_index] > 1200)
         for k in range(num_sites):
-            pos = lap.leg_offset_m[leg_index] + (k + 0.5) / num_sites * lap.leg_length_m[leg_index]
+            pos = (
+                lap.leg_offset_m[leg_index]
+                + (k + 0.5) / num_sites * lap.leg_length_m[leg_index]
+            )
             _, lat, lon = lap.locate(np.array([pos]))
             lat_off = rng.normal(0.0, 180.0) / METRES_PER_DEG_LAT
             lon_off = rng.normal(0.0, 180.0) / METRES_PER_DEG_LON
             area = area_of(float(lat[0]), float(lon[0]))
             carriers, probs = AREA_CARRIERS[area]
             earfcn = int(rng.choice(carriers, p=probs))
-            enb = int(rng.integers(100_000, 105_000)) if rng.random() < 0.85 else int(rng.integers(11_000, 11_800))
+            enb = (
+                int(rng.integers(100_000, 105_000))
+                if rng.random() < 0.85
+                else int(rng.integers(11_000, 11_800))
+            )
             cells.append(
                 _Cell(
                     lat=float(lat[0] + lat_off),
@@ -241,7 +299,9 @@ class _Drive:
     operator: int
 
 
-def _schedule_drives(rng: np.random.Generator, config: SyntheticConfig, lap: _Lap) -> list[_Drive]:
+def _schedule_drives(
+    rng: np.random.Generator, config: SyntheticConfig, lap: _Lap
+) -> list[_Drive]:
     """Cut the scaled protocol into snippets placed evenly in lap time."""
     scale = config.num_rows / FULL_SIZE_TELEKOM_ROWS
     tz = dt.timezone(dt.timedelta(hours=2))  # CEST on 22-24 June 2021
@@ -254,7 +314,9 @@ def _schedule_drives(rng: np.random.Generator, config: SyntheticConfig, lap: _La
             offset = 0
             while offset < run_s:
                 length = min(config.snippet_length_s, run_s - offset)
-                pieces.append((start + dt.timedelta(seconds=offset), length, device, scenario))
+                pieces.append(
+                    (start + dt.timedelta(seconds=offset), length, device, scenario)
+                )
                 offset += length
 
     order = rng.permutation(len(pieces))
@@ -262,14 +324,24 @@ def _schedule_drives(rng: np.random.Generator, config: SyntheticConfig, lap: _La
     for rank, index in enumerate(order):
         when, length, device, scenario = pieces[index]
         lap_time = (rank + rng.random()) / len(pieces) * lap.lap_time_s
-        drives.append(_Drive(when, length, device, scenario, lap.position_at_time(lap_time), 1))
+        drives.append(
+            _Drive(when, length, device, scenario, lap.position_at_time(lap_time), 1)
+        )
 
-    num_vodafone = round(config.vodafone_rows_share * config.num_rows / config.snippet_length_s)
+    num_vodafone = round(
+        config.vodafone_rows_share * config.num_rows / config.snippet_length_s
+    )
     for _ in range(num_vodafone):
         base = drives[int(rng.integers(len(drives)))]
         drives.append(
-            _Drive(base.start, config.snippet_length_s, str(rng.choice(["pc2", "pc3"])), base.scenario,
-                   float(rng.random() * lap.length_m), 2)
+            _Drive(
+                base.start,
+                config.snippet_length_s,
+                str(rng.choice(["pc2", "pc3"])),
+                base.scenario,
+                float(rng.random() * lap.length_m),
+                2,
+            )
         )
     return drives
 
@@ -284,7 +356,9 @@ def _ar1(rng: np.random.Generator, n: int, sigma: float, rho: float) -> np.ndarr
     return out
 
 
-def _simulate_drive(rng: np.random.Generator, lap: _Lap, cells: list[_Cell], drive: _Drive) -> dict:
+def _simulate_drive(
+    rng: np.random.Generator, lap: _Lap, cells: list[_Cell], drive: _Drive
+) -> dict:
     """One row per second of a drive snippet."""
     n = drive.duration_s
     leg0, _, _ = lap.locate(np.array([drive.lap_start_m]))
@@ -328,7 +402,12 @@ def _simulate_drive(rng: np.random.Generator, lap: _Lap, cells: list[_Cell], dri
     cols.update(radio)
     cols["Latitude"] = lat
     cols["Longitude"] = lon
-    cols["Altitude"] = 36.0 + 7.0 * np.sin(2 * np.pi * pos_lap / lap.length_m) + rng.normal(0, 1.0, n) - 8.0 * (areas == "Tunnel")
+    cols["Altitude"] = (
+        36.0
+        + 7.0 * np.sin(2 * np.pi * pos_lap / lap.length_m)
+        + rng.normal(0, 1.0, n)
+        - 8.0 * (areas == "Tunnel")
+    )
     cols["speed_kmh"] = speed
     cols["COG"] = np.mod(lap.leg_heading_deg[leg] + rng.normal(0.0, 4.0, n), 360.0)
     cols["Pos_in_Ref_Round"] = pos_lap
@@ -419,10 +498,26 @@ def _radio(rng, cells, lat, lon, areas, drive: _Drive) -> dict[str, np.ndarray]:
 
     heavy_dl = direction == "downlink" and qos == "datarate"
     heavy_ul = direction == "uplink" and qos == "datarate"
-    dl_rbs = (rng.uniform(3e4, 1e5, n) if heavy_dl else rng.uniform(60, 260, n)) * bandwidth_mhz / 20.0
-    ul_rbs = (rng.uniform(2e4, 9e4, n) if heavy_ul else rng.uniform(300, 1500, n)) * bandwidth_mhz / 20.0
-    dl_tb = datarate / 8.0 * rng.uniform(0.9, 1.1, n) if heavy_dl else rng.uniform(1500, 12000, n)
-    ul_tb = datarate / 8.0 * rng.uniform(0.9, 1.1, n) if heavy_ul else rng.uniform(9000, 60000, n)
+    dl_rbs = (
+        (rng.uniform(3e4, 1e5, n) if heavy_dl else rng.uniform(60, 260, n))
+        * bandwidth_mhz
+        / 20.0
+    )
+    ul_rbs = (
+        (rng.uniform(2e4, 9e4, n) if heavy_ul else rng.uniform(300, 1500, n))
+        * bandwidth_mhz
+        / 20.0
+    )
+    dl_tb = (
+        datarate / 8.0 * rng.uniform(0.9, 1.1, n)
+        if heavy_dl
+        else rng.uniform(1500, 12000, n)
+    )
+    ul_tb = (
+        datarate / 8.0 * rng.uniform(0.9, 1.1, n)
+        if heavy_ul
+        else rng.uniform(9000, 60000, n)
+    )
     tx_power = np.clip(12.0 - 0.6 * (rsrp + 88.0) + rng.normal(0.0, 3.0, n), 0.0, 23.0)
     tx_power[rng.random(n) < 0.3] = 127.0
 
@@ -441,7 +536,9 @@ def _radio(rng, cells, lat, lon, areas, drive: _Drive) -> dict[str, np.ndarray]:
         "PCell_Band_Indicator": band,
         "PCell_Downlink_Average_MCS": mcs,
         "PCell_Cell_ID": np.array([cells[s].pci for s in serving], dtype=np.float64),
-        "PCell_Cell_Identity": np.array([cells[s].eci for s in serving], dtype=np.float64),
+        "PCell_Cell_Identity": np.array(
+            [cells[s].eci for s in serving], dtype=np.float64
+        ),
         "PCell_RSRP_1": rsrp_1,
         "PCell_RSRP_2": rsrp_2,
         "PCell_RSRP_max": np.maximum(rsrp_1, rsrp_2),
@@ -457,7 +554,11 @@ def _radio(rng, cells, lat, lon, areas, drive: _Drive) -> dict[str, np.ndarray]:
     out.update(_mcs_histogram(rng, mcs, dl_rbs))
 
     area_ping = np.array([AREA_RADIO[a][1] for a in areas])
-    ping = rng.lognormal(math.log(38.0), 0.35, n) * area_ping * (1.0 + 0.04 * np.maximum(0.0, 5.0 - snr))
+    ping = (
+        rng.lognormal(math.log(38.0), 0.35, n)
+        * area_ping
+        * (1.0 + 0.04 * np.maximum(0.0, 5.0 - snr))
+    )
     if qos == "datarate":
         loaded = rng.random(n) < 0.6
         ping[loaded] *= rng.lognormal(math.log(10.0), 0.8, int(loaded.sum()))
@@ -489,10 +590,13 @@ def _mcs_histogram(rng, mcs: np.ndarray, dl_rbs: np.ndarray) -> dict[str, np.nda
 def _weather(rng, drive: _Drive, n: int) -> dict[str, np.ndarray]:
     """Hourly weather: constant within the hour, tied to hour of day and day."""
     hours = np.array(
-        [(drive.start + dt.timedelta(seconds=s)).hour for s in range(n)], dtype=np.float64
+        [(drive.start + dt.timedelta(seconds=s)).hour for s in range(n)],
+        dtype=np.float64,
     )
     day = drive.start.day - 22
-    temperature = np.clip(17.6 + 0.8 * day + 4.2 * np.sin(np.pi * (hours - 8.0) / 12.0), 17.4, 23.88)
+    temperature = np.clip(
+        17.6 + 0.8 * day + 4.2 * np.sin(np.pi * (hours - 8.0) / 12.0), 17.4, 23.88
+    )
     uv = np.clip(np.round(1.0 + 3.0 * np.sin(np.pi * (hours - 7.0) / 12.0)), 1.0, 4.0)
     hour_seed = (drive.start.day * 24 + hours).astype(np.int64)
     jitter = (np.sin(hour_seed * 12.9898) * 43758.5453) % 1.0  # per-hour constant
@@ -503,7 +607,9 @@ def _weather(rng, drive: _Drive, n: int) -> dict[str, np.ndarray]:
         "temperature": np.round(temperature, 2),
         "apparentTemperature": np.round(temperature, 2),
         "dewPoint": np.round(12.0 + 0.9 * day + 1.2 * jitter, 2),
-        "humidity": np.round(np.clip(0.77 - 0.035 * (temperature - 17.4), 0.55, 0.77), 2),
+        "humidity": np.round(
+            np.clip(0.77 - 0.035 * (temperature - 17.4), 0.55, 0.77), 2
+        ),
         "pressure": np.round(1013.0 + 2.8 * day + 1.5 * jitter, 1),
         "windSpeed": np.round(1.96 + 2.4 * jitter, 2),
         "cloudCover": np.round(0.76 + 0.24 * (1.0 - jitter**2), 2),
@@ -526,10 +632,26 @@ def _apply_missing(rng, cols: dict[str, np.ndarray]) -> None:
                 column[mask] = np.nan
         return mask
 
-    gps_keys = ["Latitude", "Longitude", "Altitude", "speed_kmh", "COG", "precipIntensity",
-                "precipProbability", "temperature", "apparentTemperature", "dewPoint",
-                "humidity", "pressure", "windSpeed", "cloudCover", "uvIndex", "visibility",
-                "Traffic_Street_Name", "Traffic_Distance"]
+    gps_keys = [
+        "Latitude",
+        "Longitude",
+        "Altitude",
+        "speed_kmh",
+        "COG",
+        "precipIntensity",
+        "precipProbability",
+        "temperature",
+        "apparentTemperature",
+        "dewPoint",
+        "humidity",
+        "pressure",
+        "windSpeed",
+        "cloudCover",
+        "uvIndex",
+        "visibility",
+        "Traffic_Street_Name",
+        "Traffic_Distance",
+    ]
     gps_mask = blank(gps_keys, MISSING_SHARE["gps"])
     cols[AREA_COLUMN][gps_mask] = None
     cols["Pos_in_Ref_Round"][gps_mask] = np.nan
@@ -537,9 +659,15 @@ def _apply_missing(rng, cols: dict[str, np.ndarray]) -> None:
     blank(["Traffic_Jam_Factor"], MISSING_SHARE["traffic_jam"])
     phy_keys = [k for k in TEXT_KEYS if k.startswith("PCell_")]
     blank(phy_keys, MISSING_SHARE["phy"])
-    rrc_keys = ["PCell_Downlink_frequency", "PCell_Uplink_frequency", "PCell_Downlink_bandwidth_MHz",
-                "PCell_Uplink_bandwidth_MHz", "PCell_Band_Indicator", "PCell_Cell_ID",
-                "PCell_Cell_Identity"]
+    rrc_keys = [
+        "PCell_Downlink_frequency",
+        "PCell_Uplink_frequency",
+        "PCell_Downlink_bandwidth_MHz",
+        "PCell_Uplink_bandwidth_MHz",
+        "PCell_Band_Indicator",
+        "PCell_Cell_ID",
+        "PCell_Cell_Identity",
+    ]
     blank(rrc_keys, MISSING_SHARE["rrc"] - MISSING_SHARE["phy"])
     blank(["jitter", "datarate"], MISSING_SHARE["iperf"])
     blank(["ping_ms"], MISSING_SHARE["ping"])
@@ -548,7 +676,9 @@ def _apply_missing(rng, cols: dict[str, np.ndarray]) -> None:
 def _to_arrow(cols: dict[str, np.ndarray]) -> pa.Table:
     """Arrow table with the real table's types (timestamp tz Europe/Berlin)."""
     arrays = {
-        TIMESTAMP_COLUMN: pa.array(list(cols[TIMESTAMP_COLUMN]), pa.timestamp("ns", tz=BERLIN)),
+        TIMESTAMP_COLUMN: pa.array(
+            list(cols[TIMESTAMP_COLUMN]), pa.timestamp("ns", tz=BERLIN)
+        ),
         OPERATOR_COLUMN: pa.array(cols[OPERATOR_COLUMN], pa.int64()),
         AREA_COLUMN: pa.array(list(cols[AREA_COLUMN]), pa.string()),
     }

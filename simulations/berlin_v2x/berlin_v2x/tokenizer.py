@@ -37,7 +37,9 @@ class TelkoTokenizer:
         types: list[str] = list(vocab["types"])
         scores = np.asarray(vocab["scores"], dtype=np.float32)
         if len(self.pieces) != VOCAB_SIZE:
-            raise ValueError(f"telko vocabulary must have {VOCAB_SIZE} pieces, got {len(self.pieces)}")
+            raise ValueError(
+                f"telko vocabulary must have {VOCAB_SIZE} pieces, got {len(self.pieces)}"
+            )
 
         normal = [i for i, kind in enumerate(types) if kind == "normal"]
         self._max_score = np.float32(scores[normal].max())
@@ -55,14 +57,18 @@ class TelkoTokenizer:
                 node = node.setdefault(byte, {})
             node[-1] = piece_id
             if kind == "user_defined":
-                length_score = np.float32(np.float32(len(piece_bytes)) * self._max_score)
+                length_score = np.float32(
+                    np.float32(len(piece_bytes)) * self._max_score
+                )
                 self._score_of[piece_id] = float(length_score) - _USER_DEFINED_OFFSET
             else:
                 self._score_of[piece_id] = float(scores[piece_id])
 
         spec = vocab.get("normalizer", {})
         self._add_dummy_prefix = bool(spec.get("add_dummy_prefix", True))
-        self._remove_extra_whitespaces = bool(spec.get("remove_extra_whitespaces", True))
+        self._remove_extra_whitespaces = bool(
+            spec.get("remove_extra_whitespaces", True)
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -108,14 +114,22 @@ class TelkoTokenizer:
                     continue
                 candidate = self._score_of[piece_id] + score_here
                 if best_start[pos] == -1 or candidate > float(best_score[pos]):
-                    best_score[pos], best_start[pos], best_id[pos] = candidate, start, piece_id
+                    best_score[pos], best_start[pos], best_id[pos] = (
+                        candidate,
+                        start,
+                        piece_id,
+                    )
                 if pos - start == char_len:
                     has_single_char = True
             if not has_single_char:
                 end = start + char_len
                 candidate = self._unk_score + score_here
                 if best_start[end] == -1 or candidate > float(best_score[end]):
-                    best_score[end], best_start[end], best_id[end] = candidate, start, UNK_ID
+                    best_score[end], best_start[end], best_id[end] = (
+                        candidate,
+                        start,
+                        UNK_ID,
+                    )
             start += char_len
 
         ids: list[int] = []
@@ -132,7 +146,9 @@ class TelkoTokenizer:
         for token_id in ids:
             token_id = int(token_id)
             if not 0 <= token_id < len(self.pieces):
-                raise ValueError(f"token id {token_id} outside the vocabulary of {len(self.pieces)}")
+                raise ValueError(
+                    f"token id {token_id} outside the vocabulary of {len(self.pieces)}"
+                )
             if token_id in (1, 2):
                 continue
             parts.append(" \u2047 " if token_id == UNK_ID else self.pieces[token_id])

@@ -54,7 +54,9 @@ def learning_rate_at(iteration: int, s: TrainSettings) -> float:
     return s.min_learning_rate + coeff * (s.learning_rate - s.min_learning_rate)
 
 
-def make_optimizer(model: nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(
+    model: nn.Module, s: TrainSettings, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW: weight decay on parameters with >= 2 dims, none on norms."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -66,8 +68,14 @@ def make_optimizer(model: nn.Module, s: TrainSettings, device: torch.device) -> 
     )
 
 
-def train_round(model: nn.Module, data: TokenSequences, server_round: int, s: TrainSettings,
-                device: torch.device, progress=None) -> dict[str, float]:
+def train_round(
+    model: nn.Module,
+    data: TokenSequences,
+    server_round: int,
+    s: TrainSettings,
+    device: torch.device,
+    progress=None,
+) -> dict[str, float]:
     """Train on the first local_steps batches of the shard; return mean loss.
 
     The global iteration of step j in round r (1-based) is (r - 1) * steps + j.
@@ -93,8 +101,13 @@ def train_round(model: nn.Module, data: TokenSequences, server_round: int, s: Tr
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TokenSequences, batch_size: int, max_batches: int | None,
-             device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    data: TokenSequences,
+    batch_size: int,
+    max_batches: int | None,
+    device: torch.device,
+) -> dict[str, float]:
     """Loss, perplexity, top-1 accuracy (padding included, as the paper) and
     masked accuracy (padding targets excluded), accuracies in percent.
 
@@ -130,8 +143,13 @@ def evaluate(model: nn.Module, data: TokenSequences, batch_size: int, max_batche
 
 
 @torch.no_grad()
-def generate_after_prompt(model: nn.Module, prompt: list[int], max_seq_len: int,
-                          device: torch.device, max_new_tokens: int = 320) -> list[int]:
+def generate_after_prompt(
+    model: nn.Module,
+    prompt: list[int],
+    max_seq_len: int,
+    device: torch.device,
+    max_new_tokens: int = 320,
+) -> list[int]:
     """Greedy continuation with a key/value cache until "time", <unk>,
     max_seq_len or max_new_tokens (twice the longest QoS group, so that an
     untrained model that never stops does not run to max_seq_len)."""
@@ -176,8 +194,13 @@ def parse_key_values(token_ids) -> dict[str, float]:
     return values
 
 
-def feature_errors(model: nn.Module, data: TokenSequences, num_rows: int, max_seq_len: int,
-                   device: torch.device) -> dict[str, dict[str, float]]:
+def feature_errors(
+    model: nn.Module,
+    data: TokenSequences,
+    num_rows: int,
+    max_seq_len: int,
+    device: torch.device,
+) -> dict[str, dict[str, float]]:
     """Mean absolute relative error (%) per QoS feature of greedy predictions.
 
     For each test row: prompt = tokens up to and including the last "-->",
@@ -196,14 +219,20 @@ def feature_errors(model: nn.Module, data: TokenSequences, num_rows: int, max_se
             continue
         cut = int(arrows[-1]) + 1
         truth = parse_key_values(real[cut:])
-        predicted = parse_key_values(generate_after_prompt(model, real[:cut].tolist(), max_seq_len, device))
+        predicted = parse_key_values(
+            generate_after_prompt(model, real[:cut].tolist(), max_seq_len, device)
+        )
         used += 1
         for key, gt in truth.items():
             if key in predicted:
                 sums[key] += abs((predicted[key] - gt) / (gt + 1e-10)) * 100.0
                 counts[key] += 1
     return {
-        key: {"mean_abs_rel_error_pct": sums[key] / counts[key] if counts[key] else float("nan"),
-              "rows": counts[key]}
+        key: {
+            "mean_abs_rel_error_pct": sums[key] / counts[key]
+            if counts[key]
+            else float("nan"),
+            "rows": counts[key],
+        }
         for key in QOS_KEYS
     }
