@@ -941,21 +941,21 @@ def _git_commit() -> str | None:
     return f"{commit}+dirty" if dirty else commit or None
 
 
+# What every coder's row measures, in table order.
+MEASURED_COLUMNS = (
+    "case",
+    "qp",
+    "coder",
+    "bytes",
+    "bits_per_param",
+    "mse",
+    "encode_s",
+    "decode_s",
+)
+
+
 def _table_row(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
-    result = {
-        k: row[k]
-        for k in (
-            "case",
-            "qp",
-            "coder",
-            "bytes",
-            "bits_per_param",
-            "mse",
-            "encode_s",
-            "decode_s",
-            "nncodec_decodes_ours",
-        )
-    }
+    result = {k: row[k] for k in MEASURED_COLUMNS + ("nncodec_decodes_ours",)}
     result["bytes_vs_nncodec"] = row["bytes"] / reference["bytes"]
     result["encode_vs_nncodec"] = row["encode_s"] / reference["encode_s"]
     result["decode_vs_nncodec"] = row["decode_s"] / reference["decode_s"]
@@ -977,15 +977,7 @@ def _json_default(value: Any) -> Any:
 # ---------------------------------------------------------------------------
 # output
 
-CSV_COLUMNS = (
-    "case",
-    "qp",
-    "coder",
-    "bytes",
-    "bits_per_param",
-    "mse",
-    "encode_s",
-    "decode_s",
+CSV_COLUMNS = MEASURED_COLUMNS + (
     "bytes_vs_nncodec",
     "encode_vs_nncodec",
     "decode_vs_nncodec",
