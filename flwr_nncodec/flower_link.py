@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord
 
 # One coded payload per message travels as this Array in the ArrayRecord.
 PAYLOAD_KEY = "nnc.payload"
-PAYLOAD_STYPE = "nnc.v1"
+PAYLOAD_STYPE = "nnc.v2"
 
 # Record key of the link metadata a node adds to its reply.
 LINK_RECORD_KEY = "nnc.link"
@@ -156,6 +156,24 @@ def manifest_from_json(text: Any) -> Manifest:
 
 def count_parameters(manifest: Manifest) -> int:
     return sum(spec.num_elements for spec in manifest)
+
+
+def wire_names(manifest: Manifest) -> dict[str, str]:
+    """Name of each tensor inside the bitstreams: its manifest position.
+
+    NDU headers carry a topology element id per tensor; both ends hold the
+    manifest, so "0", "1", ... say as much as the model's own names at a
+    fraction of the bytes (a 25-character name costs 25 bytes per tensor
+    per message). TCA bases are keyed by these names too.
+    """
+    return {spec.name: str(index) for index, spec in enumerate(manifest)}
+
+
+def _from_wire(tensors: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
+    # Back to the model's names; a name outside the manifest stays as it is
+    # (and is then refused by whoever checks the result against the manifest).
+    names = {str(index): spec.name for index, spec in enumerate(manifest)}
+    return {names.get(key, key): value for key, value in tensors.items()}
 
 
 def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -333,7 +351,8 @@ def encode_update(
     manifest tensor, zeros where the stream drops it) and the plain tensors:
     integer updates NNC cannot code (uint64, or values outside int32), which
     travel exactly beside the stream. With a ``base`` the encoder advances it,
-    as the decoder at the other end will.
+    as the decoder at the other end will. Inside the stream the tensors go by
+    their ``wire_names``.
     """
     coded, plain = {}, {}
     for spec in manifest:
@@ -349,6 +368,8 @@ def encode_update(
 
     if sparsify:
         coded = _sparsified(coded, options)
+    names = wire_names(manifest)
+    coded = {names[name]: value for name, value in coded.items()}
 
     result = codec_api().encode_with_reconstruction(
         coded,
@@ -364,7 +385,9 @@ def encode_update(
         update_base=base is not None,
         device_id=device_id,
     )
-    reconstruction = _complete(result.reconstruction, manifest, "encoder")
+    reconstruction = _complete(
+        _from_wire(result.reconstruction, manifest), manifest, "encoder"
+    )
     reconstruction.update({k: v.copy() for k, v in plain.items()})
     return bytes(result.bitstream), reconstruction, plain
 
@@ -411,6 +434,7 @@ def decode_update(
         max_elements=max(1, max_elements),
         max_total_elements=max(1, count_parameters(manifest)),
     )
+    decoded = _from_wire(decoded, manifest)
     both = sorted(set(decoded) & set(plain))
     if both:
         raise LinkError(f"tensors {both[:5]} come both coded and plain")
@@ -449,7 +473,7 @@ def check_stream_fits(bitstream: bytes, manifest: Manifest) -> None:
     """
     from flwr_nncodec.inspection import inspect  # pylint: disable=C0415
 
-    by_name = {spec.name: spec for spec in manifest}
+    by_wire_name = {str(index): spec for index, spec in enumerate(manifest)}
     max_elements = max((spec.num_elements for spec in manifest), default=0)
     units = inspect(bitstream, max_elements=max(1, max_elements))
 
@@ -457,25 +481,29 @@ def check_stream_fits(bitstream: bytes, manifest: Manifest) -> None:
     for unit in units:
         if unit["type"] != "NDU":
             continue
-        name = unit["name"]
-        spec = by_name.get(name)  # type: ignore[arg-type]
+        wire_name = unit["name"]
+        spec = by_wire_name.get(wire_name)  # type: ignore[arg-type]
         if spec is None:
-            raise LinkError(f"stream holds tensor {name!r:.80}, not in the model")
-        if name in seen:
-            raise LinkError(f"stream holds tensor {name!r} more than once")
-        seen.add(name)  # type: ignore[arg-type]
+            raise LinkError(
+                f"stream holds tensor {wire_name!r:.80}, not a tensor number of "
+                f"the model (0..{len(manifest) - 1})"
+            )
+        if wire_name in seen:
+            raise LinkError(f"stream holds tensor {wire_name!r} more than once")
+        seen.add(wire_name)  # type: ignore[arg-type]
+        name = f"#{wire_name} {spec.name!r}"
 
         shape = tuple(unit["shape"])  # type: ignore[arg-type]
         fits = shape == spec.shape or (spec.shape == () and shape == (1,))
         if not fits or spec.num_elements == 0:
             raise LinkError(
-                f"stream tensor {name!r} has shape {shape!s:.80}, "
+                f"stream tensor {name} has shape {shape!s:.80}, "
                 f"the model's is {spec.shape}"
             )
         payload_type = unit["payload_type"]
         if (payload_type == "INT") == spec.is_float:
             raise LinkError(
-                f"stream tensor {name!r} has payload type {payload_type}, "
+                f"stream tensor {name} has payload type {payload_type}, "
                 f"the model's dtype is {spec.dtype}"
             )
 

@@ -10,6 +10,7 @@ lives in ``context.state`` as records: no files, no pickle. Messages without
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
@@ -42,6 +43,7 @@ class NodeLinkState:
     version: int = 0
     up_seq: int = 0
     manifest: link.Manifest | None = None
+    options: NNCOptions | None = None  # the server's codec options
     reference: dict[str, np.ndarray] | None = None
     down_base: Any | None = None
     up_base: Any | None = None
@@ -60,6 +62,7 @@ class NodeLinkState:
                 version=_int(meta, "version"),
                 up_seq=_int(meta, "up-seq"),
                 manifest=manifest,
+                options=_options_from_json(meta["options"]),
                 reference=link.to_reference(
                     link.record_to_arrays(state[STATE_REFERENCE]), manifest
                 ),
@@ -101,6 +104,7 @@ class NodeLinkState:
                 "version": self.version,
                 "up-seq": self.up_seq,
                 "manifest": link.manifest_to_json(self.manifest),
+                "options": json.dumps(self.options.to_config() if self.options else {}),
             }
         )
         state[STATE_REFERENCE] = link.arrays_to_record(self.reference)
@@ -172,9 +176,8 @@ class NNCMod:
         }
         bytes_out = 0
         if category == "train":
-            options = NNCOptions.from_config(config).with_overrides(
-                **self.uplink_overrides
-            )
+            assert state.options is not None
+            options = state.options.with_overrides(**self.uplink_overrides)
             bytes_out = self._encode_uplink(reply, config, options, state, link_entries)
             state.save(context.state)
 
@@ -204,10 +207,14 @@ class NNCMod:
         target = _int(config, link.KEY_VERSION)
         start = _int(config, link.KEY_FROM_VERSION)
         kind = config.get(link.KEY_KIND)
-        options = NNCOptions.from_config(config)
 
         if state.chain_id != chain_id or state.manifest is None:
             state.forget(chain_id)
+        if any(key in config for key in NNCOptions().to_config()):
+            state.options = NNCOptions.from_config(config)
+        if state.options is None:
+            raise link.LinkError("message carries no codec options, and none are held")
+        options = state.options
         if kind not in link.KINDS:
             raise link.LinkError(f"{link.KEY_KIND}={kind!r} is not a downlink kind")
 
@@ -344,7 +351,8 @@ def nnc_mod(
     """Flower mod that NNC-decodes incoming and NNC-codes outgoing models.
 
     Register it first: ``ClientApp(mods=[nnc_mod])``. It needs no arguments:
-    the server sends the codec options with every message.
+    the server sends the codec options along with the model's manifest, and
+    the mod keeps both in ``context.state``.
     """
     return _DEFAULT_MOD(message, context, call_next)
 
@@ -395,6 +403,16 @@ def _base_from_record(record: Any) -> Any:
     if not isinstance(record, ArrayRecord):
         raise TypeError("stored TCA base is not an ArrayRecord")
     return link.base_state_class().from_arrays(link.record_to_arrays(record))
+
+
+def _options_from_json(text: Any) -> NNCOptions | None:
+    # Stored as the nnc.<name> entries in a JSON object; {} when none held.
+    if not isinstance(text, str):
+        raise TypeError(f"stored options must be a JSON string, got {text!r:.80}")
+    entries = json.loads(text)
+    if not isinstance(entries, dict):
+        raise TypeError(f"stored options must be a JSON object, got {text!r:.80}")
+    return NNCOptions.from_config(entries) if entries else None
 
 
 def _int(record: Any, key: str) -> int:

@@ -6,9 +6,11 @@ the reconstruction R_v = R_{v-1} + dec(enc(G_v - R_{v-1})) of the global model
 G_v (closed loop: R_v is exactly what every in-sync node holds, and the next
 difference carries what R_v still misses). Version 0 is the all-zero model with
 an empty TCA base, which is also the state of a node that never took part or
-lost its state. Each version is coded once; the chain keeps the latest
-segments, so a node that holds version u receives the segments u+1..v in one
-payload. A node whose version is unknown (new, or reported out of step) gets
+lost its state. Version 1, the whole first model, is coded with ``qp``, the
+differences after it with ``diff_qp``. Each version is coded once; the
+chain keeps the latest segments, so a node that holds version u receives the
+segments u+1..v in one payload. A node whose version is unknown (new, or
+reported out of step) gets
 the chain from 0, or, once the older segments are pruned, a keyframe: R_v as
 plain float32 arrays plus the chain's TCA base.
 
@@ -49,6 +51,7 @@ class NodeLink:
     up_seq: int = 0  # uplink updates coded on the node's current TCA base
     up_base: Any | None = None
     resyncing: bool = False  # reported out of step; cleared once it confirms
+    options_sent: NNCOptions | None = None  # codec options the node was told
 
 
 class NNCServerCodec:
@@ -103,6 +106,7 @@ class NNCServerCodec:
         for message in messages:
             node_id = message.metadata.dst_node_id
             payload, entries, resync = self._payload_for(node_id, arrays)
+            entries = self._with_options(self.nodes[node_id], entries)
             content = message.content
             config = ConfigRecord(dict(content.get(configrecord_key, ConfigRecord())))
             config.update(entries)
@@ -140,6 +144,10 @@ class NNCServerCodec:
             self.reference = target
         elif options.compress_differences:
             difference = {k: target[k] - self.reference[k] for k in target}
+            if self.version == 0:
+                # The first version, a difference to the zero model, is the
+                # whole model: it is coded with ``qp``, later ones with diff_qp.
+                options = options.with_overrides(diff_qp=options.qp)
             bitstream, reconstruction, plain = link.encode_update(
                 difference,
                 manifest,
@@ -211,7 +219,7 @@ class NNCServerCodec:
     ) -> tuple[ArrayRecord, dict[str, Any], bool]:
         node = self.nodes.setdefault(node_id, NodeLink())
         assert self.manifest is not None and self.reference is not None
-        entries: dict[str, Any] = dict(self.options.to_config())
+        entries: dict[str, Any] = {}
         entries[link.KEY_CHAIN] = self.chain_id
         entries[link.KEY_VERSION] = self.version
         entries[link.KEY_UP_SEQ] = node.up_seq if node.up_base is not None else 0
@@ -256,6 +264,15 @@ class NNCServerCodec:
         if start == 0 or kind == link.KIND_INTRA:
             entries[link.KEY_MANIFEST] = manifest_json
         return payload, entries, node.resyncing
+
+    def _with_options(self, node: NodeLink, entries: dict[str, Any]) -> dict[str, Any]:
+        # The codec options travel with the manifest (the node stores both)
+        # and whenever they changed since this node last got them; a node
+        # that lost them reports out of step and is sent both again.
+        if link.KEY_MANIFEST in entries or node.options_sent != self.options:
+            entries.update(self.options.to_config())
+            node.options_sent = self.options
+        return entries
 
     def _catchup_start(self, node_version: int | None) -> int | None:
         """First version of a segment run that brings the node up to date.
@@ -312,7 +329,7 @@ class NNCServerCodec:
 
     def _forget_node(self, node: NodeLink) -> None:
         node.version, node.up_seq, node.up_base = None, 0, None
-        node.resyncing = True
+        node.resyncing, node.options_sent = True, None
 
     def _decode_reply(
         self, reply: Message, node: NodeLink, phase: str, traffic: Any

@@ -287,6 +287,62 @@ def test_reported_bytes_equal_payload_bytes(tmp_path):
     assert grid.bytes_up[0] > 0
 
 
+def test_codec_options_travel_with_the_manifest_and_after_a_change():
+    """A node gets the options once, with the manifest, and codes with its
+    stored copy; options changed on the server go out once more."""
+    # Prepare: note which downlink messages carry options and the qp of the
+    # weight NDU of every coded reply.
+    from flwr_nncodec import inspect
+
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=2)
+    strategy = NNCFedAvg(min_available_nodes=2, diff_qp=-30, sparsity=0.0)
+    carries_options: dict[int, list[bool]] = {}
+    uplink_qp: dict[int, set[int]] = {}
+
+    def spy(call: int, message: Message) -> None:
+        if call == 2 and not carries_options.get(2):  # round 1 evaluate
+            strategy.codec.options = strategy.codec.options.with_overrides(
+                diff_qp=-28
+            )  # takes effect from the round 2 messages on
+        config = message.content["config"]
+        carries_options.setdefault(call, []).append("nnc.diff_qp" in config)
+
+    def read_qp(call: int, reply: Message) -> None:
+        if "arrays" not in reply.content:  # evaluate replies
+            return
+        payload = reply.content["arrays"][link.PAYLOAD_KEY]
+        for unit in inspect(bytes(payload.data)):
+            if unit["type"] == "NDU" and len(unit["shape"]) == 2:
+                uplink_qp.setdefault(call, set()).add(unit["qp"])
+
+    grid.before_send, grid.tamper_reply = spy, read_qp
+
+    # Execute
+    _run(strategy, grid, num_rounds=3)
+
+    # Assert: calls 1, 3, 5 train; 2, 4, 6 evaluate.
+    assert carries_options == {
+        1: [True, True],  # with the manifest
+        2: [False, False],
+        3: [True, True],  # diff_qp changed
+        4: [False, False],
+        5: [False, False],
+        6: [False, False],
+    }
+    assert uplink_qp == {1: {-30}, 3: {-28}, 5: {-28}}
+    assert grid.errors == [0] * 6
+    # Rounds 2 and 3 send the same link entries but for round 2's options.
+    from flwr_nncodec.strategies.traffic import config_bytes
+
+    history = strategy.codec.history()["rounds"]
+    options_bytes = config_bytes(strategy.codec.options.to_config())
+    # 14 keys "nnc.<name>" (218 B), 3 ints and 3 floats (8 B each), 8 bools
+    assert options_bytes == 218 + 6 * 8 + 8
+    assert history[1]["config_bytes_down"] - history[2]["config_bytes_down"] == (
+        2 * options_bytes
+    )
+
+
 @pytest.mark.parametrize(
     "catchup_bytes_limit", [None, 0], ids=["chain-replay", "keyframe"]
 )

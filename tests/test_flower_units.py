@@ -70,10 +70,38 @@ def test_lambda_scale_reaches_the_encoder():
         bitstream, _, _ = link.encode_update(
             update, manifest, options, base=None, device_id=0, sparsify=False
         )
-        expected = nnc.encode(update, qp=-24, nonweight_qp=-75, use_dq=False,
-                              lambda_scale=lambda_scale)
+        expected = nnc.encode({"0": update["w"]}, qp=-24, nonweight_qp=-75,
+                              use_dq=False, lambda_scale=lambda_scale)
         assert bitstream == expected
     assert NNCOptions.from_config(NNCOptions(lambda_scale=0.0).to_config()).lambda_scale == 0.0
+
+
+def test_streams_name_tensors_by_manifest_position():
+    """NDUs carry "0", "1", ... instead of the model's names; each end maps
+    them back through the manifest, and every name byte saved is a byte off
+    the stream."""
+    rng = np.random.default_rng(8)
+    update = {
+        "layers.0.attention.wq.weight": rng.normal(0, 0.01, (8, 6)).astype(np.float32),
+        "layers.0.attention_norm.weight": rng.normal(0, 0.01, 6).astype(np.float32),
+    }
+    manifest = link.manifest_of(update)
+    options = NNCOptions(compress_differences=False, qp=-30, sparsity=0.0,
+                         struct_spars_factor=0.0)
+    bitstream, reconstruction, _ = link.encode_update(
+        update, manifest, options, base=None, device_id=0, sparsify=False
+    )
+
+    assert [u["name"] for u in nnc.inspect(bitstream) if u["type"] == "NDU"] == [
+        "0", "1"
+    ]
+    decoded = link.decode_update(bitstream, manifest, base=None)
+    assert list(decoded) == list(update)
+    for name in update:
+        np.testing.assert_array_equal(decoded[name], reconstruction[name])
+    named = nnc.encode(update, qp=-30, nonweight_qp=-75, use_dq=False)
+    saved = sum(len(name) - 1 for name in update)
+    assert len(named) - len(bitstream) == saved
 
 
 def test_options_from_config_rejects_wrong_type():
@@ -151,7 +179,7 @@ def test_decode_update_rejects_tensors_outside_the_manifest():
 
     manifest = link.manifest_of({"w": np.zeros((2, 2), np.float32)})
     bitstream = encode({"v": np.ones((2, 2), np.float32)}, qp=-40)
-    with pytest.raises(link.LinkError, match="not in the model"):
+    with pytest.raises(link.LinkError, match=r"'v', not a tensor number .*\(0\.\.0\)"):
         link.decode_update(bitstream, manifest, base=None)
 
 
@@ -232,11 +260,11 @@ def decode_spy(monkeypatch):
     "name, dims, message",
     [
         # a legitimately coded tensor 4096x the model's size (a decompression bomb)
-        ("w", (2, 1 << 27), "element|shape"),
+        ("0", (2, 1 << 27), "element|shape"),
         # zero-sized NDU with a huge first dimension (hangs the C++ decoder)
-        ("w", (1 << 40, 0), r"shape \(1099511627776, 0\)"),
-        ("w", (3, 2), r"shape \(3, 2\), the model's is \(2, 3\)"),
-        ("v", (2, 3), "'v', not in the model"),
+        ("0", (1 << 40, 0), r"shape \(1099511627776, 0\)"),
+        ("0", (3, 2), r"#0 'w' has shape \(3, 2\), the model's is \(2, 3\)"),
+        ("w", (2, 3), "'w', not a tensor number"),
     ],
 )
 def test_decode_update_checks_headers_before_decoding(decode_spy, name, dims, message):
@@ -254,7 +282,7 @@ def test_decode_update_rejects_int_payload_for_float_tensor(decode_spy):
     from flwr_nncodec import encode
 
     manifest = link.manifest_of({"w": np.zeros(4, np.float32)})
-    bitstream = encode({"w": np.arange(4, dtype=np.int32)})
+    bitstream = encode({"0": np.arange(4, dtype=np.int32)})
     with pytest.raises(link.LinkError, match="payload type INT, the model's dtype"):
         link.decode_update(bitstream, manifest, base=None)
     assert decode_spy.calls == []

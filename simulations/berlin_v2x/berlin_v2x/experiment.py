@@ -164,7 +164,7 @@ def run_one(
     model = build_model(p.tlm_size, p.max_seq_len, p.dropout, seed=cfg.seed)
     initial = model_to_arrays(model)
     if cfg.snap_init:
-        initial = snap_to_grid(initial, cfg.codec.diff_qp)
+        initial = snap_to_grid(initial, cfg.codec.qp)
     num_params = count_unique_parameters(model)
     strategy = make_strategy(cfg, codec, out_dir)
 
