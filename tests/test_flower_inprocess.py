@@ -343,6 +343,42 @@ def test_codec_options_travel_with_the_manifest_and_after_a_change():
     )
 
 
+def test_first_model_is_coded_with_qp_and_differences_with_diff_qp():
+    """Downlink version 1 (the whole model) carries qp, later versions and
+    every uplink update diff_qp, as NNCodec uses the two."""
+    from flwr_nncodec import inspect
+
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=2)
+    strategy = NNCFedAvg(min_available_nodes=2, qp=-36, diff_qp=-28)
+    down_qps: dict[int, list[int]] = {}
+    up_qps: dict[int, set[int]] = {}
+
+    def read_down(call: int, message: Message) -> None:
+        config = message.content["config"]
+        segments = link.unpack_segments(
+            message.content["arrays"][link.PAYLOAD_KEY],
+            config["nnc.segments"],
+            config["nnc.crc32"],
+        )
+        seen = down_qps.setdefault(call, [])
+        for segment in segments:
+            qps = {u["qp"] for u in inspect(segment) if u.get("shape", ())[1:]}
+            seen.append(qps.pop())
+
+    def read_up(call: int, reply: Message) -> None:
+        if "arrays" in reply.content:
+            data = bytes(reply.content["arrays"][link.PAYLOAD_KEY].data)
+            qps = {u["qp"] for u in inspect(data) if u.get("shape", ())[1:]}
+            up_qps.setdefault(call, set()).update(qps)
+
+    grid.before_send, grid.tamper_reply = read_down, read_up
+    _run(strategy, grid, num_rounds=2)
+
+    # calls: 1 train (v1), 2 evaluate (v2), 3 train (nothing new), 4 evaluate
+    assert down_qps == {1: [-36, -36], 2: [-28, -28], 3: [], 4: [-28, -28]}
+    assert up_qps == {1: {-28}, 3: {-28}}
+
+
 @pytest.mark.parametrize(
     "catchup_bytes_limit", [None, 0], ids=["chain-replay", "keyframe"]
 )
