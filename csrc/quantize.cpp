@@ -95,11 +95,43 @@ constexpr int kDqPredState[8][2] = {{0, 4}, {2, 6}, {0, 4}, {2, 6},
 constexpr int kDqPredParity[8][2] = {{0, 1}, {0, 1}, {1, 0}, {1, 0},
                                      {1, 0}, {1, 0}, {0, 1}, {0, 1}};
 
+// Back pointers of the DQ trellis, 3 bytes per position: for each of the 8
+// states, 3 bits (bit 0: which of the state's two entering edges won, bits
+// 1-2: the candidate index within the previous state's quantiser).
+class TrellisBackPointers {
+ public:
+  explicit TrellisBackPointers(size_t num_positions) : bytes_(num_positions * 3) {}
+
+  // row: the 8 states' 3-bit entries, state s in bits 3s..3s+2.
+  void set_row(size_t position, uint32_t row) {
+    uint8_t* out = &bytes_[position * 3];
+    out[0] = uint8_t(row);
+    out[1] = uint8_t(row >> 8);
+    out[2] = uint8_t(row >> 16);
+  }
+
+  static uint32_t entry(int edge, int candidate, int state) {
+    return uint32_t(edge | (candidate << 1)) << (3 * state);
+  }
+
+  // The previous state and candidate index on the path into `state`.
+  void get(size_t position, int state, int& prev_state, int& candidate) const {
+    const uint8_t* in = &bytes_[position * 3];
+    const uint32_t row = uint32_t(in[0]) | (uint32_t(in[1]) << 8) |
+                         (uint32_t(in[2]) << 16);
+    const uint32_t bits = (row >> (3 * state)) & 7u;
+    prev_state = kDqPredState[state][bits & 1];
+    candidate = int(bits >> 1);
+  }
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
+
 // Trellis traceback shared by both DQ searches: start at the cheapest final
-// state and follow the back pointers (low 3 bits: previous state, high bits:
-// candidate index within that state's quantiser), writing q for every value.
+// state and follow the back pointers, writing q for every value.
 void backtrack_trellis(const float* x, size_t n, float inverse_step,
-                       const std::vector<uint8_t>& back, const double* cost,
+                       const TrellisBackPointers& back, const double* cost,
                        int32_t* q_out) {
   int state = 0;
   for (int s = 1; s < 8; ++s) {
@@ -107,10 +139,11 @@ void backtrack_trellis(const float* x, size_t n, float inverse_step,
   }
   DqCandidates cand;
   for (size_t i = n; i-- > 0;) {
-    const uint8_t pointer = back[i * 8 + size_t(state)];
-    const int prev = pointer & 7;
+    int prev = 0;
+    int candidate = 0;
+    back.get(i, state, prev, candidate);
     dq_candidates(double(inverse_step) * double(x[i]), cand);
-    q_out[i] = int32_t(cand.q[prev & 1][pointer >> 3]);
+    q_out[i] = int32_t(cand.q[prev & 1][candidate]);
     state = prev;
   }
 }
@@ -121,9 +154,7 @@ void backtrack_trellis(const float* x, size_t n, float inverse_step,
 // ties resolve to the lowest previous state, then the first candidate.
 void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q_out) {
   constexpr double kInf = std::numeric_limits<double>::infinity();
-  // Back pointer per (position, state): previous state (3 bits) and the
-  // candidate index (2 bits) that led there.
-  std::vector<uint8_t> back(n * 8);
+  TrellisBackPointers back(n);
   double cost[8] = {0.0, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
 
   DqCandidates cand;
@@ -156,7 +187,7 @@ void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q
     }
 
     double next_cost[8];
-    uint8_t* back_row = &back[i * 8];
+    uint32_t back_row = 0;
     for (int next = 0; next < 8; ++next) {
       const int s0 = kDqPredState[next][0];
       const int p0 = kDqPredParity[next][0];
@@ -167,9 +198,11 @@ void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q
       // Predecessors are listed in increasing state order (s0 < s1).
       const bool second = via1 < via0;
       next_cost[next] = second ? via1 : via0;
-      back_row[next] = second ? uint8_t(s1 | (best_index[s1 & 1][p1] << 3))
-                              : uint8_t(s0 | (best_index[s0 & 1][p0] << 3));
+      back_row |= second
+          ? TrellisBackPointers::entry(1, best_index[s1 & 1][p1], next)
+          : TrellisBackPointers::entry(0, best_index[s0 & 1][p0], next);
     }
+    back.set_row(i, back_row);
     for (int s = 0; s < 8; ++s) cost[s] = next_cost[s];
   }
 
@@ -229,7 +262,7 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
   constexpr double kInf = std::numeric_limits<double>::infinity();
   constexpr size_t kCommitBlock = 256;
   constexpr size_t kCommitLag = 32;
-  std::vector<uint8_t> back(n * 8);
+  TrellisBackPointers back(n);
   double cost[8];
   long long prev_level[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (double& c : cost) c = kInf;
@@ -300,7 +333,7 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
     // Each state keeps the cheaper of its two entering edges.
     double next_cost[8];
     long long next_prev_level[8];
-    uint8_t* back_row = &back[i * 8];
+    uint32_t back_row = 0;
     for (int next = 0; next < 8; ++next) {
       const int s0 = kDqPredState[next][0];
       const int p0 = kDqPredParity[next][0];
@@ -313,8 +346,9 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
       const int j = second ? edge_index[s1][p1] : edge_index[s0][p0];
       next_cost[next] = second ? via1 : via0;
       next_prev_level[next] = level[s & 1][j];
-      back_row[next] = uint8_t(s | (j << 3));
+      back_row |= TrellisBackPointers::entry(second ? 1 : 0, j, next);
     }
+    back.set_row(i, back_row);
     for (int s = 0; s < 8; ++s) {
       cost[s] = next_cost[s];
       prev_level[s] = next_prev_level[s];
@@ -330,10 +364,11 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
       path_levels.resize(span);
       path_states.resize(span);
       for (size_t p = i + 1; p-- > committed;) {
-        const uint8_t pointer = back[p * 8 + size_t(state)];
-        const int prev = pointer & 7;
+        int prev = 0;
+        int candidate = 0;
+        back.get(p, state, prev, candidate);
         dq_candidates(double(inverse_step) * double(x[p]), cand);
-        path_levels[p - committed] = dq_level(cand.q[prev & 1][pointer >> 3], prev & 1);
+        path_levels[p - committed] = dq_level(cand.q[prev & 1][candidate], prev & 1);
         path_states[p - committed] = uint8_t(prev);
         state = prev;
       }
