@@ -1,6 +1,7 @@
 // URQ and DQ quantisers (nnc-format §2.1-§2.3).
 #include "quantize.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -43,16 +44,6 @@ void quantize_uniform(const float* x, size_t n, float inverse_step, int32_t* q_o
   }
 }
 
-// Candidates of one value for the DQ trellis (nnc-format §2.3): per
-// quantiser (Q0: even q, Q1: odd q or 0) the two nearest indices around
-// t = x/step, plus 0, with their squared error and the parity of their level.
-struct DqCandidates {
-  int64_t q[2][3];
-  double error[2][3];
-  uint8_t parity[2][3];
-  int count[2];
-};
-
 inline int64_t dq_level(int64_t q, int quantizer) {
   const int64_t sgn = (q > 0) - (q < 0);
   return (q + sgn * quantizer) >> 1;
@@ -64,32 +55,68 @@ inline int64_t floor_to_int(double v) {
   return truncated - (v < double(truncated) ? 1 : 0);
 }
 
-// Both quantisers always get 3 candidates; when 0 is already one of Q0's two
-// nearest, its third candidate repeats the first (never strictly better).
+// Candidate j (0..2) of quantiser Q0 (even q) or Q1 (odd q or 0) for
+// t = x/step (nnc-format §2.3): Q0 tries the two nearest even indices, then
+// 0, and repeats its first candidate when 0 is already one of them (never
+// strictly better, so never chosen). Q1 tries the upper nearest odd index
+// first: at t = 0 the tie between -1 and +1 goes to +1, as in NNCodec (no
+// other equal-error, equal-parity pair exists), then the lower one, then 0.
+inline int64_t dq_candidate(double t, int quantizer, int j) {
+  const int64_t even_low = 2 * floor_to_int(t * 0.5);
+  const int64_t odd_low = 2 * floor_to_int((t - 1.0) * 0.5) + 1;
+  const int64_t even_third = (even_low != 0 && even_low != -2) ? 0 : even_low;
+  const int64_t candidates[2][3] = {{even_low, even_low + 2, even_third},
+                                    {odd_low + 2, odd_low, 0}};
+  return candidates[quantizer][j];
+}
+
+// b if take_b else a, without a branch: the trellis' choices are data
+// dependent and unpredictable.
+inline uint32_t pick(bool take_b, uint32_t a, uint32_t b) {
+  return a ^ ((a ^ b) & (0u - uint32_t(take_b)));
+}
+
+// The candidates of one value for the DQ trellis: per quantiser the three
+// of dq_candidate with their squared error and level k, and per (quantiser,
+// level parity) the first and the last candidate index with that parity.
+// Every parity has one or two candidates (Q0's first two differ in parity;
+// Q1's third is even and its first two are never both even), so the
+// cheapest of a parity, ties to the earlier, is that of first and last.
+struct DqCandidates {
+  int64_t q[2][3];
+  double error[2][3];
+  int64_t level[2][3];
+  uint8_t first[2][2];
+  uint8_t last[2][2];
+};
+
 inline void dq_candidates(double t, DqCandidates& c) {
   const int64_t even_low = 2 * floor_to_int(t * 0.5);
   const int64_t odd_low = 2 * floor_to_int((t - 1.0) * 0.5) + 1;
   c.q[0][0] = even_low;
   c.q[0][1] = even_low + 2;
   c.q[0][2] = (even_low != 0 && even_low != -2) ? 0 : even_low;
-  c.count[0] = 3;
-  // Upper odd candidate first: at t = 0 the tie between -1 and +1 goes to
-  // +1, as in NNCodec (no other equal-error, equal-parity pair exists).
   c.q[1][0] = odd_low + 2;
   c.q[1][1] = odd_low;
   c.q[1][2] = 0;
-  c.count[1] = 3;
   for (int quantizer = 0; quantizer < 2; ++quantizer) {
+    int parity[3];
     for (int j = 0; j < 3; ++j) {
       const double err = t - double(c.q[quantizer][j]);
       c.error[quantizer][j] = err * err;
-      c.parity[quantizer][j] = uint8_t(dq_level(c.q[quantizer][j], quantizer) & 1);
+      c.level[quantizer][j] = dq_level(c.q[quantizer][j], quantizer);
+      parity[j] = int(c.level[quantizer][j] & 1);
+    }
+    for (int p = 0; p < 2; ++p) {
+      c.first[quantizer][p] = uint8_t(parity[0] == p ? 0 : (parity[1] == p ? 1 : 2));
+      c.last[quantizer][p] = uint8_t(parity[2] == p ? 2 : (parity[1] == p ? 1 : 0));
     }
   }
 }
 
 // The two (previous state, level parity) edges that enter each DQ state,
-// in increasing previous-state order; the inverse of kDqNextState.
+// in increasing previous-state order; the inverse of kDqNextState. Both
+// previous states of a state share their quantiser.
 constexpr int kDqPredState[8][2] = {{0, 4}, {2, 6}, {0, 4}, {2, 6},
                                     {3, 7}, {1, 5}, {3, 7}, {1, 5}};
 constexpr int kDqPredParity[8][2] = {{0, 1}, {0, 1}, {1, 0}, {1, 0},
@@ -137,13 +164,12 @@ void backtrack_trellis(const float* x, size_t n, float inverse_step,
   for (int s = 1; s < 8; ++s) {
     if (cost[s] < cost[state]) state = s;
   }
-  DqCandidates cand;
   for (size_t i = n; i-- > 0;) {
     int prev = 0;
     int candidate = 0;
     back.get(i, state, prev, candidate);
-    dq_candidates(double(inverse_step) * double(x[i]), cand);
-    q_out[i] = int32_t(cand.q[prev & 1][candidate]);
+    const double t = double(inverse_step) * double(x[i]);
+    q_out[i] = int32_t(dq_candidate(t, prev & 1, candidate));
     state = prev;
   }
 }
@@ -161,33 +187,27 @@ void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q
   for (size_t i = 0; i < n; ++i) {
     dq_candidates(double(inverse_step) * double(x[i]), cand);
 
-    // Best candidate per (quantiser, parity), branch-free; ties keep the
-    // earlier candidate.
+    // Best candidate per (quantiser, parity); ties keep the earlier one.
     double best_error[2][2];
     int best_index[2][2];
+#pragma GCC unroll 2
     for (int quantizer = 0; quantizer < 2; ++quantizer) {
-      double even_error = kInf;
-      double odd_error = kInf;
-      int even_index = 0;
-      int odd_index = 0;
-      for (int j = 0; j < 3; ++j) {
-        const double error = cand.error[quantizer][j];
-        const bool even = cand.parity[quantizer][j] == 0;
-        const bool take_even = even && error < even_error;
-        const bool take_odd = !even && error < odd_error;
-        even_error = take_even ? error : even_error;
-        even_index = take_even ? j : even_index;
-        odd_error = take_odd ? error : odd_error;
-        odd_index = take_odd ? j : odd_index;
+#pragma GCC unroll 2
+      for (int parity = 0; parity < 2; ++parity) {
+        const int first = cand.first[quantizer][parity];
+        const int last = cand.last[quantizer][parity];
+        const double first_error = cand.error[quantizer][first];
+        const double last_error = cand.error[quantizer][last];
+        // std::min(a, b) is b < a ? b : a: ties keep the first.
+        best_error[quantizer][parity] = std::min(first_error, last_error);
+        best_index[quantizer][parity] =
+            int(pick(last_error < first_error, uint32_t(first), uint32_t(last)));
       }
-      best_error[quantizer][0] = even_error;
-      best_error[quantizer][1] = odd_error;
-      best_index[quantizer][0] = even_index;
-      best_index[quantizer][1] = odd_index;
     }
 
     double next_cost[8];
     uint32_t back_row = 0;
+#pragma GCC unroll 8
     for (int next = 0; next < 8; ++next) {
       const int s0 = kDqPredState[next][0];
       const int p0 = kDqPredParity[next][0];
@@ -197,10 +217,10 @@ void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q
       const double via1 = cost[s1] + best_error[s1 & 1][p1];
       // Predecessors are listed in increasing state order (s0 < s1).
       const bool second = via1 < via0;
-      next_cost[next] = second ? via1 : via0;
-      back_row |= second
-          ? TrellisBackPointers::entry(1, best_index[s1 & 1][p1], next)
-          : TrellisBackPointers::entry(0, best_index[s0 & 1][p0], next);
+      next_cost[next] = std::min(via0, via1);
+      const uint32_t j = pick(second, uint32_t(best_index[s0 & 1][p0]),
+                              uint32_t(best_index[s1 & 1][p1]));
+      back_row |= TrellisBackPointers::entry(second, int(j), next);
     }
     back.set_row(i, back_row);
     for (int s = 0; s < 8; ++s) cost[s] = next_cost[s];
@@ -264,7 +284,9 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
   constexpr size_t kCommitLag = 32;
   TrellisBackPointers back(n);
   double cost[8];
-  long long prev_level[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  // Neighbour class (0 zero, 1 negative, 2 positive) of each survivor's
+  // last level: all the rates need of it.
+  uint8_t prev_class[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (double& c : cost) c = kInf;
   cost[0] = 0.0;
 
@@ -280,60 +302,57 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
   for (size_t i = 0; i < n; ++i) {
     dq_candidates(double(inverse_step) * double(x[i]), cand);
 
-    // State-independent parts of the candidates' rates.
-    long long level[2][3];
+    // State-independent parts of the candidates' rates: magnitude bits
+    // (0 for level 0), sign, neighbour class the level leaves behind.
     uint32_t magnitude_bits[2][3];
+    uint8_t negative[2][3];
+    uint8_t nonzero[2][3];
+    uint8_t level_class[2][3];
     for (int quantizer = 0; quantizer < 2; ++quantizer) {
       for (int j = 0; j < 3; ++j) {
-        const long long k = dq_level(cand.q[quantizer][j], quantizer);
-        level[quantizer][j] = k;
+        const long long k = cand.level[quantizer][j];
+        negative[quantizer][j] = k < 0;
+        nonzero[quantizer][j] = k != 0;
+        level_class[quantizer][j] = uint8_t(neighbour_class(k));
         magnitude_bits[quantizer][j] =
             k == 0 ? 0 : rates.magnitude(uint64_t(k < 0 ? -k : k), k < 0);
       }
     }
 
     // Cheapest candidate per (state, level parity): distortion plus rate with
-    // the state's own significance context and survivor neighbour.
+    // the state's own significance context and survivor neighbour; ties keep
+    // the earlier candidate.
     double edge_cost[8][2];
     uint8_t edge_index[8][2];
+#pragma GCC unroll 8
     for (int s = 0; s < 8; ++s) {
       const int quantizer = s & 1;
-      const int neighbour = neighbour_class(prev_level[s]);
-      const uint32_t sig_zero = rates.sig(s, neighbour, 0);
-      const uint32_t sig_one = rates.sig(s, neighbour, 1);
+      const int neighbour = prev_class[s];
+      const uint32_t* sig_bits = rates.sig_pair(s, neighbour);
       double value[3];
       for (int j = 0; j < 3; ++j) {
-        const long long k = level[quantizer][j];
-        const uint32_t sign_bits = rates.sign(neighbour, k < 0);
+        // Level 0 costs its significance bin only.
+        const uint32_t nonzero_mask = 0u - uint32_t(nonzero[quantizer][j]);
+        const uint32_t level_bits =
+            magnitude_bits[quantizer][j] + rates.sign(neighbour, negative[quantizer][j]);
         const uint32_t bits =
-            k == 0 ? sig_zero : sig_one + magnitude_bits[quantizer][j] + sign_bits;
+            sig_bits[nonzero[quantizer][j]] + (level_bits & nonzero_mask);
         value[j] = cand.error[quantizer][j] + lambda_per_bit_unit * double(bits);
       }
-      // Cheapest candidate per parity, branch-free; ties keep the earlier
-      // candidate. (-1 and +1 share a parity, so no fixed pattern is assumed.)
-      double even_cost = kInf;
-      double odd_cost = kInf;
-      int even_index = 0;
-      int odd_index = 0;
-      for (int j = 0; j < 3; ++j) {
-        const bool even = cand.parity[quantizer][j] == 0;
-        const bool take_even = even && value[j] < even_cost;
-        const bool take_odd = !even && value[j] < odd_cost;
-        even_cost = take_even ? value[j] : even_cost;
-        even_index = take_even ? j : even_index;
-        odd_cost = take_odd ? value[j] : odd_cost;
-        odd_index = take_odd ? j : odd_index;
+      for (int parity = 0; parity < 2; ++parity) {
+        const int first = cand.first[quantizer][parity];
+        const int last = cand.last[quantizer][parity];
+        edge_cost[s][parity] = std::min(value[first], value[last]);
+        edge_index[s][parity] =
+            uint8_t(pick(value[last] < value[first], uint32_t(first), uint32_t(last)));
       }
-      edge_cost[s][0] = even_cost;
-      edge_cost[s][1] = odd_cost;
-      edge_index[s][0] = uint8_t(even_index);
-      edge_index[s][1] = uint8_t(odd_index);
     }
 
     // Each state keeps the cheaper of its two entering edges.
     double next_cost[8];
-    long long next_prev_level[8];
+    uint8_t next_class[8];
     uint32_t back_row = 0;
+#pragma GCC unroll 8
     for (int next = 0; next < 8; ++next) {
       const int s0 = kDqPredState[next][0];
       const int p0 = kDqPredParity[next][0];
@@ -342,16 +361,15 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
       const double via0 = cost[s0] + edge_cost[s0][p0];
       const double via1 = cost[s1] + edge_cost[s1][p1];
       const bool second = via1 < via0;
-      const int s = second ? s1 : s0;
-      const int j = second ? edge_index[s1][p1] : edge_index[s0][p0];
-      next_cost[next] = second ? via1 : via0;
-      next_prev_level[next] = level[s & 1][j];
-      back_row |= TrellisBackPointers::entry(second ? 1 : 0, j, next);
+      const uint32_t j = pick(second, edge_index[s0][p0], edge_index[s1][p1]);
+      next_cost[next] = std::min(via0, via1);
+      next_class[next] = level_class[s0 & 1][j];
+      back_row |= TrellisBackPointers::entry(second, j, next);
     }
     back.set_row(i, back_row);
     for (int s = 0; s < 8; ++s) {
       cost[s] = next_cost[s];
-      prev_level[s] = next_prev_level[s];
+      prev_class[s] = next_class[s];
     }
 
     // Settle the path up to kCommitLag positions back and adapt the model.
@@ -367,8 +385,9 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
         int prev = 0;
         int candidate = 0;
         back.get(p, state, prev, candidate);
-        dq_candidates(double(inverse_step) * double(x[p]), cand);
-        path_levels[p - committed] = dq_level(cand.q[prev & 1][candidate], prev & 1);
+        const double t = double(inverse_step) * double(x[p]);
+        path_levels[p - committed] =
+            dq_level(dq_candidate(t, prev & 1, candidate), prev & 1);
         path_states[p - committed] = uint8_t(prev);
         state = prev;
       }

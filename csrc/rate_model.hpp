@@ -45,10 +45,20 @@ class LevelRateModel {
     const int n = layout_.n;
     for (int j = 0; j < n; ++j) {
       const int greater = magnitude > uint64_t(j + 1);
-      bits += bin_cost(models_[size_t(ContextLayout::gt + 2 * j + negative)], greater);
+      bits += gt_cost(j, negative, greater);
       if (!greater) return bits;
     }
-    const uint64_t remainder = magnitude - uint64_t(n) - 1;
+    return bits + remainder_cost(magnitude - uint64_t(n) - 1);
+  }
+
+  // Bits of greater-than flag j (0..unary_len-1) of a level of that sign.
+  uint32_t gt_cost(int j, bool negative, int greater) const {
+    return bin_cost(models_[size_t(ContextLayout::gt + 2 * j + negative)], greater);
+  }
+
+  // Bits of the Exp-Golomb remainder |k| - unary_len - 1 of a level.
+  uint32_t remainder_cost(uint64_t remainder) const {
+    uint32_t bits = 0;
     int prefix_ones = 0;
     while (prefix_ones < 31) {
       const int one = remainder >= (uint64_t(2) << prefix_ones) - 1;
@@ -58,6 +68,8 @@ class LevelRateModel {
     }
     return bits + uint32_t(prefix_ones) * 32768u;  // bypass suffix: 1 bit each
   }
+
+  int unary_len() const { return layout_.n; }
 
   // Total bits of level k at DQ state s after prev_level.
   uint32_t level_cost(int state, long long prev_level, long long level) const {
@@ -115,15 +127,34 @@ class RateSnapshot {
       sign_bits_[neighbour][0] = model.sign_cost(prev, false);
       sign_bits_[neighbour][1] = model.sign_cost(prev, true);
     }
+    // magnitude_cost() for a = 1..64, sharing the greater-than flags that
+    // all magnitudes above j + 1 code as 1 and the remainders of both signs.
+    const int n = model.unary_len();
+    uint32_t remainder_bits[kTabulatedMagnitudes] = {};
+    for (int a = n + 1; a <= kTabulatedMagnitudes; ++a) {
+      remainder_bits[a - n - 1] = model.remainder_cost(uint64_t(a - n - 1));
+    }
     for (int negative = 0; negative < 2; ++negative) {
+      uint32_t ones_bits = 0;  // gt flags 0..a-2, all 1
       for (int a = 1; a <= kTabulatedMagnitudes; ++a) {
-        magnitude_bits_[negative][a] = model.magnitude_cost(uint64_t(a), negative != 0);
+        if (a <= n) {
+          magnitude_bits_[negative][a] = ones_bits + model.gt_cost(a - 1, negative, 0);
+          ones_bits += model.gt_cost(a - 1, negative, 1);
+        } else {
+          magnitude_bits_[negative][a] = ones_bits + remainder_bits[a - n - 1];
+        }
       }
     }
   }
 
   uint32_t sig(int state, int neighbour, int significant) const {
     return sig_bits_[state][neighbour][significant];
+  }
+
+  // Bits of the significance bin at (state, neighbour): [0] for level 0,
+  // [1] for a nonzero level.
+  const uint32_t* sig_pair(int state, int neighbour) const {
+    return sig_bits_[state][neighbour];
   }
 
   uint32_t sign(int neighbour, bool negative) const {
