@@ -62,11 +62,10 @@ inline int64_t floor_to_int(double v) {
 // first: at t = 0 the tie between -1 and +1 goes to +1, as in NNCodec (no
 // other equal-error, equal-parity pair exists), then the lower one, then 0.
 inline int64_t dq_candidate(double t, int quantizer, int j) {
-  const int64_t even_low = 2 * floor_to_int(t * 0.5);
-  const int64_t odd_low = 2 * floor_to_int((t - 1.0) * 0.5) + 1;
-  const int64_t even_third = (even_low != 0 && even_low != -2) ? 0 : even_low;
-  const int64_t candidates[2][3] = {{even_low, even_low + 2, even_third},
-                                    {odd_low + 2, odd_low, 0}};
+  // The lower nearest index of the quantiser (t - 0.0 is t, also for -0.0).
+  const int64_t low = 2 * floor_to_int((t - double(quantizer)) * 0.5) + quantizer;
+  const int64_t even_third = (low != 0 && low != -2) ? 0 : low;
+  const int64_t candidates[2][3] = {{low, low + 2, even_third}, {low + 2, low, 0}};
   return candidates[quantizer][j];
 }
 
@@ -101,6 +100,7 @@ inline void dq_candidates(double t, DqCandidates& c) {
   c.q[1][2] = 0;
   for (int quantizer = 0; quantizer < 2; ++quantizer) {
     int parity[3];
+#pragma GCC unroll 3
     for (int j = 0; j < 3; ++j) {
       const double err = t - double(c.q[quantizer][j]);
       c.error[quantizer][j] = err * err;
@@ -302,20 +302,28 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
   for (size_t i = 0; i < n; ++i) {
     dq_candidates(double(inverse_step) * double(x[i]), cand);
 
-    // State-independent parts of the candidates' rates: magnitude bits
-    // (0 for level 0), sign, neighbour class the level leaves behind.
-    uint32_t magnitude_bits[2][3];
-    uint8_t negative[2][3];
+    // State-independent parts of the candidates' rates: per neighbour class
+    // the sign and magnitude bits (0 for level 0), and the neighbour class
+    // each level leaves behind.
+    uint32_t level_bits[2][3][3];  // [quantizer][neighbour][candidate]
     uint8_t nonzero[2][3];
     uint8_t level_class[2][3];
+#pragma GCC unroll 2
     for (int quantizer = 0; quantizer < 2; ++quantizer) {
+#pragma GCC unroll 3
       for (int j = 0; j < 3; ++j) {
         const long long k = cand.level[quantizer][j];
-        negative[quantizer][j] = k < 0;
+        const bool negative = k < 0;
         nonzero[quantizer][j] = k != 0;
         level_class[quantizer][j] = uint8_t(neighbour_class(k));
-        magnitude_bits[quantizer][j] =
-            k == 0 ? 0 : rates.magnitude(uint64_t(k < 0 ? -k : k), k < 0);
+        const uint32_t nonzero_mask = 0u - uint32_t(k != 0);
+        const uint32_t magnitude_bits =
+            rates.magnitude(uint64_t(negative ? -k : k), negative);
+#pragma GCC unroll 3
+        for (int neighbour = 0; neighbour < 3; ++neighbour) {
+          level_bits[quantizer][neighbour][j] =
+              (magnitude_bits + rates.sign(neighbour, negative)) & nonzero_mask;
+        }
       }
     }
 
@@ -329,14 +337,11 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
       const int quantizer = s & 1;
       const int neighbour = prev_class[s];
       const uint32_t* sig_bits = rates.sig_pair(s, neighbour);
+      const uint32_t* state_level_bits = level_bits[quantizer][neighbour];
       double value[3];
+#pragma GCC unroll 3
       for (int j = 0; j < 3; ++j) {
-        // Level 0 costs its significance bin only.
-        const uint32_t nonzero_mask = 0u - uint32_t(nonzero[quantizer][j]);
-        const uint32_t level_bits =
-            magnitude_bits[quantizer][j] + rates.sign(neighbour, negative[quantizer][j]);
-        const uint32_t bits =
-            sig_bits[nonzero[quantizer][j]] + (level_bits & nonzero_mask);
+        const uint32_t bits = sig_bits[nonzero[quantizer][j]] + state_level_bits[j];
         value[j] = cand.error[quantizer][j] + lambda_per_bit_unit * double(bits);
       }
       for (int parity = 0; parity < 2; ++parity) {

@@ -161,6 +161,7 @@ class RateSnapshot {
     return sign_bits_[neighbour][negative ? 1 : 0];
   }
 
+  // Bits of the greater-than flags and remainder of |k| = a (0 for a = 0).
   uint32_t magnitude(uint64_t a, bool negative) const {
     if (a <= uint64_t(kTabulatedMagnitudes)) {
       return magnitude_bits_[negative ? 1 : 0][a];
