@@ -129,6 +129,15 @@ inline void put_level(Sink& sink, const ContextLayout& layout, int64_t level,
   }
 }
 
+[[noreturn]] __attribute__((noinline, cold)) void throw_inadmissible(int64_t q,
+                                                                   int state,
+                                                                   int64_t pos) {
+  throw std::invalid_argument(
+      "encode_segment: q[" + std::to_string(pos) + "] = " + std::to_string(q) +
+      " is not admissible in DQ state " + std::to_string(state) +
+      " (even states need even q, odd states odd q or 0)");
+}
+
 // Level k that the encoder codes for the stored value at one position.
 // DQ: q -> k = (q + sgn(q)*(s&1)) >> 1, rejecting q of the wrong parity.
 inline int64_t level_from_value(int32_t value, const SegmentSpec& spec, int state,
@@ -140,12 +149,7 @@ inline int64_t level_from_value(int32_t value, const SegmentSpec& spec, int stat
   const int64_t sgn = (q > 0) - (q < 0);
   const int64_t level = (q + sgn * odd) >> 1;
   const int64_t level_sgn = (level > 0) - (level < 0);
-  if (2 * level - odd * level_sgn != q) {
-    throw std::invalid_argument(
-        "encode_segment: q[" + std::to_string(pos) + "] = " + std::to_string(q) +
-        " is not admissible in DQ state " + std::to_string(state) +
-        " (even states need even q, odd states odd q or 0)");
-  }
+  if (2 * level - odd * level_sgn != q) throw_inadmissible(q, state, pos);
   return level;
 }
 
