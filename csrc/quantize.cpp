@@ -98,6 +98,7 @@ inline void dq_candidates(double t, DqCandidates& c) {
   c.q[1][0] = odd_low + 2;
   c.q[1][1] = odd_low;
   c.q[1][2] = 0;
+#pragma GCC unroll 2
   for (int quantizer = 0; quantizer < 2; ++quantizer) {
     int parity[3];
 #pragma GCC unroll 3
@@ -344,6 +345,7 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
         const uint32_t bits = sig_bits[nonzero[quantizer][j]] + state_level_bits[j];
         value[j] = cand.error[quantizer][j] + lambda_per_bit_unit * double(bits);
       }
+#pragma GCC unroll 2
       for (int parity = 0; parity < 2; ++parity) {
         const int first = cand.first[quantizer][parity];
         const int last = cand.last[quantizer][parity];
@@ -372,6 +374,7 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
       back_row |= TrellisBackPointers::entry(second, j, next);
     }
     back.set_row(i, back_row);
+#pragma GCC unroll 8
     for (int s = 0; s < 8; ++s) {
       cost[s] = next_cost[s];
       prev_class[s] = next_class[s];
