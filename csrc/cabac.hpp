@@ -146,9 +146,12 @@ class CabacEncoder {
   void write_out();
 
   std::vector<uint8_t> out_;
+  // bits_left_ sits between low_ and range_, which shift together, so that
+  // the compiler updates them with scalar stores rather than one two-lane
+  // vector store (slower on the coder's critical path).
   uint32_t low_ = 0;
-  uint32_t range_ = 510;
   int bits_left_ = 23;
+  uint32_t range_ = 510;
   uint32_t buffered_byte_ = 0xff;
   int num_buffered_bytes_ = 0;
 };
