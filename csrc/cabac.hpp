@@ -53,17 +53,17 @@ struct ContextModel {
   }
 
   // Move both estimators towards the coded bin along the adaptation curve.
-  // Bin 0 is bin 1 on the mirrored estimators: negate (x ^ -1) + 1, step
-  // up, negate back; no branch on the (unpredictable) bin.
+  // (A branch-free form is slower: runs of predictable bins, as in large
+  // magnitudes, then wait on a longer chain; likewise for decode_bin.)
   void update(int bin) {
     const int16_t* curve = kAdaptationCurve;
-    const int flip = bin - 1;  // 0 for bin 1, -1 for bin 0
-    const int fast_up = (int(fast) ^ flip) - flip;
-    const int slow_up = (int(slow) ^ flip) - flip;
-    const int fast_step = curve[16 + (fast_up >> 3)] >> fast_shift;
-    const int slow_step = curve[16 + (slow_up >> 7)] >> slow_shift;
-    fast = static_cast<int16_t>(fast + ((fast_step ^ flip) - flip));
-    slow = static_cast<int16_t>(slow + ((slow_step ^ flip) - flip));
+    if (bin) {
+      fast = static_cast<int16_t>(fast + (curve[16 + (fast >> 3)] >> fast_shift));
+      slow = static_cast<int16_t>(slow + (curve[16 + (slow >> 7)] >> slow_shift));
+    } else {
+      fast = static_cast<int16_t>(fast - (curve[16 + ((-fast) >> 3)] >> fast_shift));
+      slow = static_cast<int16_t>(slow - (curve[16 + ((-slow) >> 7)] >> slow_shift));
+    }
     probability_high = static_cast<int8_t>(probability() >> 7);
   }
 };
@@ -173,21 +173,24 @@ class CabacDecoder {
     if (past_end_) check_not_past_end();
   }
 
-  // Branch-free on the bin: value >= (range - rLPS) << shift is an LPS,
-  // which subtracts the MPS range and keeps rLPS; either way renormalise
-  // until range >= 256 (MPS: at most 1 bit).
   __attribute__((always_inline)) int decode_bin(ContextModel& model) {
     const uint32_t lps = model.range_lps(range_);
-    const uint32_t mps_range = range_ - lps;
-    const uint32_t scaled_range = mps_range << shift_;
-    const bool is_lps = value_ >= scaled_range;
-    const uint32_t lps_mask = 0u - uint32_t(is_lps);
-    value_ -= scaled_range & lps_mask;
-    const uint32_t new_range = mps_range ^ ((mps_range ^ lps) & lps_mask);
-    const int renorm = __builtin_clz(new_range) - 23;
-    range_ = new_range << renorm;
-    const int bin = model.mps() ^ int(is_lps);
-    consume(renorm);
+    range_ -= lps;
+    const uint32_t scaled_range = range_ << shift_;
+    int bin;
+    if (value_ >= scaled_range) {
+      bin = 1 - model.mps();
+      value_ -= scaled_range;
+      const int renorm = __builtin_clz(lps) - 23;
+      range_ = lps << renorm;
+      consume(renorm);
+    } else {
+      bin = model.mps();
+      if (range_ < 256) {
+        range_ <<= 1;
+        consume(1);
+      }
+    }
     model.update(bin);
     return bin;
   }
