@@ -9,6 +9,7 @@ float reference (the model the other end reconstructs) and, with TCA, an integer
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,12 @@ _INT_DTYPES = (
     "uint32",
     "uint64",
 )
-_MAX_MANIFEST_ELEMENTS = 1 << 34
+# Most elements a received manifest may describe, by default: a node would
+# allocate its reference model from it (2^28 float32 values = 1 GiB), so a
+# few bytes must not make it allocate more. Same as the decoder's default
+# limit per stream. NNCMod(max_model_elements=...) raises it.
+DEFAULT_MAX_MODEL_ELEMENTS = 1 << 28
+_MAX_MANIFEST_NDIM = 32
 
 
 class LinkError(ValueError):
@@ -122,8 +128,14 @@ def manifest_to_json(manifest: Manifest) -> str:
     return json.dumps([[s.name, s.dtype, list(s.shape)] for s in manifest])
 
 
-def manifest_from_json(text: Any) -> Manifest:
-    """Parse a manifest received from the other end, checking every field."""
+def manifest_from_json(
+    text: Any, max_elements: int = DEFAULT_MAX_MODEL_ELEMENTS
+) -> Manifest:
+    """Parse a manifest received from the other end, checking every field.
+
+    Raises LinkError naming the bad entry, or the element count when the
+    model would hold more than ``max_elements`` values.
+    """
     if not isinstance(text, str):
         raise LinkError(f"{KEY_MANIFEST} must be a string, got {type(text).__name__}")
     try:
@@ -141,16 +153,20 @@ def manifest_from_json(text: Any) -> Manifest:
             and isinstance(entry[0], str)
             and entry[1] in _FLOAT_DTYPES + _INT_DTYPES
             and isinstance(entry[2], list)
+            and len(entry[2]) <= _MAX_MANIFEST_NDIM
             and all(type(d) is int and 0 <= d < (1 << 32) for d in entry[2])
         )
         if not valid or entry[0] in names:
             raise LinkError(f"{KEY_MANIFEST} entry #{index} is invalid: {entry!r:.80}")
-        spec = TensorSpec(entry[0], entry[1], tuple(entry[2]))
-        total_elements += spec.num_elements
-        if total_elements > _MAX_MANIFEST_ELEMENTS:
-            raise LinkError(f"{KEY_MANIFEST} describes more than 2^34 elements")
-        names.add(spec.name)
-        specs.append(spec)
+        total_elements += math.prod(entry[2])  # exact: no int64 overflow
+        if total_elements > max_elements:
+            raise LinkError(
+                f"{KEY_MANIFEST} describes a model of more than {max_elements:,} "
+                f"values (entry #{index} {entry[0]!r:.80} has shape {entry[2]}); "
+                "a node accepts larger models with NNCMod(max_model_elements=...)"
+            )
+        names.add(entry[0])
+        specs.append(TensorSpec(entry[0], entry[1], tuple(entry[2])))
     return tuple(specs)
 
 
@@ -272,6 +288,14 @@ def unpack_payload(
     record: ArrayRecord, lengths: Any, crc32: Any, expected: int
 ) -> tuple[list[bytes], list[dict[str, np.ndarray]]]:
     """Split a payload record into ``expected`` segments and their plain tensors."""
+    # Count the segments first: ``expected`` comes from the message's version
+    # numbers and is trusted only once the payload agrees with it.
+    if PAYLOAD_KEY not in record:
+        raise LinkError(f"payload record lacks {PAYLOAD_KEY!r}")
+    segments = unpack_segments(record[PAYLOAD_KEY], lengths, crc32)
+    if len(segments) != expected:
+        raise LinkError(f"payload holds {len(segments)} segments, expected {expected}")
+
     plains: list[dict[str, np.ndarray]] = [{} for _ in range(expected)]
     for key in record.keys():
         if key == PAYLOAD_KEY:
@@ -288,11 +312,6 @@ def unpack_payload(
         if record[key].stype != "numpy.ndarray":
             raise LinkError(f"plain tensor {key!r:.80} is not a numpy array")
         plains[int(index_text)][name] = record[key].numpy()
-    if PAYLOAD_KEY not in record:
-        raise LinkError(f"payload record lacks {PAYLOAD_KEY!r}")
-    segments = unpack_segments(record[PAYLOAD_KEY], lengths, crc32)
-    if len(segments) != expected:
-        raise LinkError(f"payload holds {len(segments)} segments, expected {expected}")
     return segments, plains
 
 

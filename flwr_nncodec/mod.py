@@ -50,13 +50,21 @@ class NodeLinkState:
     residual: dict[str, np.ndarray] | None = None
 
     @classmethod
-    def load(cls, state: RecordDict) -> NodeLinkState:
-        """Read the state back; anything missing or malformed means version 0."""
+    def load(
+        cls,
+        state: RecordDict,
+        max_elements: int = link.DEFAULT_MAX_MODEL_ELEMENTS,
+    ) -> NodeLinkState:
+        """Read the state back; anything missing or malformed means version 0.
+
+        A residual that does not fit the model (shapes, dtypes, non-finite
+        values) is dropped on its own: it only delays error feedback.
+        """
         meta = state.get(STATE_META)
         if not isinstance(meta, ConfigRecord):
             return cls()
         try:
-            manifest = link.manifest_from_json(meta["manifest"])
+            manifest = link.manifest_from_json(meta["manifest"], max_elements)
             loaded = cls(
                 chain_id=_int(meta, "chain-id"),
                 version=_int(meta, "version"),
@@ -64,7 +72,7 @@ class NodeLinkState:
                 manifest=manifest,
                 options=_options_from_json(meta["options"]),
                 reference=link.to_reference(
-                    link.record_to_arrays(state[STATE_REFERENCE]), manifest
+                    _arrays_from_state(state, STATE_REFERENCE), manifest
                 ),
             )
             if STATE_DOWN_BASE in state:
@@ -72,8 +80,10 @@ class NodeLinkState:
             if STATE_UP_BASE in state:
                 loaded.up_base = _base_from_record(state[STATE_UP_BASE])
             if STATE_RESIDUAL in state:
-                loaded.residual = link.record_to_arrays(state[STATE_RESIDUAL])
-        except (KeyError, TypeError, ValueError) as err:
+                loaded.residual = _checked_residual(
+                    _arrays_from_state(state, STATE_RESIDUAL), manifest
+                )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             log(
                 WARNING,
                 "nnc_mod: stored link state unusable (%s); starting afresh",
@@ -121,13 +131,28 @@ class NNCMod:
 
     Parameters
     ----------
+    max_model_elements : int (default: 2**28)
+        Largest model (in values, all tensors together) this node accepts
+        from a server; a manifest describing more is refused before anything
+        is allocated.
     **uplink_overrides
         NNCOptions fields that replace the server's choice for this node's
         uplink only (e.g. ``diff_qp=-20`` on a slow link). Decoding needs no
         options: every stream carries its own qp.
     """
 
-    def __init__(self, **uplink_overrides: Any) -> None:
+    def __init__(
+        self,
+        *,
+        max_model_elements: int = link.DEFAULT_MAX_MODEL_ELEMENTS,
+        **uplink_overrides: Any,
+    ) -> None:
+        if type(max_model_elements) is not int or max_model_elements < 1:
+            raise ValueError(
+                "NNCMod max_model_elements must be a positive int, "
+                f"got {max_model_elements!r}"
+            )
+        self.max_model_elements = max_model_elements
         # validates names and values
         options = NNCOptions().with_overrides(**uplink_overrides)
         overridden = tuple(n for n in ("qp", "diff_qp") if n in uplink_overrides)
@@ -147,7 +172,7 @@ class NNCMod:
 
         config = message.content[config_key]
         try:
-            state = NodeLinkState.load(context.state)
+            state = NodeLinkState.load(context.state, self.max_model_elements)
             array_key, bytes_in = self._apply_downlink(message, config, state)
         except (ValueError, TypeError, KeyError) as err:
             # Includes the codec's NNCFormatError; the server resyncs this node.
@@ -210,7 +235,14 @@ class NNCMod:
 
         if state.chain_id != chain_id or state.manifest is None:
             state.forget(chain_id)
-        if any(key in config for key in NNCOptions().to_config()):
+        option_keys = list(NNCOptions().to_config())
+        sent = [key for key in option_keys if key in config]
+        if sent:
+            missing = [key for key in option_keys if key not in config]
+            if missing:
+                raise link.LinkError(
+                    f"message carries codec options without {', '.join(missing)}"
+                )
             state.options = NNCOptions.from_config(config)
         if state.options is None:
             raise link.LinkError("message carries no codec options, and none are held")
@@ -218,17 +250,22 @@ class NNCMod:
         if kind not in link.KINDS:
             raise link.LinkError(f"{link.KEY_KIND}={kind!r} is not a downlink kind")
 
+        limit = self.max_model_elements
         if kind == link.KIND_FULL:
-            _apply_full(state, config, record, options)
+            _apply_full(state, config, record, options, limit)
         elif kind == link.KIND_INTRA:
-            state.manifest = link.manifest_from_json(config.get(link.KEY_MANIFEST))
+            state.manifest = link.manifest_from_json(
+                config.get(link.KEY_MANIFEST), limit
+            )
             segments, plains = _segments(config, record, expected=1)
             state.reference = link.decode_update(
                 segments[0], state.manifest, base=None, plain=plains[0]
             )
         else:
             if start == 0:
-                state.manifest = link.manifest_from_json(config.get(link.KEY_MANIFEST))
+                state.manifest = link.manifest_from_json(
+                    config.get(link.KEY_MANIFEST), limit
+                )
                 state.reference = link.zero_reference(state.manifest)
                 state.down_base = (
                     link.new_base_state(link.DOWNLINK_DEVICE_ID)
@@ -274,11 +311,15 @@ class NNCMod:
             return sum(link.payload_bytes(content[k]) for k in array_keys)
 
         trained = link.record_to_arrays(content[array_keys[0]])
-        if list(trained) != [spec.name for spec in state.manifest]:
+        names = [spec.name for spec in state.manifest]
+        if set(trained) != set(names):
+            missing = sorted(set(names) - set(trained))[:5]
+            extra = sorted(set(trained) - set(names))[:5]
             raise link.LinkError(
-                "trained model's tensors differ from the received model"
+                "trained model's tensors differ from the received model: "
+                f"missing {missing}, not in the model {extra}"
             )
-        trained = link.to_reference(trained, state.manifest)
+        trained = link.to_reference(trained, state.manifest)  # manifest order
 
         if options.compress_differences:
             update = {k: trained[k] - state.reference[k] for k in trained}
@@ -369,9 +410,13 @@ def _link_config_key(message: Message) -> str | None:
 
 
 def _apply_full(
-    state: NodeLinkState, config: ConfigRecord, record: ArrayRecord, options: NNCOptions
+    state: NodeLinkState,
+    config: ConfigRecord,
+    record: ArrayRecord,
+    options: NNCOptions,
+    max_elements: int,
 ) -> None:
-    manifest = link.manifest_from_json(config.get(link.KEY_MANIFEST))
+    manifest = link.manifest_from_json(config.get(link.KEY_MANIFEST), max_elements)
     arrays = link.record_to_arrays(record)
     expected = {spec.name for spec in manifest}
     model_keys = {k for k in arrays if not k.startswith(link.BASE_PREFIX)}
@@ -405,6 +450,38 @@ def _base_from_record(record: Any) -> Any:
     return link.base_state_class().from_arrays(link.record_to_arrays(record))
 
 
+def _arrays_from_state(state: RecordDict, key: str) -> dict[str, np.ndarray]:
+    record = state[key]
+    if not isinstance(record, ArrayRecord):
+        raise TypeError(f"stored {key} is a {type(record).__name__}, not an ArrayRecord")
+    return link.record_to_arrays(record)
+
+
+def _checked_residual(
+    residual: dict[str, np.ndarray], manifest: link.Manifest
+) -> dict[str, np.ndarray] | None:
+    # Float model tensors only, each in its shape, finite; else no residual.
+    specs = {spec.name: spec for spec in manifest}
+    for name, value in residual.items():
+        spec = specs.get(name)
+        fits = (
+            spec is not None
+            and spec.is_float
+            and value.shape == spec.shape
+            and value.dtype == np.float32
+            and bool(np.all(np.isfinite(value)))
+        )
+        if not fits:
+            log(
+                WARNING,
+                "nnc_mod: stored residual %r does not fit the model; dropping "
+                "the residual (error feedback restarts)",
+                name[:80],
+            )
+            return None
+    return residual
+
+
 def _options_from_json(text: Any) -> NNCOptions | None:
     # Stored as the nnc.<name> entries in a JSON object; {} when none held.
     if not isinstance(text, str):
@@ -416,6 +493,8 @@ def _options_from_json(text: Any) -> NNCOptions | None:
 
 
 def _int(record: Any, key: str) -> int:
+    if key not in record:
+        raise link.LinkError(f"message lacks the link entry {key}")
     value = record[key]
     if type(value) is not int or value < 0:
         raise link.LinkError(f"{key} must be a non-negative int, got {value!r}")

@@ -824,3 +824,134 @@ def test_oversized_downlink_stream_is_refused_by_the_node(monkeypatch):
     history = strategy.codec.history()
     assert [r["resyncs"] for r in history["rounds"]] == [0, 0, 1]
     assert sorted(result.train_metrics_clientapp) == [1, 2, 3]
+
+
+# -- hostile or broken node state (found by an adversarial pass) -------------
+
+
+def _reversed_reply_mod(message: Message, context: Context, call_next) -> Message:
+    # A ClientApp that returns its tensors in another order than it got them.
+    reply = call_next(message, context)
+    if reply.has_content() and "arrays" in reply.content:
+        record = reply.content["arrays"]
+        reply.content["arrays"] = ArrayRecord(
+            {k: record[k] for k in reversed(list(record.keys()))}
+        )
+    return reply
+
+
+def test_reply_tensors_in_another_order_are_accepted(caplog):
+    """Tensor order is not part of a model: the run trains as FedAvg does,
+    on one chain, with no failed replies."""
+    caplog.set_level("WARNING", logger="flwr")
+    grid = LoopbackGrid(_make_client_app([nnc_mod, _reversed_reply_mod]), 2)
+    strategy = NNCFedAvg(min_available_nodes=2, **NEAR_LOSSLESS)
+    result = _run(strategy, grid, num_rounds=3)
+
+    plain_grid = LoopbackGrid(_make_client_app([_reversed_reply_mod]), 2)
+    plain = _run(FedAvg(min_available_nodes=2), plain_grid, num_rounds=3)
+
+    assert grid.errors == [0] * 6
+    assert "restarting every link" not in caplog.text
+    final = _arrays(result.arrays)
+    for name, value in _arrays(plain.arrays).items():
+        np.testing.assert_allclose(final[name], value, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda s: s.__setitem__("nnc.reference", ConfigRecord({"x": 1})), "unusable"),
+        (
+            lambda s: s.__setitem__(
+                "nnc.residual", ArrayRecord({"fc.weight": Array(np.ones(3, np.float32))})
+            ),
+            "residual 'fc.weight' does not fit",
+        ),
+        (
+            lambda s: s.__setitem__(
+                "nnc.residual",
+                ArrayRecord(
+                    {"fc.bias": Array(np.full(NUM_OUTPUTS, np.nan, np.float32))}
+                ),
+            ),
+            "residual 'fc.bias' does not fit",
+        ),
+    ],
+    ids=["reference-not-arrays", "residual-wrong-shape", "residual-nan"],
+)
+def test_corrupt_node_state_is_named_and_recovered(caplog, corrupt, message):
+    """Broken stored state costs at most one resync, never every later round."""
+    caplog.set_level("WARNING", logger="flwr")
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=2)
+    victim = 1000
+    strategy = NNCFedAvg(min_available_nodes=2)
+
+    def damage(call: int, msg: Message) -> None:
+        if call == 3 and msg.metadata.dst_node_id == victim:  # round 2 train
+            corrupt(grid.contexts[victim].state)
+
+    grid.before_send = damage
+    _run(strategy, grid, num_rounds=4)
+
+    assert message in caplog.text
+    assert sum(grid.errors) <= 1
+    assert grid.errors[4:] == [0, 0, 0, 0]
+
+
+def test_message_with_part_of_the_options_is_refused():
+    """Options come all together; a message missing one is not filled with
+    defaults but refused, and the node is sent everything again."""
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=2)
+    strategy = NNCFedAvg(min_available_nodes=2, diff_qp=-40)
+    reasons: list[str] = []
+
+    def drop_option(call: int, msg: Message) -> None:
+        if call == 1 and msg.metadata.dst_node_id == 1000:
+            del msg.content["config"]["nnc.diff_qp"]
+
+    grid.before_send = drop_option
+    original = grid.app
+
+    def app(message: Message, context: Context) -> Message:
+        reply = original(message, context)
+        if reply.has_error():
+            reasons.append(reply.error.reason)
+        return reply
+
+    grid.app = app
+    _run(strategy, grid, num_rounds=2)
+
+    assert grid.errors[0] == 1 and grid.errors[1:] == [0, 0, 0]
+    assert "without nnc.diff_qp" in reasons[0]
+
+
+def test_unpack_payload_checks_the_segment_count_before_allocating():
+    """Version numbers from a message cannot make the node allocate per
+    claimed segment: a 2-segment payload that claims 10^6 is refused with
+    (almost) nothing allocated."""
+    import tracemalloc
+
+    record, lengths, crc32 = link.payload_record([b"\x00\x01", b"\x02"], [{}, {}])
+    tracemalloc.start()
+    with pytest.raises(link.LinkError, match="holds 2 segments, expected 1000000"):
+        link.unpack_payload(record, lengths, crc32, expected=10**6)
+    _, peak_bytes = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak_bytes < 100_000
+
+
+@pytest.mark.parametrize(
+    "shape", [[4294967295, 4], [4294967295, 4294967295, 4294967295]]
+)
+def test_manifest_beyond_the_node_limit_is_refused(shape):
+    """A manifest is bounded before any reference model is allocated; the
+    product of the dims is exact (no int64 wrap-around)."""
+    text = json.dumps([["fc.weight", "float32", shape]])
+    with pytest.raises(link.LinkError, match=r"more than 268,435,456 values"):
+        link.manifest_from_json(text)
+    assert link.manifest_from_json(
+        json.dumps([["w", "float32", [3, 4]]]), max_elements=12
+    ) == (link.TensorSpec("w", "float32", (3, 4)),)
+    with pytest.raises(ValueError, match="max_model_elements must be a positive int"):
+        NNCMod(max_model_elements=0)
