@@ -69,11 +69,22 @@ def _add_option(group, name: str, value_type, help_text: str, **kwargs) -> None:
     )
 
 
+def _package_version() -> str:
+    from flwr_nncodec import __version__  # pylint: disable=import-outside-toplevel
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``flwr-nncodec`` command."""
     parser = argparse.ArgumentParser(
         prog="flwr-nncodec",
         description="Code model parameters with NNC (ISO/IEC 15938-17).",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {_package_version()} (NNC, ISO/IEC 15938-17)",
     )
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="print nothing but errors"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -155,17 +156,37 @@ def write_bytes(
         ) from None
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """Read a whole file, raising ModelFileError naming it when that fails."""
+# Largest bitstream file read whole into memory (4 GiB).
+MAX_BITSTREAM_BYTES = 1 << 32
+
+
+def read_bytes(
+    path: str | os.PathLike, max_bytes: int = MAX_BITSTREAM_BYTES
+) -> bytes:
+    """Read a whole regular file of at most ``max_bytes``, raising
+    ModelFileError naming it when that fails (devices, FIFOs and oversized
+    files are refused before reading)."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
     try:
-        return path.read_bytes()
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ModelFileError(f"{path}: not a regular file")
+            if info.st_size > max_bytes:
+                raise ModelFileError(
+                    f"{path}: {info.st_size:,} bytes, more than the "
+                    f"{max_bytes:,} read at most"
+                )
+            data = handle.read(max_bytes + 1)
     except OSError as error:
         raise ModelFileError(
             f"{path}: cannot read: {error.strerror or error}"
         ) from None
+    if len(data) > max_bytes:  # the file grew while being read
+        raise ModelFileError(f"{path}: more than the {max_bytes:,} bytes read at most")
+    return data
 
 
 # ---------------------------------------------------------------------------

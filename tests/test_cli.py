@@ -245,6 +245,8 @@ def test_user_errors_exit_1_with_one_line_and_no_traceback(tmp_path):
             ["decode", str(not_a_stream), str(tmp_path / "out.bin")],
             ["out.bin", "unsupported file extension '.bin'"],
         ),
+        (["info", "/dev/zero"], ["/dev/zero: not a regular file"]),
+        (["decode", str(tmp_path), str(tmp_path / "f.npz")], ["Is a directory"]),
     ]
     for args, fragments in cases:
         completed = _run_cli(*args)
@@ -453,3 +455,18 @@ def test_forced_outputs_replace_a_symlink_instead_of_writing_through_it(tmp_path
     assert not stream.is_symlink() and not restored.is_symlink()
     assert stream.read_bytes() == flwr_nncodec.encode(model_io.load_parameters(source))
     assert model_io.load_parameters(restored)["w"].shape == (4, 4)
+
+
+def test_bitstream_files_are_bounded_before_reading(tmp_path):
+    """A file larger than the read limit is refused by its size, unread."""
+    stream = tmp_path / "big.nnc"
+    stream.write_bytes(b"\x00" * 1000)
+    with pytest.raises(model_io.ModelFileError, match="1,000 bytes, more than the 999"):
+        model_io.read_bytes(stream, max_bytes=999)
+    assert model_io.read_bytes(stream, max_bytes=1000) == b"\x00" * 1000
+
+
+def test_version_option():
+    completed = _run_cli("--version")
+    assert completed.returncode == 0
+    assert completed.stdout.strip().startswith("flwr-nncodec 0.1.0")
