@@ -64,7 +64,14 @@ export APP RUN_CONFIG="$run_config" FEDERATION="$federation" RESULTS_DIR="$resul
 
 status=0
 if [[ "$(id -u)" == 0 ]] && command -v unshare >/dev/null && unshare -n true 2>/dev/null; then
-  V2X_IN_NAMESPACE=1 unshare -n bash -c "$inner_script" || status=$?
+  # With a PID namespace too, every process the run starts (SuperLink,
+  # flwr-simulation, Ray workers) ends when the inner shell ends, even when
+  # `flwr run` itself was killed or failed.
+  pid_namespace=()
+  if unshare -n -p -f --mount-proc true 2>/dev/null; then
+    pid_namespace=(-p -f --mount-proc)
+  fi
+  V2X_IN_NAMESPACE=1 unshare -n "${pid_namespace[@]}" bash -c "$inner_script" || status=$?
 else
   echo "run_berlin_v2x.sh: not root or no unshare; running without a private network namespace" >&2
   bash -c "$inner_script" || status=$?
@@ -90,4 +97,11 @@ print(f"  traffic of NNCFedAvg / float32 FedAvg: {100 * s['traffic_ratio']:.3f} 
       f"(reduction {100 * (1 - s['traffic_ratio']):.2f} %)")
 if "masked_accuracy_gap_pp" in s:
     print(f"  masked accuracy gap (float32 - NNC): {s['masked_accuracy_gap_pp']:+.2f} pp")
+checks = s.get("acceptance", {})
+if checks:
+    verdict = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items())
+    print(f"  issue targets (meant for the cpu preset): {verdict}")
+if s["preset"] == "smoke":
+    print("  (smoke preset: 2 short rounds check the pipeline; the coded run has not"
+          " started learning yet)")
 PY
