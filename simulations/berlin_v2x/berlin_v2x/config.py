@@ -58,7 +58,7 @@ _CPU_CODEC = dict(
 )
 
 PRESETS: dict[str, Preset] = {
-    # About two minutes on 2 CPU cores (CI smoke run).
+    # Under a minute on 2 CPU cores: a pipeline check (CI smoke run).
     "smoke": Preset("nano", 2, 2, 4, 2, 768, 3e-3, 2, 0.0, 600, 2, **_CPU_CODEC),
     # The default: a float32 and an NNC run of at most 15 minutes each on 2 cores.
     "cpu": Preset("nano", 16, 4, 4, 16, 768, 3e-3, 2, 0.0, 3000, 16, **_CPU_CODEC),
