@@ -486,13 +486,15 @@ class NNCServerCodec:
             log(
                 INFO,
                 "nnc: round %d total: %d B down + %d B up = %d B vs %d B float32 "
-                "(ratio %.1f)",
+                "(ratio %.1f; %.1f with %d B of nnc.* config entries)",
                 server_round,
                 totals["bytes_down"],
                 totals["bytes_up"],
                 totals["bytes_down"] + totals["bytes_up"],
                 totals["bytes_float32"],
                 totals["ratio"],
+                totals["ratio_with_config"],
+                totals["config_bytes_down"] + totals["config_bytes_up"],
             )
         self._write_history()
         return metrics
@@ -513,6 +515,10 @@ class NNCServerCodec:
             totals[key] = sum(entry[key] for entry in rounds)
         coded = totals["bytes_down"] + totals["bytes_up"]
         totals["ratio"] = totals["bytes_float32"] / coded if coded else 0.0
+        coded += totals["config_bytes_down"] + totals["config_bytes_up"]
+        totals["ratio_with_config"] = (
+            totals["bytes_float32"] / coded if coded else 0.0
+        )
         return {
             "format": "flwr-nncodec-history/1",
             "options": self.options.to_config(),

@@ -63,6 +63,15 @@ class RoundTraffic:
             "ratio": _ratio(
                 float32_down + float32_up, traffic.bytes_down + traffic.bytes_up
             ),
+            # Everything the links added to the messages: payloads and nnc.*
+            # ConfigRecord entries (chain versions, lengths, manifest, options).
+            "ratio_with_config": _ratio(
+                float32_down + float32_up,
+                traffic.bytes_down
+                + traffic.bytes_up
+                + traffic.config_bytes_down
+                + traffic.config_bytes_up,
+            ),
             "bits_per_param_down": _bits_per_param(
                 traffic.bytes_down, traffic.messages_down, self.num_parameters
             ),

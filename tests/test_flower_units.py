@@ -207,6 +207,8 @@ def test_round_traffic_figures():
     figures = traffic.summary()
     assert figures["bytes_float32"] == 4 * 1000 * 4
     assert figures["ratio"] == pytest.approx(16000 / 1500)
+    train.config_bytes_down, train.config_bytes_up = 300, 200
+    assert traffic.summary()["ratio_with_config"] == pytest.approx(16000 / 2000)
     assert figures["bits_per_param_down"] == pytest.approx(8 * 1000 / 2000)
     assert figures["bits_per_param_up"] == pytest.approx(8 * 500 / 2000)
 
