@@ -553,9 +553,7 @@ def check_plain_model(
                 f"the model's is {spec.dtype}"
             )
         if spec.is_float and not np.all(np.isfinite(array)):
-            raise LinkError(
-                f"{source} tensor {spec.name!r} holds non-finite values"
-            )
+            raise LinkError(f"{source} tensor {spec.name!r} holds non-finite values")
 
 
 def _complete(

@@ -453,7 +453,9 @@ def _base_from_record(record: Any) -> Any:
 def _arrays_from_state(state: RecordDict, key: str) -> dict[str, np.ndarray]:
     record = state[key]
     if not isinstance(record, ArrayRecord):
-        raise TypeError(f"stored {key} is a {type(record).__name__}, not an ArrayRecord")
+        raise TypeError(
+            f"stored {key} is a {type(record).__name__}, not an ArrayRecord"
+        )
     return link.record_to_arrays(record)
 
 

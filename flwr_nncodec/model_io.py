@@ -160,9 +160,7 @@ def write_bytes(
 MAX_BITSTREAM_BYTES = 1 << 32
 
 
-def read_bytes(
-    path: str | os.PathLike, max_bytes: int = MAX_BITSTREAM_BYTES
-) -> bytes:
+def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_BITSTREAM_BYTES) -> bytes:
     """Read a whole regular file of at most ``max_bytes``, raising
     ModelFileError naming it when that fails (devices, FIFOs and oversized
     files are refused before reading)."""

@@ -516,9 +516,7 @@ class NNCServerCodec:
         coded = totals["bytes_down"] + totals["bytes_up"]
         totals["ratio"] = totals["bytes_float32"] / coded if coded else 0.0
         coded += totals["config_bytes_down"] + totals["config_bytes_up"]
-        totals["ratio_with_config"] = (
-            totals["bytes_float32"] / coded if coded else 0.0
-        )
+        totals["ratio_with_config"] = totals["bytes_float32"] / coded if coded else 0.0
         return {
             "format": "flwr-nncodec-history/1",
             "options": self.options.to_config(),

@@ -864,7 +864,8 @@ def test_reply_tensors_in_another_order_are_accepted(caplog):
         (lambda s: s.__setitem__("nnc.reference", ConfigRecord({"x": 1})), "unusable"),
         (
             lambda s: s.__setitem__(
-                "nnc.residual", ArrayRecord({"fc.weight": Array(np.ones(3, np.float32))})
+                "nnc.residual",
+                ArrayRecord({"fc.weight": Array(np.ones(3, np.float32))}),
             ),
             "residual 'fc.weight' does not fit",
         ),

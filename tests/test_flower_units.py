@@ -73,7 +73,8 @@ def test_lambda_scale_reaches_the_encoder():
         expected = nnc.encode({"0": update["w"]}, qp=-24, nonweight_qp=-75,
                               use_dq=False, lambda_scale=lambda_scale)
         assert bitstream == expected
-    assert NNCOptions.from_config(NNCOptions(lambda_scale=0.0).to_config()).lambda_scale == 0.0
+    round_trip = NNCOptions.from_config(NNCOptions(lambda_scale=0.0).to_config())
+    assert round_trip.lambda_scale == 0.0
 
 
 def test_streams_name_tensors_by_manifest_position():
