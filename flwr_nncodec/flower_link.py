@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -183,6 +184,15 @@ def wire_names(manifest: Manifest) -> dict[str, str]:
     per message). TCA bases are keyed by these names too.
     """
     return {spec.name: str(index) for index, spec in enumerate(manifest)}
+
+
+def _with_model_name(text: str, manifest: Manifest) -> str:
+    # Codec errors quote the wire name ('3'); add the model's name for it.
+    match = re.search(r"'(\d{1,9})'", text)
+    if match and int(match.group(1)) < len(manifest):
+        name = manifest[int(match.group(1))].name
+        return f"{text} (tensor {match.group(1)} is {name!r:.80})"
+    return text
 
 
 def _from_wire(tensors: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
@@ -446,13 +456,16 @@ def decode_update(
     check_stream_fits(bitstream, manifest)
     plain = _checked_plain(plain or {}, manifest)
     max_elements = max((spec.num_elements for spec in manifest), default=0)
-    decoded = codec_api().decode(
-        bitstream,
-        base=base,
-        update_base=base is not None,
-        max_elements=max(1, max_elements),
-        max_total_elements=max(1, count_parameters(manifest)),
-    )
+    try:
+        decoded = codec_api().decode(
+            bitstream,
+            base=base,
+            update_base=base is not None,
+            max_elements=max(1, max_elements),
+            max_total_elements=max(1, count_parameters(manifest)),
+        )
+    except ValueError as err:
+        raise LinkError(_with_model_name(str(err), manifest)) from err
     decoded = _from_wire(decoded, manifest)
     both = sorted(set(decoded) & set(plain))
     if both:

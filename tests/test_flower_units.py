@@ -424,3 +424,20 @@ def test_unpack_payload_rejects_foreign_arrays(key):
     record[key] = Array(np.zeros(2, np.int64))
     with pytest.raises(link.LinkError, match="unexpected array"):
         link.unpack_payload(record, lengths, crc32, expected=1)
+
+
+def test_codec_errors_name_the_model_tensor():
+    """A broken stream's error quotes the wire number and the model's name."""
+    arrays = {
+        "a": np.zeros((2, 2), np.float32),
+        "layers.1.w": np.ones((4, 5), np.float32),
+    }
+    manifest = link.manifest_of(arrays)
+    options = NNCOptions(compress_differences=False, qp=-40, sparsity=0.0,
+                         struct_spars_factor=0.0)
+    bitstream, _, _ = link.encode_update(
+        arrays, manifest, options, base=None, device_id=0, sparsify=False
+    )
+    broken = bitstream[:-1] + b"\x00"  # no stop bit at the end of tensor 1
+    with pytest.raises(link.LinkError, match=r"'1'.*\(tensor 1 is 'layers.1.w'\)"):
+        link.decode_update(broken, manifest, base=None)
