@@ -246,3 +246,26 @@ def test_snapped_init_lies_on_the_quantiser_grid():
     levels = snapped["layers.0.attention.wq.weight"] / 0.046875
     np.testing.assert_array_equal(levels, np.rint(levels))
     np.testing.assert_array_equal(snapped["norm.weight"], arrays["norm.weight"])
+
+
+def test_save_updates_writes_each_rounds_global_difference(tmp_path):
+    """save-updates: round_NN.npz holds new minus previous global model
+    (float tensors, float32), readable without pickle."""
+    from berlin_v2x.experiment import save_update
+
+    assert resolve({"save-updates": True}).save_updates
+    assert not resolve({}).save_updates
+    rounds = [
+        {"w": np.full((2, 3), 0.5, np.float32), "b": np.zeros(3, np.float32)},
+        {"w": np.full((2, 3), 0.75, np.float32), "b": np.ones(3, np.float32)},
+        {"w": np.full((2, 3), 0.25, np.float32), "b": np.ones(3, np.float32)},
+    ]
+    previous: dict = {}
+    for server_round, model in enumerate(rounds):
+        save_update(tmp_path, server_round, model, previous)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round_01.npz", "round_02.npz"]
+    with np.load(tmp_path / "round_02.npz", allow_pickle=False) as update:
+        np.testing.assert_array_equal(update["w"], np.full((2, 3), -0.5, np.float32))
+        np.testing.assert_array_equal(update["b"], np.zeros(3, np.float32))
+        assert update["w"].dtype == np.float32

@@ -104,6 +104,7 @@ class ExperimentConfig:
     results_dir: Path
     seed: int
     snap_init: bool = True
+    save_updates: bool = False  # write each round's global update as .npz
     num_clients: int = 5
 
     @property
@@ -238,4 +239,5 @@ def resolve(run_config: Mapping[str, Any]) -> ExperimentConfig:
         results_dir=results_dir,
         seed=int(_get(run_config, "seed", 808)),
         snap_init=bool(_get(run_config, "snap-init", True)),
+        save_updates=bool(_get(run_config, "save-updates", False)),
     )

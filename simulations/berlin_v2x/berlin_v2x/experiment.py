@@ -135,6 +135,29 @@ def snap_to_grid(arrays: dict[str, np.ndarray], qp: int) -> dict[str, np.ndarray
     }
 
 
+def save_update(
+    folder: Path,
+    server_round: int,
+    global_model: dict[str, np.ndarray],
+    previous: dict[str, np.ndarray],
+) -> None:
+    """Write the round's global update (new minus previous global model,
+    float32) as round_NN.npz: real federated updates for the codec
+    benchmarks. Keeps ``previous`` at the new model."""
+    if previous:
+        folder.mkdir(parents=True, exist_ok=True)
+        update = {
+            name: np.asarray(value, np.float32) - previous[name]
+            for name, value in global_model.items()
+            if np.issubdtype(np.asarray(value).dtype, np.floating)
+        }
+        np.savez(folder / f"round_{server_round:02d}.npz", **update)
+    previous.clear()
+    previous.update(
+        {name: np.array(value, np.float32) for name, value in global_model.items()}
+    )
+
+
 def make_strategy(cfg: ExperimentConfig, codec: str, out_dir: Path):
     """FedAvg (float32) or NNCFedAvg with the run's codec options."""
     common = dict(
@@ -173,8 +196,13 @@ def run_one(
     progress = tqdm(total=p.num_server_rounds, desc=f"{codec} rounds", unit="round")
     started = time.time()
 
+    previous_global: dict[str, np.ndarray] = {}
+
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        arrays_to_model(model, record_to_arrays(arrays))
+        global_model = record_to_arrays(arrays)
+        if cfg.save_updates:
+            save_update(out_dir / "updates", server_round, global_model, previous_global)
+        arrays_to_model(model, global_model)
         metrics = evaluate(model, test, p.batch_size, p.max_batches_test, device)
         metrics["round"] = server_round
         metrics["elapsed_s"] = time.time() - started
