@@ -798,10 +798,21 @@ def test_oversized_downlink_stream_is_refused_by_the_node(monkeypatch):
         return real_decode(bitstream, **kwargs)
 
     monkeypatch.setattr(codec, "decode", spy)
-    bomb = encode({"fc.weight": np.zeros((NUM_OUTPUTS * 64, NUM_FEATURES * 64))})
+    # Tensor "0" is fc.weight: a stream the node would take but for its size.
+    bomb = encode({"0": np.zeros((NUM_OUTPUTS * 64, NUM_FEATURES * 64))})
     grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
     strategy = NNCFedAvg(min_available_nodes=3)
     victim = 1001
+    reasons: list[str] = []
+    app = grid.app
+
+    def recording_app(message: Message, context: Context) -> Message:
+        reply = app(message, context)
+        if reply.has_error():
+            reasons.append(reply.error.reason)
+        return reply
+
+    grid.app = recording_app
 
     def tamper(call: int, message: Message) -> None:
         if call != 4 or message.metadata.dst_node_id != victim:  # round 2 evaluate
@@ -821,6 +832,7 @@ def test_oversized_downlink_stream_is_refused_by_the_node(monkeypatch):
     # Assert
     assert len(bomb) not in decoded_sizes
     assert grid.errors == [0, 0, 0, 1, 0, 0]
+    assert len(reasons) == 1 and "4194304 elements, more than the limit" in reasons[0]
     history = strategy.codec.history()
     assert [r["resyncs"] for r in history["rounds"]] == [0, 0, 1]
     assert sorted(result.train_metrics_clientapp) == [1, 2, 3]
