@@ -34,6 +34,9 @@ STATE_DOWN_BASE = "nnc.down-base"
 STATE_UP_BASE = "nnc.up-base"
 STATE_RESIDUAL = "nnc.residual"
 
+# The nnc.<option> ConfigRecord keys; the server sends all of them or none.
+_OPTION_KEYS = tuple(NNCOptions().to_config())
+
 
 @dataclass
 class NodeLinkState:
@@ -235,10 +238,8 @@ class NNCMod:
 
         if state.chain_id != chain_id or state.manifest is None:
             state.forget(chain_id)
-        option_keys = list(NNCOptions().to_config())
-        sent = [key for key in option_keys if key in config]
-        if sent:
-            missing = [key for key in option_keys if key not in config]
+        if any(key in config for key in _OPTION_KEYS):
+            missing = [key for key in _OPTION_KEYS if key not in config]
             if missing:
                 raise link.LinkError(
                     f"message carries codec options without {', '.join(missing)}"

@@ -19,8 +19,10 @@ import pyarrow as pa
 
 from .schema import (
     AREA_COLUMN,
+    GPS_KEYS,
     MCS_KEYS,
     OPERATOR_COLUMN,
+    SIDE_INFO_KEYS,
     STRING_KEYS,
     TEXT_KEYS,
     TIMESTAMP_COLUMN,
@@ -632,25 +634,13 @@ def _apply_missing(rng, cols: dict[str, np.ndarray]) -> None:
                 column[mask] = np.nan
         return mask
 
+    # A row without a GPS fix lacks its position and everything looked up from
+    # it (weather, traffic), except the round position and the jam factor,
+    # which have missing shares of their own.
     gps_keys = [
-        "Latitude",
-        "Longitude",
-        "Altitude",
-        "speed_kmh",
-        "COG",
-        "precipIntensity",
-        "precipProbability",
-        "temperature",
-        "apparentTemperature",
-        "dewPoint",
-        "humidity",
-        "pressure",
-        "windSpeed",
-        "cloudCover",
-        "uvIndex",
-        "visibility",
-        "Traffic_Street_Name",
-        "Traffic_Distance",
+        key
+        for key in GPS_KEYS + SIDE_INFO_KEYS
+        if key not in ("Pos_in_Ref_Round", "Traffic_Jam_Factor")
     ]
     gps_mask = blank(gps_keys, MISSING_SHARE["gps"])
     cols[AREA_COLUMN][gps_mask] = None
