@@ -10,9 +10,9 @@ lost its state. Version 1, the whole first model, is coded with ``qp``, the
 differences after it with ``diff_qp``. Each version is coded once; the
 chain keeps the latest segments, so a node that holds version u receives the
 segments u+1..v in one payload. A node whose version is unknown (new, or
-reported out of step) gets
-the chain from 0, or, once the older segments are pruned, a keyframe: R_v as
-plain float32 arrays plus the chain's TCA base.
+reported out of step) gets the chain from 0, or, once the older segments are
+pruned, a keyframe: R_v as plain float32 arrays plus the chain's TCA base.
+Either way the message carries the manifest and the codec options again.
 
 Uplink. Each node codes the difference between its trained model and R_v
 against its own TCA base; the server holds a copy of that base per node, with
@@ -331,7 +331,7 @@ class NNCServerCodec:
 
     def _forget_node(self, node: NodeLink) -> None:
         node.version, node.up_seq, node.up_base = None, 0, None
-        node.resyncing, node.options_sent = True, None
+        node.resyncing = True  # its next message carries manifest and options
 
     def _decode_reply(
         self, reply: Message, node: NodeLink, phase: str, traffic: Any
