@@ -186,20 +186,27 @@ def wire_names(manifest: Manifest) -> dict[str, str]:
     return {spec.name: str(index) for index, spec in enumerate(manifest)}
 
 
+def _specs_by_wire_name(manifest: Manifest) -> dict[str, TensorSpec]:
+    return {str(index): spec for index, spec in enumerate(manifest)}
+
+
 def _with_model_name(text: str, manifest: Manifest) -> str:
     # Codec errors quote the wire name ('3'); add the model's name for it.
     match = re.search(r"'(\d{1,9})'", text)
-    if match and int(match.group(1)) < len(manifest):
-        name = manifest[int(match.group(1))].name
-        return f"{text} (tensor {match.group(1)} is {name!r:.80})"
-    return text
+    spec = _specs_by_wire_name(manifest).get(match.group(1)) if match else None
+    if spec is None:
+        return text
+    return f"{text} (tensor {match.group(1)} is {spec.name!r:.80})"
 
 
 def _from_wire(tensors: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
     # Back to the model's names; a name outside the manifest stays as it is
     # (and is then refused by whoever checks the result against the manifest).
-    names = {str(index): spec.name for index, spec in enumerate(manifest)}
-    return {names.get(key, key): value for key, value in tensors.items()}
+    specs = _specs_by_wire_name(manifest)
+    return {
+        specs[key].name if key in specs else key: value
+        for key, value in tensors.items()
+    }
 
 
 def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -505,7 +512,7 @@ def check_stream_fits(bitstream: bytes, manifest: Manifest) -> None:
     """
     from flwr_nncodec.inspection import inspect  # pylint: disable=C0415
 
-    by_wire_name = {str(index): spec for index, spec in enumerate(manifest)}
+    by_wire_name = _specs_by_wire_name(manifest)
     max_elements = max((spec.num_elements for spec in manifest), default=0)
     units = inspect(bitstream, max_elements=max(1, max_elements))
 
