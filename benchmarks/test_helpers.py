@@ -1,7 +1,7 @@
 """Checks of the benchmark's own arithmetic: ``pytest benchmarks/test_helpers.py``.
 
 Not part of the default suite (testpaths = tests); run it after changing
-entropy.py or the equal-MSE interpolation in run.py.
+entropy.py, rd_bound.py or the equal-MSE interpolation in run.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,22 @@ from entropy import (  # noqa: E402
     entropy_bits,
     levels_entropy_bytes,
 )
-from run import equal_mse_bytes  # noqa: E402
+from rd_bound import (  # noqa: E402
+    SourceDensity,
+    entropy_power,
+    gaussian_entropy_bits,
+    laplace_entropy_bits,
+    shannon_lower_bound_bits,
+    water_filling_bound_bits,
+    water_level,
+)
+from run import (  # noqa: E402
+    equal_mse_bytes,
+    format_rd_verdict,
+    rd_bound_row,
+    rd_bound_verdicts,
+    synthetic_cases,
+)
 
 
 def _states_and_levels_by_loop(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,3 +96,148 @@ def test_equal_mse_interpolation():
     assert size == 1000 and method.startswith("qp -36")
     assert equal_mse_bytes(sweep, 1e-5) == (None, "outside sweep")
     assert math.isclose(equal_mse_bytes(sweep, 1e-6)[0], 4000)
+
+
+def test_gaussian_slb_is_half_log_of_variance_over_distortion():
+    # s = 1, D = 1/4: 1/2·log2(4) = 1 bit.
+    entropy = gaussian_entropy_bits(1.0)
+    assert entropy == pytest.approx(0.5 * math.log2(2 * math.pi * math.e))
+    assert shannon_lower_bound_bits(entropy, 0.25) == pytest.approx(1.0, abs=1e-12)
+    assert shannon_lower_bound_bits(gaussian_entropy_bits(0.02), 4e-4 / 1024) == (
+        pytest.approx(5.0, abs=1e-12)
+    )
+    assert entropy_power(entropy) == pytest.approx(1.0)
+    # At or above the variance nothing needs to be sent.
+    assert shannon_lower_bound_bits(entropy, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert shannon_lower_bound_bits(entropy, 3.0) == 0.0
+
+
+def test_laplace_slb():
+    # h = log2(2e) = 1 + log2(e); entropy power 2e/pi, below the variance 2.
+    entropy = laplace_entropy_bits(1.0)
+    assert entropy == pytest.approx(1 + 1 / math.log(2))
+    assert entropy_power(entropy) == pytest.approx(2 * math.e / math.pi)
+    assert shannon_lower_bound_bits(entropy, 2 * math.e / math.pi / 4) == (
+        pytest.approx(1.0, abs=1e-12)
+    )
+    # The Gaussian of the same variance needs 1/2·log2(pi/e) bits more.
+    gap = shannon_lower_bound_bits(
+        gaussian_entropy_bits(math.sqrt(2)), 1e-3
+    ) - shannon_lower_bound_bits(entropy, 1e-3)
+    assert gap == pytest.approx(0.5 * math.log2(math.pi / math.e))
+    np.testing.assert_allclose(
+        laplace_entropy_bits(np.array([0.5, 2.0])), [math.log2(math.e), 2 + entropy - 1]
+    )
+    with pytest.raises(ValueError, match="smallest is 0.0"):
+        laplace_entropy_bits(np.array([1.0, 0.0]))
+
+
+def test_water_filling_of_equal_rows_is_the_single_source_bound():
+    entropy = laplace_entropy_bits(0.01)
+    single = shannon_lower_bound_bits(entropy, 1e-6)
+    entropies, counts = np.array([entropy, entropy]), np.array([3, 5])
+    total = water_filling_bound_bits(entropies, counts, 1e-6)
+    assert total == pytest.approx(8 * single)
+    assert water_filling_bound_bits(entropy, 7, 1e-6) == pytest.approx(7 * single)
+
+
+def test_water_filling_gives_a_quiet_row_no_bits():
+    # Entropy powers 1 and 0.01, one value each, mean distortion 0.255: the quiet
+    # row takes D = 0.01 (all it has), the other theta = 0.5: 1/2·log2(2) bits.
+    entropies = np.array([gaussian_entropy_bits(1.0), gaussian_entropy_bits(0.1)])
+    counts = np.array([1, 1])
+    assert water_level(entropy_power(entropies), counts, 0.255) == pytest.approx(0.5)
+    assert water_filling_bound_bits(entropies, counts, 0.255) == pytest.approx(0.5)
+    # Below the quiet row's power both rows get theta = D.
+    assert water_filling_bound_bits(entropies, counts, 0.004) == pytest.approx(
+        0.5 * math.log2(1 / 0.004) + 0.5 * math.log2(0.01 / 0.004)
+    )
+    # At the mean power everything is free.
+    assert water_filling_bound_bits(entropies, counts, 0.505) == pytest.approx(0.0)
+    assert water_level(np.array([1.0, 0.01]), counts, 0.9) == 1.0
+
+
+def test_water_filling_is_the_least_total_over_distortion_splits():
+    # Two rows of 10 and 30 values: search the split of the distortion budget.
+    entropies = np.array([laplace_entropy_bits(1.0), laplace_entropy_bits(0.2)])
+    counts = np.array([10, 30])
+    mse = 0.03
+    budget = mse * counts.sum()
+    first = np.linspace(1e-6, budget / counts[0] - 1e-6, 200_001)
+    second = (budget - counts[0] * first) / counts[1]
+    totals = counts[0] * np.maximum(
+        0, entropies[0] - 0.5 * np.log2(2 * math.pi * math.e * first)
+    ) + counts[1] * np.maximum(
+        0, entropies[1] - 0.5 * np.log2(2 * math.pi * math.e * second)
+    )
+    bound = water_filling_bound_bits(entropies, counts, mse)
+    assert bound <= totals.min() + 1e-9
+    assert bound == pytest.approx(totals.min(), rel=1e-6)
+
+
+def test_water_level_matches_bisection_on_many_rows():
+    rng = np.random.default_rng(5)
+    powers = np.exp(rng.normal(0, 1.5, 300))
+    counts = rng.integers(1, 50, 300)
+    mse = 0.4
+    low, high = 0.0, powers.max()
+    for _ in range(200):
+        middle = (low + high) / 2
+        spent = counts @ np.minimum(middle, powers) / counts.sum()
+        low, high = (middle, high) if spent < mse else (low, middle)
+    assert water_level(powers, counts, mse) == pytest.approx(low, rel=1e-12)
+
+
+def test_bound_row_and_verdict_lines():
+    # 8000 values of N(0, 1) at D = 1/4: 1 bit each, 1000 bytes.
+    density = SourceDensity(
+        "N(0, 1)", np.array([gaussian_entropy_bits(1.0)]), np.array([8000])
+    )
+    reference = {"case": "g", "qp": -32, "coder": "nncodec", "bytes": 1000}
+    row = rd_bound_row({**reference, "mse": 0.25}, density, 8000)
+    assert row["bytes"] == pytest.approx(1000.0)
+    assert row["bits_per_param"] == pytest.approx(1.0)
+    assert row["bytes_vs_nncodec"] == pytest.approx(1.0)
+    assert row["method"].startswith("N(0, 1): Shannon lower bound at NNCodec's MSE")
+
+    (verdict,) = rd_bound_verdicts([{**reference, "mse": 0.25}, row])
+    assert verdict["target_bytes"] == pytest.approx(950.0)
+    assert not verdict["reachable"]
+    assert format_rd_verdict(verdict) == (
+        "R(D) g qp -32: target 0.95x NNCodec = 950 bytes < R(D) bound 1,000 bytes: "
+        "unreachable by any coder."
+    )
+
+    # At D = 1/2 the bound is 1/2 bit per value: 500 bytes, below the target.
+    row = rd_bound_row({**reference, "mse": 0.5}, density, 8000)
+    (verdict,) = rd_bound_verdicts([{**reference, "mse": 0.5}, row])
+    assert verdict["reachable"]
+    assert format_rd_verdict(verdict).endswith(
+        ">= R(D) bound 500 bytes: reachable in principle."
+    )
+
+
+def test_synthetic_densities_describe_the_arrays():
+    cases = {case.name: case for case in synthetic_cases(quick=True)}
+    assert cases["sparse80"].density is None
+
+    # Entropy powers against the arrays: the Gaussian's is its variance, the
+    # Laplacian's e/pi of it; row scales of weight_diff via mean |x| per row.
+    gaussian = cases["gaussian"].params["weight"].astype(np.float64)
+    assert entropy_power(cases["gaussian"].density.entropy_bits[0]) == pytest.approx(
+        gaussian.var(), rel=5e-3
+    )
+    laplacian = cases["laplacian"].params["weight"].astype(np.float64)
+    assert entropy_power(cases["laplacian"].density.entropy_bits[0]) == pytest.approx(
+        laplacian.var() * math.e / math.pi, rel=5e-3
+    )
+    difference = cases["weight_diff"].params["weight"].astype(np.float64)
+    density = cases["weight_diff"].density
+    scales = np.exp2(density.entropy_bits) / (2 * math.e)
+    assert np.abs(difference).mean(axis=1) / scales == pytest.approx(1.0, abs=0.2)
+    assert (np.abs(difference).mean(axis=1) / scales).mean() == pytest.approx(
+        1.0, abs=3e-3
+    )
+    for case in cases.values():
+        if case.density is not None:
+            assert case.density.counts.sum() == case.num_params
