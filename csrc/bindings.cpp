@@ -8,6 +8,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -91,6 +92,25 @@ void check_length(const InArray<T>& array, int64_t expected, const std::string& 
   }
 }
 
+// Entry points cross the boundary as (delta_bits, offset, dq_state) tuples.
+using EntryPointTuple = std::tuple<uint64_t, uint32_t, int>;
+
+std::vector<EntryPointTuple> entry_point_tuples(const std::vector<nnc::EntryPoint>& in) {
+  std::vector<EntryPointTuple> out;
+  out.reserve(in.size());
+  for (const auto& e : in) out.emplace_back(e.delta_bits, e.offset, e.dq_state);
+  return out;
+}
+
+std::vector<nnc::EntryPoint> entry_points_from(const std::vector<EntryPointTuple>& in) {
+  std::vector<nnc::EntryPoint> out;
+  out.reserve(in.size());
+  for (const auto& [delta_bits, offset, dq_state] : in) {
+    out.push_back({delta_bits, offset, dq_state});
+  }
+  return out;
+}
+
 struct SpecArgs {
   int64_t height;
   int64_t width;
@@ -103,8 +123,9 @@ struct SpecArgs {
 };
 
 nnc::SegmentSpec make_spec(const SpecArgs& args, const OptionalBase& tca_base,
-                           const char* operation) {
+                           const char* operation, int scan_order = 0) {
   nnc::SegmentSpec spec;
+  spec.scan_order = scan_order;
   spec.height = args.height;
   spec.width = args.width;
   spec.qp_density = args.qp_density;
@@ -121,16 +142,15 @@ nnc::SegmentSpec make_spec(const SpecArgs& args, const OptionalBase& tca_base,
   return spec;
 }
 
-nb::bytes encode_segment(InArray<int32_t> q, int64_t height, int64_t width,
-                         std::optional<int> qp, int qp_density, bool dq,
-                         bool hdsp_flag_present, bool row_skipping, bool param_opt,
-                         OptionalBase tca_base, int64_t codebook_size,
-                         int64_t codebook_zero_offset, int unary_len,
-                         std::optional<InArray<uint8_t>> eco_init_sets,
-                         int64_t eco_max_positions, bool eco_from_levels) {
+std::tuple<nb::bytes, std::vector<EntryPointTuple>> encode_segment_scan(
+    InArray<int32_t> q, int64_t height, int64_t width, std::optional<int> qp,
+    int qp_density, bool dq, bool hdsp_flag_present, bool row_skipping, bool param_opt,
+    OptionalBase tca_base, int64_t codebook_size, int64_t codebook_zero_offset,
+    int unary_len, std::optional<InArray<uint8_t>> eco_init_sets,
+    int64_t eco_max_positions, bool eco_from_levels, int scan_order) {
   const SpecArgs args{height, width, qp_density, dq, hdsp_flag_present,
                       codebook_size, codebook_zero_offset, unary_len};
-  nnc::SegmentSpec spec = make_spec(args, tca_base, "encode_segment");
+  nnc::SegmentSpec spec = make_spec(args, tca_base, "encode_segment", scan_order);
   check_length(q, height * width, "q");
   spec.has_qp = qp.has_value();
   spec.qp = qp.value_or(0);
@@ -143,32 +163,54 @@ nb::bytes encode_segment(InArray<int32_t> q, int64_t height, int64_t width,
     spec.num_forced_init_sets = eco_init_sets->shape(0);
   }
   std::vector<uint8_t> segment;
+  std::vector<nnc::EntryPoint> entry_points;
   {
     nb::gil_scoped_release release;
-    segment = nnc::encode_segment(q.data(), spec);
+    segment = nnc::encode_segment(q.data(), spec, &entry_points);
   }
-  return nb::bytes(segment.data(), segment.size());
+  return {nb::bytes(segment.data(), segment.size()), entry_point_tuples(entry_points)};
+}
+
+nb::bytes encode_segment(InArray<int32_t> q, int64_t height, int64_t width,
+                         std::optional<int> qp, int qp_density, bool dq,
+                         bool hdsp_flag_present, bool row_skipping, bool param_opt,
+                         OptionalBase tca_base, int64_t codebook_size,
+                         int64_t codebook_zero_offset, int unary_len,
+                         std::optional<InArray<uint8_t>> eco_init_sets,
+                         int64_t eco_max_positions, bool eco_from_levels) {
+  return std::get<0>(encode_segment_scan(
+      q, height, width, qp, qp_density, dq, hdsp_flag_present, row_skipping, param_opt,
+      tca_base, codebook_size, codebook_zero_offset, unary_len, eco_init_sets,
+      eco_max_positions, eco_from_levels, 0));
 }
 
 nnc::DecodedSegment decode_into(const InArray<uint8_t>& data, const SpecArgs& args,
-                                bool has_qp, const OptionalBase& tca_base, int32_t* q) {
-  nnc::SegmentSpec spec = make_spec(args, tca_base, "decode_segment");
+                                bool has_qp, const OptionalBase& tca_base, int32_t* q,
+                                int scan_order = 0,
+                                const std::vector<nnc::EntryPoint>& entry_points = {},
+                                int num_threads = 1) {
+  nnc::SegmentSpec spec = make_spec(args, tca_base, "decode_segment", scan_order);
   spec.has_qp = has_qp;
+  spec.entry_points = entry_points.data();
+  spec.num_entry_points = entry_points.size();
   nb::gil_scoped_release release;
-  return nnc::decode_segment(data.data(), data.shape(0), spec, q);
+  return nnc::decode_segment(data.data(), data.shape(0), spec, q, num_threads);
 }
 
 std::tuple<OutArray<int32_t>, std::optional<int>, size_t> decode_segment(
     InArray<uint8_t> data, int64_t height, int64_t width, bool has_qp, int qp_density,
     bool dq, bool hdsp_flag_present, OptionalBase tca_base, int64_t codebook_size,
-    int64_t codebook_zero_offset, int unary_len) {
+    int64_t codebook_zero_offset, int unary_len, int scan_order,
+    std::vector<EntryPointTuple> entry_points, int num_threads) {
   const SpecArgs args{height, width, qp_density, dq, hdsp_flag_present,
                       codebook_size, codebook_zero_offset, unary_len};
-  const nnc::SegmentSpec spec = make_spec(args, tca_base, "decode_segment");
+  const nnc::SegmentSpec spec = make_spec(args, tca_base, "decode_segment", scan_order);
   nnc::check_decodable_size(spec, data.shape(0));  // before allocating
   const size_t n = size_t(height * width);
   std::unique_ptr<int32_t[]> q(new int32_t[n]);
-  const nnc::DecodedSegment result = decode_into(data, args, has_qp, tca_base, q.get());
+  const nnc::DecodedSegment result =
+      decode_into(data, args, has_qp, tca_base, q.get(), scan_order,
+                  entry_points_from(entry_points), std::max(1, num_threads));
   std::optional<int> qp;
   if (has_qp) qp = result.qp;
   return {to_numpy(std::move(q), n), qp, result.consumed_bytes};
@@ -178,14 +220,17 @@ std::vector<int> decode_eco_init_sets(InArray<uint8_t> data, int64_t height,
                                       int64_t width, bool has_qp, int qp_density,
                                       bool dq, bool hdsp_flag_present,
                                       OptionalBase tca_base, int64_t codebook_size,
-                                      int64_t codebook_zero_offset, int unary_len) {
+                                      int64_t codebook_zero_offset, int unary_len,
+                                      int scan_order,
+                                      std::vector<EntryPointTuple> entry_points) {
   const SpecArgs args{height, width, qp_density, dq, hdsp_flag_present,
                       codebook_size, codebook_zero_offset, unary_len};
-  nnc::check_decodable_size(make_spec(args, tca_base, "decode_eco_init_sets"),
-                            data.shape(0));
+  nnc::check_decodable_size(
+      make_spec(args, tca_base, "decode_eco_init_sets", scan_order), data.shape(0));
   std::vector<int32_t> q(size_t(height * width));
   const nnc::DecodedSegment result =
-      decode_into(data, args, has_qp, tca_base, q.data());
+      decode_into(data, args, has_qp, tca_base, q.data(), scan_order,
+                  entry_points_from(entry_points));
   return std::vector<int>(result.init_sets.begin(), result.init_sets.end());
 }
 
@@ -245,11 +290,11 @@ struct TensorOptions {
 
 nnc::TensorJob make_job(const InArray<float>& x, int64_t height, int64_t width, int qp,
                         const OptionalBase& tca_base, const TensorOptions& options,
-                        const std::string& what) {
+                        const std::string& what, int scan_order = 0) {
   const SpecArgs args{height, width, options.qp_density, options.dq,
                       options.hdsp_flag_present, 0, 0, options.unary_len};
   nnc::TensorJob job;
-  job.spec = make_spec(args, tca_base, "encode_tensor");
+  job.spec = make_spec(args, tca_base, "encode_tensor", scan_order);
   check_length(x, height * width, what);
   job.spec.has_qp = true;
   job.spec.qp = qp;
@@ -281,23 +326,28 @@ std::tuple<nb::bytes, OutArray<int32_t>> encode_tensor(
   return {nb::bytes(job.segment.data(), job.segment.size()), to_numpy(std::move(q), n)};
 }
 
-std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> encode_tensors(
-    std::vector<nb::object> x_objects, std::vector<std::pair<int64_t, int64_t>> shapes,
-    std::vector<int> qps, int qp_density, bool dq, double lambda_scale,
-    bool hdsp_flag_present, bool row_skipping, bool param_opt,
-    std::optional<std::vector<nb::object>> base_objects, int unary_len,
-    int64_t eco_max_positions, bool eco_from_levels, int num_threads) {
+std::vector<std::tuple<nb::bytes, OutArray<int32_t>, std::vector<EntryPointTuple>>>
+encode_tensors(std::vector<nb::object> x_objects,
+               std::vector<std::pair<int64_t, int64_t>> shapes, std::vector<int> qps,
+               int qp_density, bool dq, double lambda_scale, bool hdsp_flag_present,
+               bool row_skipping, bool param_opt,
+               std::optional<std::vector<nb::object>> base_objects, int unary_len,
+               int64_t eco_max_positions, bool eco_from_levels, int num_threads,
+               std::optional<std::vector<int>> scan_orders) {
   const std::vector<InArray<float>> xs =
       strict_arrays<float>(x_objects, "xs", "float32");
   const std::optional<std::vector<OptionalBase>> tca_bases = strict_bases(base_objects);
   const size_t count = xs.size();
   if (shapes.size() != count || qps.size() != count ||
-      (tca_bases && tca_bases->size() != count)) {
+      (tca_bases && tca_bases->size() != count) ||
+      (scan_orders && scan_orders->size() != count)) {
     throw std::invalid_argument(
-        "encode_tensors: xs, shapes, qps (and tca_bases) need equal lengths, got " +
+        "encode_tensors: xs, shapes, qps (and tca_bases, scan_orders) need equal "
+        "lengths, got " +
         std::to_string(count) + ", " + std::to_string(shapes.size()) + ", " +
         std::to_string(qps.size()) +
-        (tca_bases ? ", " + std::to_string(tca_bases->size()) : std::string()));
+        (tca_bases ? ", " + std::to_string(tca_bases->size()) : std::string()) +
+        (scan_orders ? ", " + std::to_string(scan_orders->size()) : std::string()));
   }
   const TensorOptions options{qp_density,        dq,        lambda_scale,
                               hdsp_flag_present, row_skipping, param_opt,
@@ -311,7 +361,8 @@ std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> encode_tensors(
     const auto [height, width] = shapes[i];
     const OptionalBase& base = tca_bases ? (*tca_bases)[i] : no_base;
     jobs.push_back(make_job(xs[i], height, width, qps[i], base, options,
-                            "xs[" + std::to_string(i) + "]"));
+                            "xs[" + std::to_string(i) + "]",
+                            scan_orders ? (*scan_orders)[i] : 0));
     q_buffers.emplace_back(new int32_t[size_t(height * width)]);
     jobs.back().q_out = q_buffers.back().get();
   }
@@ -319,12 +370,14 @@ std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> encode_tensors(
     nb::gil_scoped_release release;
     nnc::encode_tensors(jobs, num_threads);
   }
-  std::vector<std::tuple<nb::bytes, OutArray<int32_t>>> results;
+  std::vector<std::tuple<nb::bytes, OutArray<int32_t>, std::vector<EntryPointTuple>>>
+      results;
   results.reserve(count);
   for (size_t i = 0; i < count; ++i) {
     const size_t n = size_t(jobs[i].spec.height * jobs[i].spec.width);
     results.emplace_back(nb::bytes(jobs[i].segment.data(), jobs[i].segment.size()),
-                         to_numpy(std::move(q_buffers[i]), n));
+                         to_numpy(std::move(q_buffers[i]), n),
+                         entry_point_tuples(jobs[i].entry_points));
   }
   return results;
 }
@@ -346,7 +399,8 @@ std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> decode_se
     std::optional<std::vector<nb::object>> base_objects,
     std::optional<std::vector<int64_t>> codebook_sizes,
     std::optional<std::vector<int64_t>> codebook_zero_offsets, int unary_len,
-    int num_threads) {
+    int num_threads, std::optional<std::vector<int>> scan_orders,
+    std::optional<std::vector<std::vector<EntryPointTuple>>> entry_points) {
   const std::vector<InArray<uint8_t>> datas =
       strict_arrays<uint8_t>(data_objects, "datas", "uint8 (bytes-like)");
   const std::optional<std::vector<OptionalBase>> tca_bases = strict_bases(base_objects);
@@ -360,6 +414,8 @@ std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> decode_se
   if (codebook_zero_offsets) {
     check_count(*codebook_zero_offsets, count, "codebook_zero_offsets");
   }
+  if (scan_orders) check_count(*scan_orders, count, "scan_orders");
+  if (entry_points) check_count(*entry_points, count, "entry_points");
 
   std::vector<nnc::SegmentJob> jobs(count);
   std::vector<std::unique_ptr<int32_t[]>> q_buffers;
@@ -371,7 +427,8 @@ std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> decode_se
                         codebook_zero_offsets ? (*codebook_zero_offsets)[i] : 0,
                         unary_len};
     jobs[i].spec = make_spec(args, tca_bases ? (*tca_bases)[i] : no_base,
-                             "decode_segments");
+                             "decode_segments", scan_orders ? (*scan_orders)[i] : 0);
+    if (entry_points) jobs[i].entry_points = entry_points_from((*entry_points)[i]);
     jobs[i].spec.has_qp = has_qp[i];
     jobs[i].data = datas[i].data();
     jobs[i].num_bytes = datas[i].shape(0);
@@ -453,13 +510,29 @@ NB_MODULE(_core, m) {
         "smaller, no longer NNCodec's bytes). Releases the GIL; "
         "the segment is copied once into bytes.");
 
+  m.def("encode_segment_scan", &encode_segment_scan, "q"_a.noconvert(), "height"_a,
+        "width"_a, nb::kw_only(), "qp"_a.none(), "qp_density"_a, "dq"_a,
+        "hdsp_flag_present"_a, "row_skipping"_a, "param_opt"_a,
+        "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0,
+        "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
+        "eco_init_sets"_a.noconvert() = nb::none(), "eco_max_positions"_a = 65536,
+        "eco_from_levels"_a = false, "scan_order"_a = 0,
+        "encode_segment() in scan order scan_order (0 raster, 1..4 blocks of "
+        "4 << scan_order): returns (segment bytes, entry points), each entry "
+        "point (delta_bits, offset, dq_state) as the NDU header codes it. "
+        "Under DQ, q must follow the trellis in that scan order.");
+
   m.def("decode_segment", &decode_segment, "data"_a.noconvert(), "height"_a, "width"_a,
         nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a, "hdsp_flag_present"_a,
         "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0,
-        "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
+        "codebook_zero_offset"_a = 0, "unary_len"_a = 11, "scan_order"_a = 0,
+        "entry_points"_a = std::vector<EntryPointTuple>(), "num_threads"_a = 1,
         "Decode one segment from a bytes-like object: returns (q int32[n], qp "
-        "or None, consumed_bytes). Raises ValueError naming the byte offset on "
-        "truncated or malformed data. Releases the GIL; data is read in place.");
+        "or None, consumed_bytes). With a block scan, entry_points are the "
+        "NDU's (delta_bits, offset, dq_state) and the block rows decode on up "
+        "to num_threads threads. Raises ValueError naming the byte offset on "
+        "truncated or malformed data and on entry points the stream does not "
+        "reach. Releases the GIL; data is read in place.");
 
   m.def("encode_tensor", &encode_tensor, "x"_a.noconvert(), "height"_a, "width"_a,
         nb::kw_only(), "qp"_a, "qp_density"_a, "dq"_a, "lambda_scale"_a,
@@ -474,22 +547,24 @@ NB_MODULE(_core, m) {
         "qp_density"_a, "dq"_a, "lambda_scale"_a, "hdsp_flag_present"_a,
         "row_skipping"_a, "param_opt"_a, "tca_bases"_a = nb::none(),
         "unary_len"_a = 11, "eco_max_positions"_a = 65536,
-        "eco_from_levels"_a = false, "num_threads"_a = 0,
+        "eco_from_levels"_a = false, "num_threads"_a = 0, "scan_orders"_a = nb::none(),
         "encode_tensor() for several tensors on num_threads threads (0: one "
         "per hardware thread). xs: float32 arrays; shapes: (height, width) "
         "pairs; qps: one qp per tensor; tca_bases: None or one int32 array or "
-        "None per tensor. Returns [(segment bytes, q)] in input order. Errors "
+        "None per tensor; scan_orders: None (raster) or one per tensor. "
+        "Returns [(segment bytes, q, entry points)] in input order. Errors "
         "name the tensor index. Releases the GIL while coding.");
 
   m.def("decode_segments", &decode_segments, "datas"_a, "shapes"_a, nb::kw_only(),
         "has_qp"_a, "dq"_a, "qp_density"_a, "hdsp_flag_present"_a,
         "tca_bases"_a = nb::none(), "codebook_sizes"_a = nb::none(),
         "codebook_zero_offsets"_a = nb::none(), "unary_len"_a = 11,
-        "num_threads"_a = 0,
+        "num_threads"_a = 0, "scan_orders"_a = nb::none(), "entry_points"_a = nb::none(),
         "decode_segment() for several segments on num_threads threads (0: one "
         "per hardware thread). Per-segment lists: datas (bytes-like), shapes "
         "((height, width)), has_qp, dq, hdsp_flag_present, and optionally "
-        "tca_bases, codebook_sizes, codebook_zero_offsets. Returns [(q, qp or "
+        "tca_bases, codebook_sizes, codebook_zero_offsets, scan_orders, "
+        "entry_points. Returns [(q, qp or "
         "None, consumed_bytes)] in input order; errors name the segment index. "
         "Releases the GIL while decoding.");
 
@@ -497,6 +572,7 @@ NB_MODULE(_core, m) {
         "height"_a, "width"_a, nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a,
         "hdsp_flag_present"_a, "tca_base"_a.noconvert() = nb::none(),
         "codebook_size"_a = 0, "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
+        "scan_order"_a = 0, "entry_points"_a = std::vector<EntryPointTuple>(),
         "Decode one segment and return the init set signalled for each "
         "eco-list entry (diagnostics and tests).");
 

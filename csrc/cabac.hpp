@@ -136,6 +136,18 @@ class CabacEncoder {
 
   size_t num_bytes_so_far() const { return out_.size(); }
 
+  // Entry points (block scans, nnc-format §3.7). force_range_256() narrows
+  // the interval without flushing; bit_position() is the start of the
+  // decoder's 9-bit window at this point, counted from the segment start;
+  // low_window() the interval base's 9 bits in that window. The decoder's
+  // offset there is (segment bits [pos, pos + 9) - low_window) mod 512.
+  void force_range_256() { range_ = 256; }
+  uint64_t bit_position() const {
+    return 8 * (uint64_t(out_.size()) + uint64_t(num_buffered_bytes_)) +
+           uint64_t(23 - bits_left_);
+  }
+  uint32_t low_window() const { return low_ & 511u; }
+
  private:
   void encode_bypass_chunk(uint32_t value, int num_bins) {
     low_ = (low_ << num_bins) + range_ * value;
@@ -172,6 +184,38 @@ class CabacDecoder {
     shift_ = 7;  // 16 bits loaded, the first 9 form the offset
     if (past_end_) check_not_past_end();
   }
+
+  // Decoder started at an entry point (nnc-format §3.7): range 256, the
+  // 9-bit offset `offset` (< 256), its window starting at bit
+  // `window_position` of the segment. Throws std::length_error when the
+  // window lies beyond the data.
+  CabacDecoder(const uint8_t* data, size_t num_bytes, uint64_t window_position,
+               uint32_t offset)
+      : data_(data), num_bytes_(num_bytes), range_(256) {
+    const uint64_t next_bit = window_position + 9;
+    if (next_bit > uint64_t(num_bytes) * 8) {
+      throw std::length_error("decode_segment: entry point at bit " +
+                              std::to_string(window_position) + " lies beyond the " +
+                              std::to_string(num_bytes) + "-byte segment");
+    }
+    pos_ = size_t(next_bit / 8);
+    const int bits_in_byte = 8 - int(next_bit % 8);  // 1..8 look-ahead bits
+    load_byte();
+    value_ = (offset << bits_in_byte) | (value_ & ((1u << bits_in_byte) - 1));
+    shift_ = bits_in_byte;
+    if (past_end_) check_not_past_end();
+  }
+
+  // Block-row boundary (§3.5): narrow the range to 256. Returns false when
+  // the offset does not fit below 256 (the stream is corrupt).
+  bool force_range_256() {
+    range_ = 256;
+    return value_ < (256u << shift_);
+  }
+
+  // Start of the 9-bit offset window in the segment, and the offset itself.
+  uint64_t window_position() const { return num_bits_read() - 9; }
+  uint32_t offset() const { return value_ >> shift_; }
 
   __attribute__((always_inline)) int decode_bin(ContextModel& model) {
     const uint32_t lps = model.range_lps(range_);

@@ -157,14 +157,16 @@ class TrellisBackPointers {
 };
 
 // Trellis traceback shared by both DQ searches: start at the cheapest final
-// state and follow the back pointers, writing q for every value.
-void backtrack_trellis(const float* x, size_t n, float inverse_step,
+// state and follow the back pointers, writing q for every value. Returns
+// that final state (the DQ state after the last value).
+int backtrack_trellis(const float* x, size_t n, float inverse_step,
                        const TrellisBackPointers& back, const double* cost,
                        int32_t* q_out) {
   int state = 0;
   for (int s = 1; s < 8; ++s) {
     if (cost[s] < cost[state]) state = s;
   }
+  const int final_state = state;
   for (size_t i = n; i-- > 0;) {
     int prev = 0;
     int candidate = 0;
@@ -173,16 +175,19 @@ void backtrack_trellis(const float* x, size_t n, float inverse_step,
     q_out[i] = int32_t(dq_candidate(t, prev & 1, candidate));
     state = prev;
   }
+  return final_state;
 }
 
 // Minimum squared error path through the DQ trellis (lambda_scale 0). Each
 // state keeps the cheaper of its two entering edges; an edge (s, parity)
 // carries the first nearest candidate of quantiser s&1 with that parity, so
 // ties resolve to the lowest previous state, then the first candidate.
-void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q_out) {
+int quantize_dependent(const float* x, size_t n, float inverse_step, int start_state,
+                       int32_t* q_out) {
   constexpr double kInf = std::numeric_limits<double>::infinity();
   TrellisBackPointers back(n);
-  double cost[8] = {0.0, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
+  double cost[8] = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
+  cost[start_state] = 0.0;
 
   DqCandidates cand;
   for (size_t i = 0; i < n; ++i) {
@@ -227,7 +232,7 @@ void quantize_dependent(const float* x, size_t n, float inverse_step, int32_t* q
     for (int s = 0; s < 8; ++s) cost[s] = next_cost[s];
   }
 
-  backtrack_trellis(x, n, inverse_step, back, cost, q_out);
+  return backtrack_trellis(x, n, inverse_step, back, cost, q_out);
 }
 
 // Rate-aware URQ (RDOQ): per value, in scan order, the cheapest of
@@ -278,8 +283,9 @@ void quantize_uniform_rdo(const float* x, size_t n, float inverse_step,
 // branch's own state and survivor neighbour. Every kCommitBlock positions
 // the survivor path of the best state is taken as settled up to kCommitLag
 // positions back, and the rate model is adapted to those levels.
-void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
-                            double lambda_per_bit_unit, int32_t* q_out) {
+int quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
+                           double lambda_per_bit_unit, int start_state,
+                           int32_t* q_out) {
   constexpr double kInf = std::numeric_limits<double>::infinity();
   constexpr size_t kCommitBlock = 256;
   constexpr size_t kCommitLag = 32;
@@ -289,7 +295,7 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
   // last level: all the rates need of it.
   uint8_t prev_class[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (double& c : cost) c = kInf;
-  cost[0] = 0.0;
+  cost[start_state] = 0.0;
 
   LevelRateModel model;
   RateSnapshot rates;
@@ -412,7 +418,7 @@ void quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
     }
   }
 
-  backtrack_trellis(x, n, inverse_step, back, cost, q_out);
+  return backtrack_trellis(x, n, inverse_step, back, cost, q_out);
 }
 
 }  // namespace
@@ -428,8 +434,12 @@ float step_size(int qp, int qp_density) {
   return static_cast<float>(std::ldexp(double(mantissa), exponent));
 }
 
-void quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
-              double lambda_scale, int32_t* q_out) {
+int quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
+             double lambda_scale, int32_t* q_out, int start_state) {
+  if (start_state < 0 || start_state > 7 || (!dq && start_state != 0)) {
+    throw std::invalid_argument("quantize: start_state must be 0..7 (0 without "
+                                "dq), got " + std::to_string(start_state));
+  }
   if (!(lambda_scale >= 0.0)) {
     throw std::invalid_argument("quantize: lambda_scale must be >= 0, got " +
                                 std::to_string(lambda_scale));
@@ -445,14 +455,16 @@ void quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
   constexpr double kLn2Over6 = 0.69314718055994530942 / 6.0;
   if (dq && lambda_scale > 0.0) {
     const double lambda = lambda_scale * 4.0 * kLn2Over6 * 0.7;
-    quantize_dependent_rdo(x, n, inverse_step, lambda / 32768.0, q_out);
-  } else if (dq) {
-    quantize_dependent(x, n, inverse_step, q_out);
-  } else if (lambda_scale > 0.0) {
+    return quantize_dependent_rdo(x, n, inverse_step, lambda / 32768.0, start_state,
+                                  q_out);
+  }
+  if (dq) return quantize_dependent(x, n, inverse_step, start_state, q_out);
+  if (lambda_scale > 0.0) {
     quantize_uniform_rdo(x, n, inverse_step, lambda_scale * kLn2Over6 / 32768.0, q_out);
   } else {
     quantize_uniform(x, n, inverse_step, q_out);
   }
+  return 0;
 }
 
 void dequantize(const int32_t* q, size_t n, int qp, int qp_density, float* x_out) {

@@ -16,9 +16,11 @@ float step_size(int qp, int qp_density);
 // round-half-away(float32(float32(1/step) * x)) (quirk Q17). DQ: Viterbi
 // search over the 8-state trellis; with lambda_scale 0 the minimum squared
 // error admissible path. Throws std::invalid_argument naming max|x| and qp
-// when some |x|/step does not fit int32 (or x is not finite).
-void quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
-              double lambda_scale, int32_t* q_out);
+// when some |x|/step does not fit int32 (or x is not finite). The DQ
+// trellis starts in start_state (a block row continuing the scan) and the
+// DQ state after the last value is returned (0 without DQ).
+int quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
+             double lambda_scale, int32_t* q_out, int start_state = 0);
 
 // x_hat = float32(step * float32(q)).
 void dequantize(const int32_t* q, size_t n, int qp, int qp_density, float* x_out);

@@ -8,7 +8,10 @@
 #include <cstdlib>
 #include <limits>
 #include <stdexcept>
+#include <exception>
+#include <optional>
 #include <string>
+#include <thread>
 
 #include "cabac.hpp"
 #include "context_layout.hpp"
@@ -46,13 +49,6 @@ bool hdsp_flag_coded(const SegmentSpec& spec) {
 
 bool row_skip_syntax_coded(const SegmentSpec& spec) {
   return spec.width > 1 && spec.height > 1 && spec.codebook_size != 1;
-}
-
-// Apply the parity-0 DQ transition `count` times. Every cycle of T[.][0]
-// has length 1, 2 or 4, so count mod 4 steps suffice.
-int advance_dq_state_by_zeros(int state, int64_t count) {
-  for (int64_t i = 0; i < (count & 3); ++i) state = kDqNextState[state][0];
-  return state;
 }
 
 // Context choices for the level at one position (§3.2).
@@ -166,30 +162,32 @@ std::vector<uint8_t> rows_to_skip(const int32_t* q, const SegmentSpec& spec) {
   return skip;
 }
 
-// Walk the levels in raster scan, skipping flagged rows (Q2, Q3), and feed
-// their bins to `sink`. With feed_values_as_levels the stored values are
-// binarised unchanged, while the DQ state still follows the true levels
-// (NNCodec's eco estimation under DQ feeds q, §3.4).
-// Stops after `max_positions` positions (skipped rows included).
+// Walk the levels in scan order (§3.5), skipping flagged rows (Q2, Q3), and
+// feed their bins to `sink`; with a block scan, sink.block_row_start(state)
+// runs before every block row but the first, and the neighbour resets. With
+// feed_values_as_levels the stored values are binarised unchanged, while the
+// DQ state still follows the true levels (NNCodec's eco estimation under DQ
+// feeds q, §3.4). Stops after the block rows (raster: rows) covering the
+// first `max_positions` positions, skipped rows included.
 template <bool kTruncated, class Sink>
 void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
                 const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
                 bool feed_values_as_levels, int64_t max_positions) {
   const LevelLimits limits = level_limits(spec);
   if (spec.width == 0 || spec.height == 0) return;  // empty: no per-row work
+  const ScanGeometry geometry = scan_geometry(spec);
+  const int64_t positions_per_block_row = geometry.block_height * spec.width;
   int64_t prev_level = 0;
   int state = 0;
-  const int64_t num_rows =
-      spec.width > 0 ? std::min(spec.height, max_positions / spec.width +
-                                                 (max_positions % spec.width != 0))
-                     : 0;
-  for (int64_t row = 0; row < num_rows; ++row) {
-    if (!skip_rows.empty() && skip_rows[size_t(row)]) {
-      if (spec.dq) state = advance_dq_state_by_zeros(state, spec.width);
-      continue;
+  int64_t positions = 0;
+  for (int64_t block_row = 0;
+       block_row < geometry.num_block_rows && positions < max_positions;
+       ++block_row, positions += positions_per_block_row) {
+    if (block_row > 0 && geometry.block_scan) {
+      sink.block_row_start(state);
+      prev_level = 0;
     }
-    const int64_t row_start = row * spec.width;
-    for (int64_t pos = row_start; pos < row_start + spec.width; ++pos) {
+    walk_block_row(spec, geometry, block_row, skip_rows, state, [&](int64_t pos) {
       const int64_t level = level_from_value(q[pos], spec, state, pos);
       const int64_t fed = feed_values_as_levels ? int64_t(q[pos]) : level;
       const PositionContexts ctx =
@@ -197,17 +195,35 @@ void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
       put_level<kTruncated>(sink, layout, fed, ctx, limits);
       prev_level = fed;
       if (spec.dq) state = kDqNextState[state][level & 1];
-    }
+    });
   }
 }
 
+// Where the encoder was at one block-row boundary (§3.7): the decoder's
+// window position, the interval base's bits in that window, the DQ state.
+struct RawEntryPoint {
+  uint64_t bit_position;
+  uint32_t low_window;
+  int dq_state;
+};
+
 // Sink that codes bins with the arithmetic encoder.
+// At a block-row boundary it resets the contexts to their init sets,
+// narrows the range to 256 and records the entry point.
 struct EncoderSink {
   CabacEncoder& encoder;
   ContextModel* models;
+  const std::vector<ContextModel>* initial_models = nullptr;
+  std::vector<RawEntryPoint>* entry_points = nullptr;
   void bin(int ctx, int value) { encoder.encode_bin(value, models[ctx]); }
   void bypass_bins(uint32_t value, int count) {
     encoder.encode_bypass_bins(value, count);
+  }
+  void block_row_start(int state) {
+    std::copy(initial_models->begin(), initial_models->end(), models);
+    encoder.force_range_256();
+    entry_points->push_back(
+        {encoder.bit_position(), encoder.low_window(), state});
   }
 };
 
@@ -267,6 +283,7 @@ struct InitSetCostSink {
   }
 
   void bypass_bins(uint32_t, int) {}
+  void block_row_start(int) {}  // the estimate ignores context resets
 
   std::vector<ContextEstimators> contexts;
 };
@@ -294,6 +311,29 @@ std::string int_str(int64_t v) { return std::to_string(v); }
 
 }  // namespace
 
+// Apply the parity-0 DQ transition `count` times. Every cycle of T[.][0]
+// has length 1, 2 or 4, so count mod 4 steps suffice.
+int advance_dq_state_by_zeros(int state, int64_t count) {
+  for (int64_t i = 0; i < (count & 3); ++i) state = kDqNextState[state][0];
+  return state;
+}
+
+ScanGeometry scan_geometry(const SegmentSpec& spec) {
+  ScanGeometry geometry;
+  if (spec.scan_order == 0 || spec.width <= 1 || spec.height <= 1) {
+    geometry.block_height = 1;
+    geometry.block_width = spec.width;
+    geometry.num_block_rows = spec.width > 0 ? spec.height : 0;
+    return geometry;
+  }
+  const int64_t block_size = int64_t(4) << spec.scan_order;
+  geometry.block_height = block_size;
+  geometry.block_width = block_size;
+  geometry.num_block_rows = (spec.height + block_size - 1) / block_size;
+  geometry.block_scan = true;
+  return geometry;
+}
+
 int64_t validate_spec(const SegmentSpec& spec, const char* operation) {
   const std::string op(operation);
   if (spec.height < 0 || spec.width < 0) {
@@ -319,6 +359,10 @@ int64_t validate_spec(const SegmentSpec& spec, const char* operation) {
                                   "-bit qp offset (range " + int_str(-half_range) +
                                   ".." + int_str(half_range - 1) + ")");
     }
+  }
+  if (spec.scan_order < 0 || spec.scan_order > 4) {
+    throw std::invalid_argument(op + ": scan_order must be in 0..4, got " +
+                                int_str(spec.scan_order));
   }
   if (spec.unary_len < 1 || spec.unary_len > 256) {
     throw std::invalid_argument(op + ": unary_len must be in 1..256, got " +
@@ -431,7 +475,8 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec)
   return init_sets;
 }
 
-std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec) {
+std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,
+                                    std::vector<EntryPoint>* entry_points_out) {
   const int64_t num_elements = validate_spec(spec, "encode_segment");
   if (spec.codebook_size > 0) {
     for (int64_t pos = 0; pos < num_elements; ++pos) {
@@ -495,10 +540,51 @@ std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec) {
     models[size_t(list[i])].init(e);
   }
 
+  // Block scan with entry points: the range is narrowed before the first
+  // level too, and every later block row starts from the initial contexts.
+  const ScanGeometry geometry = scan_geometry(spec);
+  const bool has_entry_points =
+      spec.codebook_size != 1 && geometry.num_entry_points() > 0;
+  std::vector<ContextModel> initial_models;
+  std::vector<RawEntryPoint> raw_entry_points;
+  uint64_t levels_start = 0;
+  if (has_entry_points) {
+    encoder.force_range_256();
+    levels_start = encoder.bit_position();
+    initial_models = models;
+    raw_entry_points.reserve(size_t(geometry.num_entry_points()));
+    sink.initial_models = &initial_models;
+    sink.entry_points = &raw_entry_points;
+  }
+
   if (spec.codebook_size != 1) put_levels_any(sink, layout, q, spec, skip_rows, false);
 
   encoder.encode_terminate(1);
-  return encoder.finish();
+  std::vector<uint8_t> segment = encoder.finish();
+  if (entry_points_out != nullptr) {
+    entry_points_out->clear();
+    uint64_t previous = levels_start;
+    for (const RawEntryPoint& raw : raw_entry_points) {
+      // The decoder's offset: the final codeword's 9 bits in the window
+      // minus the interval base's (both mod 512; the difference is < 256).
+      uint32_t window = 0;
+      for (uint64_t bit = raw.bit_position; bit < raw.bit_position + 9; ++bit) {
+        const uint32_t b =
+            bit / 8 < segment.size() ? (segment[bit / 8] >> (7 - bit % 8)) & 1u : 0u;
+        window = (window << 1) | b;
+      }
+      const uint32_t offset = (window - raw.low_window) & 511u;
+      if (offset > 255) {
+        throw std::logic_error("encode_segment: entry point offset " +
+                               int_str(offset) + " at bit " +
+                               int_str(int64_t(raw.bit_position)) + " is not below 256");
+      }
+      entry_points_out->push_back(
+          {raw.bit_position - previous, offset, raw.dq_state});
+      previous = raw.bit_position;
+    }
+  }
+  return segment;
 }
 
 namespace {
@@ -553,27 +639,52 @@ inline int64_t get_level(CabacDecoder& decoder, ContextModel* models,
   return negative ? -int64_t(magnitude) : int64_t(magnitude);
 }
 
+// Where one block row's decoding starts (§3.7), absolute in the segment.
+struct AbsoluteEntryPoint {
+  uint64_t position;
+  uint32_t offset;
+  int dq_state;
+};
+
+// Block-row boundary of the decoder: narrow the range to 256 and check that
+// the stream arrives where entry point `index` says it does.
+void check_entry_point(CabacDecoder& decoder, const AbsoluteEntryPoint& entry,
+                       size_t index, int state, bool dq) {
+  const bool offset_fits = decoder.force_range_256();
+  if (offset_fits && decoder.window_position() == entry.position &&
+      decoder.offset() == entry.offset && (!dq || state == entry.dq_state)) {
+    return;
+  }
+  throw std::invalid_argument(
+      "decode_segment: entry point " + std::to_string(index) + " says bit " +
+      std::to_string(entry.position) + ", offset " + std::to_string(entry.offset) +
+      ", DQ state " + std::to_string(entry.dq_state) + "; the stream reaches it at bit " +
+      std::to_string(decoder.window_position()) + ", offset " +
+      std::to_string(decoder.offset()) + ", DQ state " + std::to_string(state));
+}
+
+// Decode block rows [first, end) into q_out, starting with `state`; between
+// block rows (block scan) the contexts reset to initial_models and the
+// entry points are checked, also the one after `end` when there is one.
 template <bool kTruncated>
-void get_levels(CabacDecoder& decoder, ContextModel* models,
-                const ContextLayout& layout,
-                const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
-                int32_t* q_out) {
+void get_block_rows(CabacDecoder& decoder, ContextModel* models,
+                    const std::vector<ContextModel>& initial_models,
+                    const ContextLayout& layout, const SegmentSpec& spec,
+                    const ScanGeometry& geometry, const std::vector<uint8_t>& skip_rows,
+                    const std::vector<AbsoluteEntryPoint>& entries, int64_t first,
+                    int64_t end, int state, int32_t* q_out) {
   const LevelLimits limits = level_limits(spec);
   const int32_t zero_value =
       int32_t(spec.codebook_size > 0 ? spec.codebook_zero_offset : 0);
-  // An empty matrix (H x 0 or 0 x W) has no levels and no row-skip syntax:
-  // no per-row work, however large the other dimension (work ~ elements).
-  if (spec.width == 0 || spec.height == 0) return;
   int64_t prev_level = 0;
-  int state = 0;
-  for (int64_t row = 0; row < spec.height; ++row) {
-    const int64_t row_start = row * spec.width;
-    if (!skip_rows.empty() && skip_rows[size_t(row)]) {
-      std::fill(q_out + row_start, q_out + row_start + spec.width, zero_value);
-      if (spec.dq) state = advance_dq_state_by_zeros(state, spec.width);
-      continue;
+  for (int64_t block_row = first; block_row < end; ++block_row) {
+    if (geometry.block_scan && block_row > first) {
+      check_entry_point(decoder, entries[size_t(block_row - 1)], size_t(block_row - 1),
+                        state, spec.dq);
+      std::copy(initial_models.begin(), initial_models.end(), models);
+      prev_level = 0;
     }
-    for (int64_t pos = row_start; pos < row_start + spec.width; ++pos) {
+    walk_block_row(spec, geometry, block_row, skip_rows, state, [&](int64_t pos) {
       const PositionContexts ctx =
           position_contexts(prev_level, state, spec.tca_base, pos);
       const int64_t level = get_level<kTruncated>(decoder, models, layout, ctx, limits);
@@ -592,14 +703,80 @@ void get_levels(CabacDecoder& decoder, ContextModel* models,
       }
       q_out[pos] = int32_t(value);
       prev_level = level;
-    }
+    });
+  }
+  if (geometry.block_scan && end < geometry.num_block_rows) {
+    check_entry_point(decoder, entries[size_t(end - 1)], size_t(end - 1), state,
+                      spec.dq);
   }
 }
 
 }  // namespace
 
+namespace {
+
+// The terminate bin and the stop bit after the last level.
+void finish_levels(CabacDecoder& decoder, DecodedSegment& result) {
+  if (decoder.decode_terminate() != 1) {
+    throw std::invalid_argument(
+        "decode_segment: terminate bin missing at byte offset " +
+        std::to_string(decoder.num_bits_read() / 8));
+  }
+  result.consumed_bytes = decoder.finish();
+}
+
+// Narrow the range before the first level and turn the NDU's entry points
+// (deltas) into absolute positions, each checked to lie inside the data.
+std::vector<AbsoluteEntryPoint> absolute_entry_points(CabacDecoder& decoder,
+                                                      const SegmentSpec& spec,
+                                                      const ScanGeometry& geometry,
+                                                      size_t num_bytes) {
+  const int64_t expected = geometry.num_entry_points();
+  if (spec.num_entry_points != size_t(expected) ||
+      (expected > 0 && spec.entry_points == nullptr)) {
+    throw std::invalid_argument(
+        "decode_segment: a block scan of " + std::to_string(geometry.num_block_rows) +
+        " block rows needs " + std::to_string(expected) + " entry points, got " +
+        std::to_string(spec.entry_points ? spec.num_entry_points : 0));
+  }
+  if (!decoder.force_range_256()) {
+    throw std::invalid_argument(
+        "decode_segment: offset " + std::to_string(decoder.offset()) +
+        " is not below 256 where the levels start (bit " +
+        std::to_string(decoder.window_position()) + ")");
+  }
+  const uint64_t num_bits = uint64_t(num_bytes) * 8;
+  uint64_t position = decoder.window_position();
+  std::vector<AbsoluteEntryPoint> entries;
+  entries.reserve(size_t(expected));
+  for (size_t j = 0; j < spec.num_entry_points; ++j) {
+    const EntryPoint& entry = spec.entry_points[j];
+    if (entry.delta_bits > num_bits || position + entry.delta_bits + 9 > num_bits) {
+      throw std::invalid_argument(
+          "decode_segment: entry point " + std::to_string(j) + " (" +
+          std::to_string(entry.delta_bits) + " bits after bit " +
+          std::to_string(position) + ") lies beyond the " + std::to_string(num_bytes) +
+          "-byte segment");
+    }
+    if (entry.offset > 255 || entry.dq_state < 0 || entry.dq_state > 7 ||
+        (!spec.dq && entry.dq_state != 0)) {
+      throw std::invalid_argument(
+          "decode_segment: entry point " + std::to_string(j) + " has offset " +
+          std::to_string(entry.offset) + " and DQ state " +
+          std::to_string(entry.dq_state) + " (needs offset < 256, state 0..7, 0 "
+          "without DQ)");
+    }
+    position += entry.delta_bits;
+    entries.push_back({position, entry.offset, entry.dq_state});
+  }
+  return entries;
+}
+
+}  // namespace
+
 DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
-                              const SegmentSpec& spec, int32_t* q_out) {
+                              const SegmentSpec& spec, int32_t* q_out,
+                              int num_threads) {
   check_decodable_size(spec, num_bytes);
   const ContextLayout layout(spec.unary_len);
   std::vector<ContextModel> models(size_t(layout.count));
@@ -640,18 +817,69 @@ DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
 
   if (spec.codebook_size == 1) {
     std::fill(q_out, q_out + spec.height * spec.width, 0);
-  } else if (spec.codebook_size > 0) {
-    get_levels<true>(decoder, models.data(), layout, spec, skip_rows, q_out);
-  } else {
-    get_levels<false>(decoder, models.data(), layout, spec, skip_rows, q_out);
+    finish_levels(decoder, result);
+    return result;
   }
 
-  if (decoder.decode_terminate() != 1) {
-    throw std::invalid_argument(
-        "decode_segment: terminate bin missing at byte offset " +
-                                std::to_string(decoder.num_bits_read() / 8));
+  // Block scan: the range is narrowed before the first level, and each
+  // later block row starts at its entry point.
+  const ScanGeometry geometry = scan_geometry(spec);
+  std::vector<AbsoluteEntryPoint> entries;
+  std::vector<ContextModel> initial_models;
+  if (geometry.num_entry_points() > 0) {
+    entries = absolute_entry_points(decoder, spec, geometry, num_bytes);
+    initial_models = models;
   }
-  result.consumed_bytes = decoder.finish();
+  const int32_t zero_value =
+      int32_t(spec.codebook_size > 0 ? spec.codebook_zero_offset : 0);
+  for (size_t row = 0; row < skip_rows.size(); ++row) {
+    if (!skip_rows[row]) continue;
+    int32_t* begin = q_out + int64_t(row) * spec.width;
+    std::fill(begin, begin + spec.width, zero_value);
+  }
+
+  // Contiguous groups of block rows, one per thread; group 0 continues the
+  // prologue's decoder, the others start at their first entry point.
+  const int64_t num_groups =
+      std::max<int64_t>(1, std::min<int64_t>(num_threads, int64_t(entries.size()) + 1));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(num_groups));
+  const auto run_group = [&](int64_t group) {
+    try {
+      const int64_t first = geometry.num_block_rows * group / num_groups;
+      const int64_t end = geometry.num_block_rows * (group + 1) / num_groups;
+      std::optional<CabacDecoder> own_decoder;
+      std::vector<ContextModel> own_models;
+      CabacDecoder* group_decoder = &decoder;
+      ContextModel* group_models = models.data();
+      int state = 0;
+      if (group > 0) {
+        const AbsoluteEntryPoint& entry = entries[size_t(first - 1)];
+        own_decoder.emplace(data, num_bytes, entry.position, entry.offset);
+        own_models = initial_models;
+        group_decoder = &*own_decoder;
+        group_models = own_models.data();
+        state = entry.dq_state;
+      }
+      if (spec.codebook_size > 0) {
+        get_block_rows<true>(*group_decoder, group_models, initial_models, layout, spec,
+                             geometry, skip_rows, entries, first, end, state, q_out);
+      } else {
+        get_block_rows<false>(*group_decoder, group_models, initial_models, layout, spec,
+                              geometry, skip_rows, entries, first, end, state, q_out);
+      }
+      if (group == num_groups - 1) finish_levels(*group_decoder, result);
+    } catch (...) {
+      errors[size_t(group)] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(size_t(num_groups - 1));
+  for (int64_t group = 1; group < num_groups; ++group) threads.emplace_back(run_group, group);
+  run_group(0);
+  for (auto& thread : threads) thread.join();
+  for (const auto& error : errors) {
+    if (error) std::rethrow_exception(error);
+  }
   return result;
 }
 

@@ -3,10 +3,21 @@
 #pragma once
 
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
 namespace nnc {
+
+// One CABAC entry point of a block scan (nnc-format §3.7), as the NDU header
+// codes it: the start of the decoder's 9-bit offset window, in bits after
+// the previous entry (entry 0: after the start of the levels), the offset
+// value there (< 256, range forced to 256) and the DQ state (0 without DQ).
+struct EntryPoint {
+  uint64_t delta_bits = 0;
+  uint32_t offset = 0;
+  int dq_state = 0;
+};
 
 // How one segment is laid out. Fields marked "encoder" are ignored by the
 // decoder; all others must match between encoder and decoder.
@@ -35,7 +46,51 @@ struct SegmentSpec {
   // instead of NNCodec's q (its quirk, §3.4). About 1% smaller DQ segments,
   // but the choice (and so the bytes) no longer match NNCodec's.
   bool eco_from_levels = false;
+  // 0: raster scan; 1..4: blocks of 4 << scan_order rows and columns, each
+  // block row after the first starting at an entry point (§3.5, §3.7).
+  // Raster applies whenever width or height is 1, as in NNCodec.
+  int scan_order = 0;
+  // decoder: the NDU's entry points; exactly num_block_rows - 1 when the
+  // block scan applies (ignored otherwise).
+  const EntryPoint* entry_points = nullptr;
+  size_t num_entry_points = 0;
 };
+
+// Block rows of the scan: the block scan's when it applies, else one per
+// matrix row (raster). Entry points: num_block_rows - 1 with a block scan.
+struct ScanGeometry {
+  int64_t block_height = 1;
+  int64_t block_width = 1;
+  int64_t num_block_rows = 0;
+  bool block_scan = false;
+  int64_t num_entry_points() const { return block_scan ? num_block_rows - 1 : 0; }
+};
+ScanGeometry scan_geometry(const SegmentSpec& spec);
+
+// Visit the positions (raster indices) of block row `block_row` in scan
+// order, calling visit(pos) for every coded position. A row flagged in
+// skip_rows skips its segment of each block and advances the DQ `state` by
+// `width` zeros per segment, however wide the block (quirk Q3).
+int advance_dq_state_by_zeros(int state, int64_t count);
+template <class Visit>
+inline void walk_block_row(const SegmentSpec& spec, const ScanGeometry& geometry,
+                           int64_t block_row, const std::vector<uint8_t>& skip_rows,
+                           int& state, Visit&& visit) {
+  const int64_t row_begin = block_row * geometry.block_height;
+  const int64_t row_end = std::min(spec.height, row_begin + geometry.block_height);
+  for (int64_t col_begin = 0; col_begin < spec.width;
+       col_begin += geometry.block_width) {
+    const int64_t col_end = std::min(spec.width, col_begin + geometry.block_width);
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      if (!skip_rows.empty() && skip_rows[size_t(row)]) {
+        if (spec.dq) state = advance_dq_state_by_zeros(state, spec.width);
+        continue;
+      }
+      const int64_t offset = row * spec.width;
+      for (int64_t pos = offset + col_begin; pos < offset + col_end; ++pos) visit(pos);
+    }
+  }
+}
 
 // Number of elements height*width; throws std::length_error on overflow or
 // when it exceeds the int32 range, std::invalid_argument on a bad spec.
@@ -57,7 +112,9 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec)
 // Code q (height*width int32 in raster order) into a complete segment, with
 // the terminate bin and the flush. Throws std::invalid_argument when q does
 // not fit the spec (DQ parity, codebook range).
-std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec);
+// With a block scan, entry_points_out (if given) receives the entry points.
+std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,
+                                    std::vector<EntryPoint>* entry_points_out = nullptr);
 
 struct DecodedSegment {
   int qp = 0;                 // decoded qp offset (0 without has_qp)
@@ -67,8 +124,11 @@ struct DecodedSegment {
 
 // Inverse of encode_segment; q_out receives height*width values. Throws
 // std::length_error / std::invalid_argument naming the byte offset when the
-// data ends early, a value overflows int32, or termination is malformed.
+// data ends early, a value overflows int32, termination is malformed or an
+// entry point does not match the stream. With a block scan the block rows
+// are decoded from their entry points on up to num_threads threads.
 DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
-                              const SegmentSpec& spec, int32_t* q_out);
+                              const SegmentSpec& spec, int32_t* q_out,
+                              int num_threads = 1);
 
 }  // namespace nnc

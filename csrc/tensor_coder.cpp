@@ -11,6 +11,33 @@
 
 namespace nnc {
 
+namespace {
+
+// Quantise block row by block row in scan order: gather the row's values,
+// run the quantiser from the DQ state the previous block row ended in, and
+// scatter the indices back to raster positions.
+void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry) {
+  const SegmentSpec& spec = job.spec;
+  const size_t max_block_row = size_t(geometry.block_height * spec.width);
+  std::vector<float> x_scan(max_block_row);
+  std::vector<int32_t> q_scan(max_block_row);
+  const std::vector<uint8_t> no_skipped_rows;
+  int state = 0;
+  for (int64_t block_row = 0; block_row < geometry.num_block_rows; ++block_row) {
+    size_t count = 0;
+    int unused_state = 0;
+    walk_block_row(spec, geometry, block_row, no_skipped_rows, unused_state,
+                   [&](int64_t pos) { x_scan[count++] = job.x[pos]; });
+    state = quantize(x_scan.data(), count, spec.qp, spec.qp_density, spec.dq,
+                     job.lambda_scale, q_scan.data(), state);
+    count = 0;
+    walk_block_row(spec, geometry, block_row, no_skipped_rows, unused_state,
+                   [&](int64_t pos) { job.q_out[pos] = q_scan[count++]; });
+  }
+}
+
+}  // namespace
+
 void encode_tensor(TensorJob& job) {
   const int64_t num_elements = validate_spec(job.spec, "encode_tensor");
   if (!job.spec.has_qp || job.spec.codebook_size != 0) {
@@ -18,9 +45,21 @@ void encode_tensor(TensorJob& job) {
         "encode_tensor: needs a qp and no codebook (code INT and codebook "
         "tensors with encode_segment)");
   }
-  quantize(job.x, size_t(num_elements), job.spec.qp, job.spec.qp_density, job.spec.dq,
-           job.lambda_scale, job.q_out);
-  job.segment = encode_segment(job.q_out, job.spec);
+  const ScanGeometry geometry = scan_geometry(job.spec);
+  // Q3: a skipped row advances the DQ state by `width` zeros in every block,
+  // while the trellis walked only the block's width. Both agree when width
+  // is a multiple of 4 (the zero transitions have cycles of 1, 2 or 4);
+  // otherwise rows are not skipped.
+  if (geometry.block_scan && job.spec.dq && job.spec.width % 4 != 0) {
+    job.spec.row_skipping = false;
+  }
+  if (!geometry.block_scan) {
+    quantize(job.x, size_t(num_elements), job.spec.qp, job.spec.qp_density,
+             job.spec.dq, job.lambda_scale, job.q_out);
+  } else {
+    quantize_in_block_scan(job, geometry);
+  }
+  job.segment = encode_segment(job.q_out, job.spec, &job.entry_points);
 }
 
 namespace {
@@ -81,8 +120,16 @@ void encode_tensors(std::vector<TensorJob>& jobs, int num_threads) {
 }
 
 void decode_segments(std::vector<SegmentJob>& jobs, int num_threads) {
-  run_jobs(jobs, num_threads, [](SegmentJob& job) {
-    job.result = decode_segment(job.data, job.num_bytes, job.spec, job.q_out);
+  const size_t workers = num_threads > 0
+                             ? size_t(num_threads)
+                             : std::max(1u, std::thread::hardware_concurrency());
+  const int threads_per_job =
+      jobs.empty() ? 1 : int(std::max<size_t>(1, workers / jobs.size()));
+  run_jobs(jobs, num_threads, [threads_per_job](SegmentJob& job) {
+    job.spec.entry_points = job.entry_points.data();
+    job.spec.num_entry_points = job.entry_points.size();
+    job.result =
+        decode_segment(job.data, job.num_bytes, job.spec, job.q_out, threads_per_job);
   });
 }
 

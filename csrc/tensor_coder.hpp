@@ -18,9 +18,12 @@ struct TensorJob {
   SegmentSpec spec;          // has_qp must be true; codebook_size must be 0
   double lambda_scale = 0.0;
   std::vector<uint8_t> segment;  // output
+  std::vector<EntryPoint> entry_points;  // output (block scan)
 };
 
 // Quantise job.x with job.spec.qp into job.q_out and code the segment.
+// With a block scan each block row is quantised in scan order, its DQ
+// trellis starting in the state the previous block row ended in.
 // Throws like quantize() and encode_segment().
 void encode_tensor(TensorJob& job);
 
@@ -35,10 +38,13 @@ struct SegmentJob {
   size_t num_bytes = 0;
   SegmentSpec spec;
   int32_t* q_out = nullptr;  // height*width values (output)
+  std::vector<EntryPoint> entry_points;  // block scan: the NDU's entry points
   DecodedSegment result;     // output
 };
 
 // decode_segment for every job on num_threads workers, errors as above.
+// Threads left over when there are fewer jobs than threads decode the
+// block rows of block-scanned segments in parallel.
 void decode_segments(std::vector<SegmentJob>& jobs, int num_threads);
 
 }  // namespace nnc

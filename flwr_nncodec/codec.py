@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -55,6 +55,10 @@ __all__ = [
 # parameters such as ResNet-50, BERT-base or a 7B model's 4096x4096 layers.
 # Callers that know the model pass tighter or larger limits.
 DEFAULT_MAX_ELEMENTS = 1 << 26
+# scan_order=None: matrices of at least 2**18 values (and more than 64 rows)
+# are coded in 64x64 blocks (scan_order 4) with entry points.
+AUTO_SCAN_ORDER = 4
+AUTO_BLOCK_SCAN_MIN_ELEMENTS = 1 << 18
 DEFAULT_MAX_TOTAL_ELEMENTS = 1 << 28
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -178,7 +182,7 @@ def _encode(
             coded = plan_uniform(name, array, opts, max_abs.get(name))
         else:
             coded = quantize_tensor(name, array, opts)
-        header = _ndu_header(name, coded, parameter_id, opts)
+        header = _ndu_header(name, coded, parameter_id, opts, plain)
         tca_base = None
         try:
             tca_base = _tca_base_for(name, header, opts.base, coded)
@@ -190,6 +194,7 @@ def _encode(
                     opts.lambda_scale,
                 )
                 plain = False
+                header = replace(header, scan_order=0)  # quantised in raster
         if plain:
             batch.append(len(planned))
         planned.append((name, coded, header, tca_base))
@@ -209,10 +214,15 @@ def _encode(
             tca_bases=[planned[i][3] for i in batch],
             unary_len=hls.NNCODEC_UNARY_LENGTH_MINUS1 + 1,
             num_threads=opts.num_threads,
+            scan_orders=[planned[i][2].scan_order for i in batch],
         )
-        for index, (segment, q) in zip(batch, coded_batch):
-            planned[index][1].values = q  # the float input is replaced by q
+        for index, (segment, q, entry_points) in zip(batch, coded_batch):
+            name, coded, header, tca_base = planned[index]
+            coded.values = q  # the float input is replaced by q
             segments[index] = segment
+            if entry_points:
+                header = replace(header, entry_points=tuple(entry_points))
+                planned[index] = (name, coded, header, tca_base)
 
     chunks = [hls.write_start_unit(), hls.write_mps(mps), hls.write_topology()]
     work_base = opts.base.copy() if opts.update_base else opts.base
@@ -381,8 +391,34 @@ def _sparsify(
     return tensors
 
 
+def scan_order_for(dims: tuple[int, ...], requested: int | None) -> int:
+    """The scan order a float tensor of ``dims`` is coded in.
+
+    ``requested`` None (auto) picks 64x64 blocks with entry points, so that
+    block rows decode in parallel, for matrices of at least
+    AUTO_BLOCK_SCAN_MIN_ELEMENTS values with two or more block rows; raster
+    otherwise. A block scan needs two dimensions and a matrix wider and
+    taller than 1 (NNCodec codes such tensors in raster order).
+    """
+    if len(dims) < 2:
+        return 0
+    height, width = matrix_shape(dims)
+    if height <= 1 or width <= 1:
+        return 0
+    if requested is not None:
+        return requested
+    block_size = 4 << AUTO_SCAN_ORDER
+    if height * width < AUTO_BLOCK_SCAN_MIN_ELEMENTS or height <= block_size:
+        return 0
+    return AUTO_SCAN_ORDER
+
+
 def _ndu_header(
-    name: str, coded: CodedTensor, parameter_id: int, opts: EncodeOptions
+    name: str,
+    coded: CodedTensor,
+    parameter_id: int,
+    opts: EncodeOptions,
+    plain: bool = False,
 ) -> hls.NDUHeader:
     base = opts.base
     # No base: a base model (depth 0). Otherwise one below the base's node.
@@ -405,6 +441,8 @@ def _ndu_header(
         temporal_context_modeling_flag=int(tca),
         codebook=coded.codebook,
         cabac_unary_length_minus1=hls.NNCODEC_UNARY_LENGTH_MINUS1,
+        # Only the fused float path quantises in scan order (DQ follows it).
+        scan_order=scan_order_for(coded.dims, opts.scan_order) if plain else 0,
     )
 
 
@@ -615,6 +653,8 @@ def _decode_ndus_batched(
             ],
             unary_len=unary_lengths.pop() + 1,
             num_threads=num_threads,
+            scan_orders=[h.scan_order for h in headers],
+            entry_points=[list(h.entry_points) for h in headers],
         )
         segments = {u.index: result for u, result in zip(coded, results)}
 
@@ -676,6 +716,8 @@ def _decode_ndu(
             codebook_size=0 if codebook is None else len(codebook.values),
             codebook_zero_offset=0 if codebook is None else codebook.zero_offset,
             unary_len=header.cabac_unary_length_minus1 + 1,
+            scan_order=header.scan_order,
+            entry_points=list(header.entry_points),
         )
     except (ValueError, IndexError, OverflowError, MemoryError) as exc:
         raise NNCFormatError(

@@ -64,6 +64,7 @@ TPL_UNREC = 0
 
 SUPPORTED_PROFILE_IDC = 1
 NNCODEC_UNARY_LENGTH_MINUS1 = 10  # 11 greater-than flags in every NNCodec stream
+MAX_SCAN_ORDER = 4  # block scans of 8x8 .. 64x64 (4 << scan_order)
 SHORT_UNIT_LIMIT_BYTES = 32768  # a unit shorter than this uses the 2-byte size
 MAX_UNIT_BYTES = (1 << 31) - 1
 MAX_TENSOR_DIMS = 32
@@ -141,6 +142,9 @@ class NDUHeader:
     cabac_unary_length_minus1: int = 10
     first_tensor_dimension_shift: int = 0
     scan_order: int = 0
+    # Block scans: (delta_bits, offset, dq_state) per block row after the
+    # first, as cabac_entry_point_list codes them (nnc-format §3.7).
+    entry_points: tuple[tuple[int, int, int], ...] = ()
     decompressed_data_format: int | None = None
     parent_payload_hash: bytes | None = field(default=None, repr=False)
 
@@ -293,9 +297,59 @@ def write_ndu(header: NDUHeader, mps: ModelParameterSet, payload: bytes) -> byte
     if len(header.dims) > 1:
         writer.ue(1, header.first_tensor_dimension_shift)
         writer.u(4, header.scan_order)
+        if header.scan_order:
+            _write_entry_points(writer, header)
     writer.byte_alignment()
     writer.raw_bytes(payload)
     return _frame_unit(NNR_NDU, writer)
+
+
+def num_entry_points(dims: tuple[int, ...], scan_order: int) -> int:
+    """Entries of cabac_entry_point_list: block rows of shape[0], minus one."""
+    if scan_order == 0 or len(dims) < 2:
+        return 0
+    block_size = 4 << scan_order
+    return max(0, -(-dims[0] // block_size) - 1)
+
+
+def _write_entry_points(writer: BitWriter, header: NDUHeader) -> None:
+    expected = num_entry_points(header.dims, header.scan_order)
+    if len(header.entry_points) != expected:
+        raise ValueError(
+            f"tensor {header.name!r}: scan_order {header.scan_order} over "
+            f"{header.dims[0]} rows needs {expected} entry points, got "
+            f"{len(header.entry_points)}"
+        )
+    previous_delta = 0
+    for j, (delta, offset, dq_state) in enumerate(header.entry_points):
+        writer.u(8, offset)
+        if header.dq_flag:
+            writer.u(3, dq_state)
+        if j == 0:
+            writer.ue(11, delta)
+        else:
+            writer.ie(7, delta - previous_delta)
+        previous_delta = delta
+
+
+def _parse_entry_points(
+    reader: BitReader, dims: tuple[int, ...], scan_order: int, dq_flag: int
+) -> tuple[tuple[int, int, int], ...]:
+    entries = []
+    delta = 0
+    for j in range(num_entry_points(dims, scan_order)):
+        offset = reader.u(8, "cabac_entry_point_value")
+        dq_state = reader.u(3, "cabac_entry_point_dq_state") if dq_flag else 0
+        if j == 0:
+            delta = reader.ue(11, "cabac_entry_point_offset")
+        else:
+            delta += reader.ie(7, "cabac_entry_point_offset_delta")
+        if not 0 <= delta < 1 << 40:
+            raise reader.error(
+                f"entry point {j} lies {delta} bits after the previous one"
+            )
+        entries.append((delta, offset, dq_state))
+    return tuple(entries)
 
 
 def _write_codebook(writer: BitWriter, codebook: Codebook) -> None:
@@ -624,13 +678,18 @@ def _parse_ndu_header(
     # NNCodec's decoder assumes 9 when the length is not sent (§1.6).
     unary_minus1 = reader.u(8, "cabac_unary_length_minus1") if unary_length_flag else 9
     shift = scan_order = 0
+    entry_points: tuple[tuple[int, int, int], ...] = ()
     if len(dims) > 1:
         shift = reader.ue(1, "first_tensor_dimension_shift")
         if shift:
             raise reader.error(f"first_tensor_dimension_shift {shift} is not supported")
         scan_order = reader.u(4, "scan_order")
-        if scan_order:
-            raise reader.error(f"scan_order {scan_order} (block scan) is not supported")
+        if scan_order > MAX_SCAN_ORDER:
+            raise reader.error(
+                f"scan_order {scan_order} is reserved (0 raster, 1..{MAX_SCAN_ORDER} "
+                "block scans)"
+            )
+        entry_points = _parse_entry_points(reader, dims, scan_order, dq_flag)
     reader.byte_alignment()
     return NDUHeader(
         payload_type=payload_type,
@@ -649,6 +708,7 @@ def _parse_ndu_header(
         cabac_unary_length_minus1=unary_minus1,
         first_tensor_dimension_shift=shift,
         scan_order=scan_order,
+        entry_points=entry_points,
         decompressed_data_format=ddf,
         parent_payload_hash=parent_hash,
     )

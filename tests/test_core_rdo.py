@@ -133,10 +133,13 @@ def test_encode_tensors_matches_serial_encoding(num_threads):
                                    num_threads=num_threads, **options)
 
     assert len(results) == len(xs)
-    for x, (h, w), qp, base, (segment, q) in zip(xs, shapes, qps, bases, results):
+    for x, (h, w), qp, base, (segment, q, entry_points) in zip(
+        xs, shapes, qps, bases, results
+    ):
         expected = _core.encode_tensor(x, h, w, qp=qp, tca_base=base, **options)
         assert segment == expected[0]
         np.testing.assert_array_equal(q, expected[1])
+        assert entry_points == []  # raster scan
 
 
 def test_encode_tensors_errors_name_the_tensor():

@@ -320,11 +320,30 @@ def test_parser_locates_units_of_example_b():
     assert second.label == "NDU #4 'b'" and second.payload_size == 19
 
 
+def test_entry_point_list_bits_and_round_trip():
+    # 20 rows in 8x8 blocks: 3 block rows, 2 entry points. DQ: u(8) offset,
+    # u(3) state, then ue(11) of the first delta, ie(7) of the change.
+    header = hls.NDUHeader(hls.PT_FLOAT, "w", (20, 20), dq_flag=1, scan_order=1,
+                           entry_points=((795, 91, 6), (805, 62, 3)))
+    writer = hls.BitWriter()
+    hls._write_entry_points(writer, header)
+    writer.byte_alignment()
+    bits = "".join(f"{b:08b}" for b in writer.to_bytes())
+    assert bits.startswith(
+        "01011011" "110" "1" "01100011011"  # offset 91, state 6, ue(11) of 795
+        "00111110" "011" "1" "0010011"  # offset 62, state 3, ie(7) of +10: ue 19
+        "1"  # byte_alignment's stop bit
+    )
+    mps = hls.ModelParameterSet(qp_density=2)
+    unit = hls.write_ndu(header, mps, b"\x00")
+    assert parse_one_ndu(unit).entry_points == header.entry_points
+
+
 def test_parser_refuses_unsupported_features_by_name():
     mps = hls.ModelParameterSet()
-    block_scan = hls.NDUHeader(hls.PT_FLOAT, "w", (2, 3), scan_order=1)
-    with pytest.raises(NNCFormatError, match="scan_order 1"):
-        parse_one_ndu(hls.write_ndu(block_scan, mps, b"\x00"))
+    reserved_scan = hls.NDUHeader(hls.PT_FLOAT, "w", (2, 3), scan_order=7)
+    with pytest.raises(NNCFormatError, match="scan_order 7 is reserved"):
+        parse_one_ndu(hls.write_ndu(reserved_scan, mps, b"\x00"))
 
     header = hls.NDUHeader(hls.PT_FLOAT, "w", (3,))
     block = bytearray(hls.write_ndu(header, mps, b"\x00"))

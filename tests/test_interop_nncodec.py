@@ -323,3 +323,83 @@ def test_nncodec_decodes_our_codebook_streams_with_tca(seed):
                      where + " (ours)")
     assert_bit_exact(nncodec_decode(stream, reference_base)["cb"], expected,
                      where + " (NNCodec)")
+
+
+# --------------------------------------------------------------------------
+# Block scans with entry points (scan_order 1..4), both directions
+#
+# NNCodec's decoder seeks to every entry point (it decodes the block rows
+# from the last one backwards), so a wrong position, offset or DQ state in
+# our cabac_entry_point_list shows up as a wrong reconstruction or an error.
+
+
+def block_scan_model(rng: np.random.Generator) -> dict:
+    """Matrices with several block rows, widths not always a multiple of 4
+    or of the block size, some all-zero rows (row skipping, quirk Q3)."""
+    params = {}
+    for index in range(int(rng.integers(1, 4))):
+        height = int(rng.integers(9, 150))
+        width = int(rng.integers(2, 90))
+        shape = (height, width) if rng.random() < 0.7 else (height, 2, width // 2 + 1)
+        value = rng.normal(0.0, float(10 ** rng.uniform(-2.5, -1)), shape)
+        value = value.astype(np.float32)
+        if rng.random() < 0.6:
+            value[rng.random(height) < 0.3] = 0.0
+        params[f"m{index}"] = value
+    params["bias"] = rng.normal(0.0, 0.01, (int(rng.integers(1, 30)),)).astype(
+        np.float32)
+    return params
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_nncodec_decodes_our_block_scan_stream(seed):
+    rng = np.random.default_rng(3000 + seed)
+    params = block_scan_model(rng)
+    options = {
+        "qp": int(rng.integers(-48, -20)),
+        "use_dq": bool(rng.random() < 0.7),
+        "row_skipping": bool(rng.random() < 0.7),
+        "lambda_scale": float(rng.choice([0.0, 0.5, 1.5])),
+        "scan_order": int(rng.integers(1, 5)),
+    }
+    result = nnc.encode_with_reconstruction(params, **options)
+    scan_orders = {u.header.name: u.header.scan_order
+                   for u in hls.parse_stream(result.bitstream).ndus}
+    assert any(scan_orders.values()), f"seed {seed}: no block scan in {scan_orders}"
+
+    reference = nncodec_decode(result.bitstream)
+    assert_same_tensors(reference, result.reconstruction, list(params),
+                        f"seed {seed} {options}")
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_we_decode_nncodec_block_scan_stream(seed):
+    rng = np.random.default_rng(4000 + seed)
+    params = block_scan_model(rng)
+    options = {**random_nncodec_options(rng), "scan_order": int(rng.integers(1, 5))}
+    bitstream = nncodec_encode(params, **options)
+
+    reference = nncodec_decode(bitstream)
+    for num_threads in (1, 3):
+        ours = nnc.decode(bitstream, num_threads=num_threads)
+        assert_same_tensors(ours, reference, list(reference),
+                            f"seed {seed} {options}, {num_threads} threads")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nncodec_decodes_our_block_scan_tca_sequence(seed):
+    rng = np.random.default_rng(5000 + seed)
+    shapes = {"a": (70, 24), "b": (33, 10)}
+    our_base = nnc.BaseState(device_id=0, parameters={}, put_node_depth={},
+                             parameter_id={})
+    reference_base = empty_reference_base()
+    for step in range(3):
+        params = {k: rng.normal(0, 0.03, s).astype(np.float32)
+                  for k, s in shapes.items()}
+        result = nnc.encode_with_reconstruction(
+            params, compress_differences=True, tca=True, base=our_base,
+            update_base=True, scan_order=1 + seed % 4, qp=-36)
+        reference = nncodec_decode(result.bitstream, reference_base)
+        assert_same_tensors(reference, result.reconstruction,
+                            list(result.reconstruction), f"seed {seed} step {step}")
+        assert_base_like_reference(our_base, reference_base, f"seed {seed} step {step}")
