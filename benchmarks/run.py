@@ -97,8 +97,10 @@ def synthetic_cases(quick: bool) -> list[Case]:
     """The four 1M-value synthetic tensors (seeded)."""
     rng = np.random.default_rng(SEED)
     rows, cols = SYNTHETIC_SHAPE
-    weight_qps = [-38, -32] if quick else [-44, -38, -32, -26]
-    diff_qps = [-50, -44] if quick else [-56, -50, -44, -38]
+    # The last qp of each list is a low-rate point (about 1 bit per value),
+    # where FL updates are usually coded.
+    weight_qps = [-38, -32, -22] if quick else [-44, -38, -32, -26, -22]
+    diff_qps = [-50, -44, -36] if quick else [-56, -50, -44, -38, -36]
     below, above, step = (4, 2, 2) if quick else (6, 4, 2)
 
     count = rows * cols
@@ -218,8 +220,8 @@ def minilm_case(quick: bool) -> Case | None:
             and not key.startswith("embeddings.word_embeddings")
         }
         name, description = "minilm_part", "all-MiniLM-L6-v2, embeddings + layers 0-1"
-    qps = [-32] if quick else [-38, -32]
-    sweep = [-34, -32] if quick else _sweep(qps, 4, 2, 2)
+    qps = [-32, -22] if quick else [-38, -32, -22]
+    sweep = [-34, -32, -24, -22] if quick else _sweep(qps, 4, 2, 2)
     return Case(
         name,
         f"{description} ({len(params)} tensors, from {weights.name})",
@@ -241,7 +243,7 @@ def update_cases(directory: Path, quick: bool) -> list[Case]:
     )
     if quick:
         files = files[:2]
-    qps = [-50, -44] if quick else [-56, -50, -44, -38]
+    qps = [-50, -44, -36] if quick else [-56, -50, -44, -38, -36]
     cases = []
     for path in files:
         params = _to_codable(model_io.load_parameters(path))

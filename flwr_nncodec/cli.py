@@ -134,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_option(
         options, "num_threads", int, "encoder threads (default 0: one per core)"
     )
+    _add_option(
+        options,
+        "scan_order",
+        int,
+        "0 raster (default); 1-4: blocks of 4 << N with entry points, whose "
+        "block rows decode in parallel",
+    )
 
     decode = commands.add_parser(
         "decode",
@@ -336,6 +343,7 @@ _CODEC_OPTION_NAMES = (
     "struct_spars_factor",
     "device_id",
     "num_threads",
+    "scan_order",
 )
 
 
@@ -473,6 +481,7 @@ def describe_bitstream(bitstream: bytes) -> dict[str, Any]:
                 ),
                 "qp": _first_field(fields, unit, ("qp", "quantization_parameter")),
                 "dq": _first_field(fields, unit, ("dq_flag", "dq")),
+                "scan_order": _first_field(fields, unit, ("scan_order",)),
                 "bytes": unit_bytes,
                 "payload_bytes": _first_field(fields, unit, ("payload_size",)),
                 "params": num_params,
@@ -545,7 +554,7 @@ def command_info(args: argparse.Namespace) -> int:
     name_width = max([6] + [len(str(row["name"])) for row in summary["tensors"]])
     header = (
         f"  {'tensor':<{name_width}}  {'shape':<16} {'type':<5} {'qp':>5} {'dq':>3} "
-        f"{'bytes':>12} {'params':>12} {'bits/param':>10}"
+        f"{'scan':>4} {'bytes':>12} {'params':>12} {'bits/param':>10}"
     )
     print(header)
     for row in summary["tensors"]:
@@ -556,7 +565,8 @@ def command_info(args: argparse.Namespace) -> int:
         payload_type = row["payload_type"] or "-"
         print(
             f"  {str(row['name']):<{name_width}}  {shape:<16} {payload_type:<5} "
-            f"{_or_dash(row['qp']):>5} {_or_dash(row['dq']):>3} {row['bytes']:>12,} "
+            f"{_or_dash(row['qp']):>5} {_or_dash(row['dq']):>3} "
+            f"{_or_dash(row['scan_order']):>4} {row['bytes']:>12,} "
             f"{row['params']:>12,} {bits:>10}"
         )
     total_bits = (
@@ -565,7 +575,7 @@ def command_info(args: argparse.Namespace) -> int:
         else "-"
     )
     print(
-        f"  {'total':<{name_width}}  {'':<16} {'':<5} {'':>5} {'':>3} "
+        f"  {'total':<{name_width}}  {'':<16} {'':<5} {'':>5} {'':>3} {'':>4} "
         f"{summary['bytes']:>12,} {summary['params']:>12,} {total_bits:>10}"
     )
     return EXIT_OK

@@ -81,6 +81,8 @@ def _describe_ndu(
         "tca": bool(header.temporal_context_modeling_flag),
         "codebook_size": 0 if codebook is None else len(codebook.values),
         "cabac_unary_length": header.cabac_unary_length_minus1 + 1,
+        "scan_order": header.scan_order,
+        "entry_points": len(header.entry_points),
         "header_size": unit.payload_offset - unit.offset,
         "payload_size": unit.payload_size,
     }

@@ -89,6 +89,7 @@ def test_codec_options_reach_the_encoder(tmp_path):
             ["--no-param-opt", "--qp-density", "2"],
             {"param_opt": False, "qp_density": 2},
         ),
+        (["--scan-order", "1"], {"scan_order": 1}),
     ]
     streams = set()
     for index, (flags, options) in enumerate(cases):
@@ -181,6 +182,7 @@ def test_info_reports_units_bytes_and_qp(tmp_path, capsys):
     assert [row["bytes"] for row in tensors] == sizes[3:]
     assert [row["params"] for row in tensors] == [a.size for a in model.values()]
     assert [row["qp"] for row in tensors] == [-36, -75, -36, None]
+    assert [row["scan_order"] for row in tensors] == [0, 0, 0, 0]
     assert [row["payload_type"] for row in tensors] == ["FLOAT"] * 3 + ["INT"]
     for row, size in zip(tensors, sizes[3:]):
         assert row["bits_per_param"] == pytest.approx(8 * size / row["params"])
