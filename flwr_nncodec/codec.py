@@ -116,10 +116,12 @@ def encode(params: Mapping[str, object], **options: object) -> bytes:
         available core (the stream does not depend on it), and
         ``scan_order=0``: NNCodec's raster scan; 1..4 block scans of
         4 << scan_order with CABAC entry points, whose block rows decode in
-        parallel (0.1-0.3 % more bytes on dense matrices, 1-3 % on
-        matrices whose rows differ in scale, where the raster scan's
-        adaptation follows each row). Block scans apply to plain float
-        tensors with two or more dimensions, wider and taller than 1.
+        parallel. They cost bytes (each block row restarts the contexts,
+        and the raster scan follows each row's scale): +0.1..0.6 % on
+        matrices whose rows look alike, several percent when row scales
+        differ (README). Block scans apply to plain float tensors (uniform,
+        no bitdepth) with two or more dimensions, wider and taller than 1;
+        the others keep the raster scan.
 
     Returns
     -------

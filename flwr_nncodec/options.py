@@ -229,6 +229,7 @@ def _real(name: str, value: object, low: float, high: float | None) -> float:
         raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value < low or (high is not None and value > high):
-        upper = "" if high is None else f"..{high}"
-        raise ValueError(f"{name} = {value} is outside the range {low}{upper}")
+        if high is None:
+            raise ValueError(f"{name} = {value} must be finite and >= {low}")
+        raise ValueError(f"{name} = {value} is outside the range {low}..{high}")
     return value
