@@ -220,8 +220,8 @@ def minilm_case(quick: bool) -> Case | None:
             and not key.startswith("embeddings.word_embeddings")
         }
         name, description = "minilm_part", "all-MiniLM-L6-v2, embeddings + layers 0-1"
-    qps = [-32, -22] if quick else [-38, -32, -22]
-    sweep = [-34, -32, -24, -22] if quick else _sweep(qps, 4, 2, 2)
+    qps = [-32, -16] if quick else [-38, -32, -16]
+    sweep = [-34, -32, -18, -16] if quick else _sweep(qps, 4, 2, 2)
     return Case(
         name,
         f"{description} ({len(params)} tensors, from {weights.name})",
@@ -243,7 +243,7 @@ def update_cases(directory: Path, quick: bool) -> list[Case]:
     )
     if quick:
         files = files[:2]
-    qps = [-50, -44, -36] if quick else [-56, -50, -44, -38, -36]
+    qps = [-50, -44, -32] if quick else [-56, -50, -44, -38, -32]
     cases = []
     for path in files:
         params = _to_codable(model_io.load_parameters(path))
