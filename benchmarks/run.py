@@ -1287,19 +1287,27 @@ def plot_rate_distortion(path: Path, report: dict[str, Any]) -> None:
             label=f"ours, lambda_scale {ours_lambda} (qp sweep)",
             markersize=4,
         )
-        minimum_mse = [
-            r
-            for r in report["rows"]
-            if r["case"] == name and r["coder"] == "ours_lambda0"
-        ]
-        if minimum_mse:
-            axis.plot(
-                [r["mse"] for r in minimum_mse],
-                [r["bits_per_param"] for r in minimum_mse],
-                "x",
-                color="black",
-                label="ours, lambda_scale 0",
+        def rows_of(coder: str) -> list[dict[str, Any]]:
+            return sorted(
+                (
+                    r
+                    for r in report["rows"]
+                    if r["case"] == name and r["coder"].startswith(coder)
+                ),
+                key=lambda r: r["mse"],
             )
+
+        def plot_rows(rows: list[dict[str, Any]], style: str, **kwargs: Any) -> None:
+            if rows:
+                axis.plot(
+                    [r["mse"] for r in rows],
+                    [r["bits_per_param"] for r in rows],
+                    style,
+                    **kwargs,
+                )
+
+        plot_rows(rows_of("ours_lambda0"), "x", color="black",
+                  label="ours, lambda_scale 0")
         axis.plot(
             [r["mse"] for r in curve],
             [8 * r["entropy_bytes"] / params for r in curve],
@@ -1307,49 +1315,11 @@ def plot_rate_distortion(path: Path, report: dict[str, Any]) -> None:
             color="grey",
             label="H0(levels | DQ state), ours",
         )
-        nnc = sorted(
-            (
-                r
-                for r in report["rows"]
-                if r["case"] == name and r["coder"] == "nncodec"
-            ),
-            key=lambda r: r["mse"],
-        )
-        axis.plot(
-            [r["mse"] for r in nnc],
-            [r["bits_per_param"] for r in nnc],
-            "s--",
-            color="crimson",
-            markersize=8,
-            markerfacecolor="none",
-            label="NNCodec 2.1.3",
-        )
-        zstd = [
-            r
-            for r in report["rows"]
-            if r["case"] == name and r["coder"].startswith("zstd")
-        ]
-        axis.plot(
-            [r["mse"] for r in zstd],
-            [r["bits_per_param"] for r in zstd],
-            "^",
-            color="darkgreen",
-            label="zstd(levels)",
-        )
-        bound = [
-            r
-            for r in report["rows"]
-            if r["case"] == name and r["coder"] == "R(D) bound"
-        ]
-        if bound:
-            axis.plot(
-                [r["mse"] for r in bound],
-                [r["bits_per_param"] for r in bound],
-                "v",
-                color="black",
-                markerfacecolor="none",
-                label="R(D) bound (SLB) at NNCodec's MSE",
-            )
+        plot_rows(rows_of("nncodec"), "s--", color="crimson", markersize=8,
+                  markerfacecolor="none", label="NNCodec 2.1.3")
+        plot_rows(rows_of("zstd"), "^", color="darkgreen", label="zstd(levels)")
+        plot_rows(rows_of("R(D) bound"), "v", color="black", markerfacecolor="none",
+                  label="R(D) bound (SLB) at NNCodec's MSE")
         axis.set_xscale("log")
         axis.set_xlabel("MSE")
         axis.set_ylabel("bits per parameter")
