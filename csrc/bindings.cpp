@@ -95,7 +95,8 @@ void check_length(const InArray<T>& array, int64_t expected, const std::string& 
 // Entry points cross the boundary as (delta_bits, offset, dq_state) tuples.
 using EntryPointTuple = std::tuple<uint64_t, uint32_t, int>;
 
-std::vector<EntryPointTuple> entry_point_tuples(const std::vector<nnc::EntryPoint>& in) {
+std::vector<EntryPointTuple> entry_point_tuples(
+    const std::vector<nnc::EntryPoint>& in) {
   std::vector<EntryPointTuple> out;
   out.reserve(in.size());
   for (const auto& e : in) out.emplace_back(e.delta_bits, e.offset, e.dq_state);
@@ -559,7 +560,8 @@ NB_MODULE(_core, m) {
         "has_qp"_a, "dq"_a, "qp_density"_a, "hdsp_flag_present"_a,
         "tca_bases"_a = nb::none(), "codebook_sizes"_a = nb::none(),
         "codebook_zero_offsets"_a = nb::none(), "unary_len"_a = 11,
-        "num_threads"_a = 0, "scan_orders"_a = nb::none(), "entry_points"_a = nb::none(),
+        "num_threads"_a = 0, "scan_orders"_a = nb::none(),
+        "entry_points"_a = nb::none(),
         "decode_segment() for several segments on num_threads threads (0: one "
         "per hardware thread). Per-segment lists: datas (bytes-like), shapes "
         "((height, width)), has_qp, dq, hdsp_flag_present, and optionally "

@@ -585,9 +585,9 @@ std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,
       }
       const uint32_t offset = (window - raw.low_window) & 511u;
       if (offset > 255) {
-        throw std::logic_error("encode_segment: entry point offset " +
-                               int_str(offset) + " at bit " +
-                               int_str(int64_t(raw.bit_position)) + " is not below 256");
+        throw std::logic_error(
+            "encode_segment: entry point offset " + int_str(offset) + " at bit " +
+            int_str(int64_t(raw.bit_position)) + " is not below 256");
       }
       entry_points_out->push_back(
           {raw.bit_position - previous, offset, raw.dq_state});
@@ -668,7 +668,8 @@ void check_entry_point(CabacDecoder& decoder, const AbsoluteEntryPoint& entry,
   throw std::invalid_argument(
       "decode_segment: entry point " + std::to_string(index) + " says bit " +
       std::to_string(entry.position) + ", offset " + std::to_string(entry.offset) +
-      ", DQ state " + std::to_string(entry.dq_state) + "; the stream reaches it at bit " +
+      ", DQ state " + std::to_string(entry.dq_state) +
+      "; the stream reaches it at bit " +
       std::to_string(decoder.window_position()) + ", offset " +
       std::to_string(decoder.offset()) + ", DQ state " + std::to_string(state));
 }
@@ -870,13 +871,10 @@ DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
         group_models = own_models.data();
         state = entry.dq_state;
       }
-      if (spec.codebook_size > 0) {
-        get_block_rows<true>(*group_decoder, group_models, initial_models, layout, spec,
-                             geometry, skip_rows, entries, first, end, state, q_out);
-      } else {
-        get_block_rows<false>(*group_decoder, group_models, initial_models, layout, spec,
-                              geometry, skip_rows, entries, first, end, state, q_out);
-      }
+      const auto decode_rows = spec.codebook_size > 0 ? get_block_rows<true>
+                                                      : get_block_rows<false>;
+      decode_rows(*group_decoder, group_models, initial_models, layout, spec, geometry,
+                  skip_rows, entries, first, end, state, q_out);
       if (group == num_groups - 1) finish_levels(*group_decoder, result);
     } catch (...) {
       errors[size_t(group)] = std::current_exception();
@@ -884,7 +882,9 @@ DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
   };
   std::vector<std::thread> threads;
   threads.reserve(size_t(num_groups - 1));
-  for (int64_t group = 1; group < num_groups; ++group) threads.emplace_back(run_group, group);
+  for (int64_t group = 1; group < num_groups; ++group) {
+    threads.emplace_back(run_group, group);
+  }
   run_group(0);
   for (auto& thread : threads) thread.join();
   for (const auto& error : errors) {

@@ -113,8 +113,9 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec)
 // the terminate bin and the flush. Throws std::invalid_argument when q does
 // not fit the spec (DQ parity, codebook range).
 // With a block scan, entry_points_out (if given) receives the entry points.
-std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,
-                                    std::vector<EntryPoint>* entry_points_out = nullptr);
+std::vector<uint8_t> encode_segment(
+    const int32_t* q, const SegmentSpec& spec,
+    std::vector<EntryPoint>* entry_points_out = nullptr);
 
 struct DecodedSegment {
   int qp = 0;                 // decoded qp offset (0 without has_qp)

@@ -14,7 +14,9 @@ Deterministic: fixed seeds, and NNCodec's encoder has no randomness.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import sys
@@ -70,8 +72,6 @@ def main(argv=None) -> int:
         params = inputs(seed, shapes, zero_rows)
         kwargs = {"qp": QP, "use_dq": use_dq, "row_skipping": row_skipping,
                   "param_opt": True, "scan_order": scan_order}
-        import contextlib
-        import io
         with contextlib.redirect_stdout(io.StringIO()):
             bitstream = bytes(ref.compression.compress(
                 params, bitstream_path=None, return_bitstream=True, **kwargs))
