@@ -281,3 +281,46 @@ def test_other_qp_densities_round_trip(density):
     )
     assert nnc.inspect(result.bitstream)[1]["qp_density"] == density
     assert np.array_equal(nnc.decode(result.bitstream)["x"], result.reconstruction["x"])
+
+
+@st.composite
+def block_scan_cases(draw):
+    """A float matrix (2-4 dims) with several block rows at some scan order,
+    rows that may be all zero, and encoder options that touch the scan."""
+    scan_order = draw(st.integers(1, 4))
+    block = 4 << scan_order
+    height = draw(st.integers(1, 3 * block + 3))
+    rest = draw(st.lists(st.integers(1, 9), min_size=1, max_size=3))
+    scale = draw(st.sampled_from([1e-3, 0.05, 3.0]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, scale, (height, *rest)).astype(np.float32)
+    zero_rows = draw(st.lists(st.integers(0, height - 1), max_size=height))
+    x[zero_rows] = 0.0
+    options = {
+        "scan_order": scan_order,
+        "qp": draw(st.integers(-60, -8)),
+        "use_dq": draw(st.booleans()),
+        "row_skipping": draw(st.booleans()),
+        "lambda_scale": draw(st.sampled_from([0.0, 0.5, 2.0])),
+    }
+    return x, options
+
+
+@SETTINGS
+@given(case=block_scan_cases(), num_threads=st.integers(1, 6))
+def test_block_scans_decode_to_the_reconstruction_on_any_thread_count(case, num_threads):
+    x, options = case
+    result = nnc.encode_with_reconstruction({"w": x}, **options)
+    header = hls.parse_stream(result.bitstream).ndus[0].header
+    height, width = x.shape[0], math.prod(x.shape[1:])
+    block = 4 << options["scan_order"]
+    blocked = height > 1 and width > 1
+    assert header.scan_order == (options["scan_order"] if blocked else 0)
+    expected_entries = -(-height // block) - 1 if blocked else 0
+    assert len(header.entry_points) == expected_entries
+
+    decoded = nnc.decode(result.bitstream, num_threads=num_threads)
+    assert np.array_equal(decoded["w"], result.reconstruction["w"])
+    # The stream does not depend on the encoder's thread count either.
+    assert nnc.encode({"w": x}, num_threads=num_threads, **options) == result.bitstream
