@@ -309,7 +309,9 @@ def block_scan_cases(draw):
 
 @SETTINGS
 @given(case=block_scan_cases(), num_threads=st.integers(1, 6))
-def test_block_scans_decode_to_the_reconstruction_on_any_thread_count(case, num_threads):
+def test_block_scans_decode_to_the_reconstruction_on_any_thread_count(
+    case, num_threads
+):
     x, options = case
     result = nnc.encode_with_reconstruction({"w": x}, **options)
     header = hls.parse_stream(result.bitstream).ndus[0].header
