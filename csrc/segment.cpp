@@ -600,7 +600,7 @@ std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,
 namespace {
 
 // Decoder mirror of put_level; returns the level k.
-template <bool kTruncated>
+template <bool kTruncated, bool kTca>
 inline int64_t get_level(CabacDecoder& decoder, ContextModel* models,
                          const ContextLayout& layout, const PositionContexts& ctx,
                          const LevelLimits& limits) {
@@ -621,7 +621,9 @@ inline int64_t get_level(CabacDecoder& decoder, ContextModel* models,
     if (kTruncated && max_magnitude <= uint64_t(j + 1)) {
       return negative ? -int64_t(j + 1) : int64_t(j + 1);
     }
-    if (!decoder.decode_bin(models[gt_context(layout, ctx, j, negative)])) {
+    const int gt = kTca ? gt_context(layout, ctx, j, negative)
+                        : ContextLayout::gt + 2 * j + (negative ? 1 : 0);
+    if (!decoder.decode_bin(models[gt])) {
       return negative ? -int64_t(j + 1) : int64_t(j + 1);
     }
   }
@@ -677,7 +679,7 @@ void check_entry_point(CabacDecoder& decoder, const AbsoluteEntryPoint& entry,
 // Decode block rows [first, end) into q_out, starting with `state`; between
 // block rows (block scan) the contexts reset to initial_models and the
 // entry points are checked, also the one after `end` when there is one.
-template <bool kTruncated>
+template <bool kTruncated, bool kTca>
 void get_block_rows(CabacDecoder& decoder, ContextModel* models,
                     const std::vector<ContextModel>& initial_models,
                     const ContextLayout& layout, const SegmentSpec& spec,
@@ -697,8 +699,9 @@ void get_block_rows(CabacDecoder& decoder, ContextModel* models,
     }
     walk_block_row(spec, geometry, block_row, skip_rows, state, [&](int64_t pos) {
       const PositionContexts ctx =
-          position_contexts(prev_level, state, spec.tca_base, pos);
-      const int64_t level = get_level<kTruncated>(decoder, models, layout, ctx, limits);
+          position_contexts(prev_level, state, kTca ? spec.tca_base : nullptr, pos);
+      const int64_t level =
+          get_level<kTruncated, kTca>(decoder, models, layout, ctx, limits);
       int64_t value = level + zero_value;
       if (spec.dq) {
         const int64_t level_sgn = (level > 0) - (level < 0);
@@ -871,8 +874,12 @@ DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
         group_models = own_models.data();
         state = entry.dq_state;
       }
-      const auto decode_rows = spec.codebook_size > 0 ? get_block_rows<true>
-                                                      : get_block_rows<false>;
+      // Instances without TCA skip its per-value context checks.
+      const bool tca = spec.tca_base != nullptr;
+      const auto decode_rows =
+          spec.codebook_size > 0
+              ? (tca ? get_block_rows<true, true> : get_block_rows<true, false>)
+              : (tca ? get_block_rows<false, true> : get_block_rows<false, false>);
       decode_rows(*group_decoder, group_models, initial_models, layout, spec, geometry,
                   skip_rows, entries, first, end, state, q_out);
       if (group == num_groups - 1) finish_levels(*group_decoder, result);
