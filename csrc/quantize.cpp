@@ -6,6 +6,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "nnc_tables.hpp"
@@ -156,17 +157,20 @@ class TrellisBackPointers {
   std::vector<uint8_t> bytes_;
 };
 
-// Trellis traceback shared by both DQ searches: start at the cheapest final
-// state and follow the back pointers, writing q for every value. Returns
-// that final state (the DQ state after the last value).
-int backtrack_trellis(const float* x, size_t n, float inverse_step,
-                       const TrellisBackPointers& back, const double* cost,
-                       int32_t* q_out) {
+// The cheapest of the 8 final states (ties to the lowest).
+int cheapest_state(const double* cost) {
   int state = 0;
   for (int s = 1; s < 8; ++s) {
     if (cost[s] < cost[state]) state = s;
   }
-  const int final_state = state;
+  return state;
+}
+
+// Follow the back pointers from `final_state`, writing q for every value.
+// Returns the state the path starts in (before the first value).
+int backtrack_from(const float* x, size_t n, float inverse_step,
+                   const TrellisBackPointers& back, int final_state, int32_t* q_out) {
+  int state = final_state;
   for (size_t i = n; i-- > 0;) {
     int prev = 0;
     int candidate = 0;
@@ -175,6 +179,16 @@ int backtrack_trellis(const float* x, size_t n, float inverse_step,
     q_out[i] = int32_t(dq_candidate(t, prev & 1, candidate));
     state = prev;
   }
+  return state;
+}
+
+// Trellis traceback shared by both DQ searches: start at the cheapest final
+// state. Returns that final state (the DQ state after the last value).
+int backtrack_trellis(const float* x, size_t n, float inverse_step,
+                      const TrellisBackPointers& back, const double* cost,
+                      int32_t* q_out) {
+  const int final_state = cheapest_state(cost);
+  backtrack_from(x, n, inverse_step, back, final_state, q_out);
   return final_state;
 }
 
@@ -283,19 +297,18 @@ void quantize_uniform_rdo(const float* x, size_t n, float inverse_step,
 // branch's own state and survivor neighbour. Every kCommitBlock positions
 // the survivor path of the best state is taken as settled up to kCommitLag
 // positions back, and the rate model is adapted to those levels.
-int quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
+void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
                            double lambda_per_bit_unit, int start_state,
-                           int32_t* q_out) {
+                           TrellisBackPointers& back, double* cost) {
   constexpr double kInf = std::numeric_limits<double>::infinity();
   constexpr size_t kCommitBlock = 256;
   constexpr size_t kCommitLag = 32;
-  TrellisBackPointers back(n);
-  double cost[8];
   // Neighbour class (0 zero, 1 negative, 2 positive) of each survivor's
   // last level: all the rates need of it.
   uint8_t prev_class[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (double& c : cost) c = kInf;
-  cost[start_state] = 0.0;
+  for (int s = 0; s < 8; ++s) {
+    cost[s] = start_state < 0 || s == start_state ? 0.0 : kInf;
+  }
 
   LevelRateModel model;
   RateSnapshot rates;
@@ -417,8 +430,49 @@ int quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
       committed = end;
     }
   }
+}
 
-  return backtrack_trellis(x, n, inverse_step, back, cost, q_out);
+// Rate-aware DQ over x[0..n) from start_state. From kSplitPositions values
+// on, the trellis is cut in two halves searched on two threads (when
+// allowed): the second starts in any state at no cost, and the first is
+// traced back from the state the second's best path starts in. The levels
+// stay one admissible path and do not depend on the thread count.
+constexpr size_t kSplitPositions = size_t(1) << 18;
+
+int quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
+                           double lambda_per_bit_unit, int start_state,
+                           int num_threads, int32_t* q_out) {
+  double cost[8];
+  if (n < kSplitPositions) {
+    TrellisBackPointers back(n);
+    forward_dependent_rdo(x, n, inverse_step, lambda_per_bit_unit, start_state, back,
+                          cost);
+    return backtrack_trellis(x, n, inverse_step, back, cost, q_out);
+  }
+
+  const size_t half = n / 2;
+  TrellisBackPointers first_back(half);
+  TrellisBackPointers second_back(n - half);
+  double second_cost[8];
+  const auto search_second = [&] {
+    forward_dependent_rdo(x + half, n - half, inverse_step, lambda_per_bit_unit, -1,
+                          second_back, second_cost);
+  };
+  std::thread second_thread;
+  if (num_threads > 1) second_thread = std::thread(search_second);
+  forward_dependent_rdo(x, half, inverse_step, lambda_per_bit_unit, start_state,
+                        first_back, cost);
+  if (second_thread.joinable()) {
+    second_thread.join();
+  } else {
+    search_second();
+  }
+
+  const int final_state = cheapest_state(second_cost);
+  const int middle_state = backtrack_from(x + half, n - half, inverse_step,
+                                          second_back, final_state, q_out + half);
+  backtrack_from(x, half, inverse_step, first_back, middle_state, q_out);
+  return final_state;
 }
 
 }  // namespace
@@ -435,7 +489,8 @@ float step_size(int qp, int qp_density) {
 }
 
 int quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
-             double lambda_scale, int32_t* q_out, int start_state) {
+             double lambda_scale, int32_t* q_out, int start_state,
+             int num_threads) {
   if (start_state < 0 || start_state > 7 || (!dq && start_state != 0)) {
     throw std::invalid_argument("quantize: start_state must be 0..7 (0 without "
                                 "dq), got " + std::to_string(start_state));
@@ -456,7 +511,7 @@ int quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
   if (dq && lambda_scale > 0.0) {
     const double lambda = lambda_scale * 4.0 * kLn2Over6 * 0.7;
     return quantize_dependent_rdo(x, n, inverse_step, lambda / 32768.0, start_state,
-                                  q_out);
+                                  num_threads, q_out);
   }
   if (dq) return quantize_dependent(x, n, inverse_step, start_state, q_out);
   if (lambda_scale > 0.0) {

@@ -18,9 +18,12 @@ float step_size(int qp, int qp_density);
 // error admissible path. Throws std::invalid_argument naming max|x| and qp
 // when some |x|/step does not fit int32 (or x is not finite). The DQ
 // trellis starts in start_state (a block row continuing the scan) and the
-// DQ state after the last value is returned (0 without DQ).
+// DQ state after the last value is returned (0 without DQ). The rate-aware
+// DQ trellis of 2^18 values or more is searched in two halves, on two
+// threads when num_threads > 1 (the same levels either way).
 int quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
-             double lambda_scale, int32_t* q_out, int start_state = 0);
+             double lambda_scale, int32_t* q_out, int start_state = 0,
+             int num_threads = 1);
 
 // x_hat = float32(step * float32(q)).
 void dequantize(const int32_t* q, size_t n, int qp, int qp_density, float* x_out);

@@ -29,7 +29,7 @@ void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry) {
     walk_block_row(spec, geometry, block_row, no_skipped_rows, unused_state,
                    [&](int64_t pos) { x_scan[count++] = job.x[pos]; });
     state = quantize(x_scan.data(), count, spec.qp, spec.qp_density, spec.dq,
-                     job.lambda_scale, q_scan.data(), state);
+                     job.lambda_scale, q_scan.data(), state, job.num_threads);
     count = 0;
     walk_block_row(spec, geometry, block_row, no_skipped_rows, unused_state,
                    [&](int64_t pos) { job.q_out[pos] = q_scan[count++]; });
@@ -55,7 +55,7 @@ void encode_tensor(TensorJob& job) {
   }
   if (!geometry.block_scan) {
     quantize(job.x, size_t(num_elements), job.spec.qp, job.spec.qp_density,
-             job.spec.dq, job.lambda_scale, job.q_out);
+             job.spec.dq, job.lambda_scale, job.q_out, 0, job.num_threads);
   } else {
     quantize_in_block_scan(job, geometry);
   }
@@ -115,21 +115,32 @@ void run_jobs(std::vector<Job>& jobs, int num_threads, Work work_on) {
 
 }  // namespace
 
-void encode_tensors(std::vector<TensorJob>& jobs, int num_threads) {
-  run_jobs(jobs, num_threads, [](TensorJob& job) { encode_tensor(job); });
-}
+namespace {
 
-void decode_segments(std::vector<SegmentJob>& jobs, int num_threads) {
+// Threads per job when there are fewer jobs than workers.
+int threads_per_job(size_t num_jobs, int num_threads) {
   const size_t workers = num_threads > 0
                              ? size_t(num_threads)
                              : std::max(1u, std::thread::hardware_concurrency());
-  const int threads_per_job =
-      jobs.empty() ? 1 : int(std::max<size_t>(1, workers / jobs.size()));
-  run_jobs(jobs, num_threads, [threads_per_job](SegmentJob& job) {
+  return num_jobs == 0 ? 1 : int(std::max<size_t>(1, workers / num_jobs));
+}
+
+}  // namespace
+
+void encode_tensors(std::vector<TensorJob>& jobs, int num_threads) {
+  const int per_job = threads_per_job(jobs.size(), num_threads);
+  run_jobs(jobs, num_threads, [per_job](TensorJob& job) {
+    job.num_threads = per_job;
+    encode_tensor(job);
+  });
+}
+
+void decode_segments(std::vector<SegmentJob>& jobs, int num_threads) {
+  const int per_job = threads_per_job(jobs.size(), num_threads);
+  run_jobs(jobs, num_threads, [per_job](SegmentJob& job) {
     job.spec.entry_points = job.entry_points.data();
     job.spec.num_entry_points = job.entry_points.size();
-    job.result =
-        decode_segment(job.data, job.num_bytes, job.spec, job.q_out, threads_per_job);
+    job.result = decode_segment(job.data, job.num_bytes, job.spec, job.q_out, per_job);
   });
 }
 

@@ -17,6 +17,7 @@ struct TensorJob {
   int32_t* q_out = nullptr;  // height*width reconstruction indices (output)
   SegmentSpec spec;          // has_qp must be true; codebook_size must be 0
   double lambda_scale = 0.0;
+  int num_threads = 1;  // for the halves of a large rate-aware trellis
   std::vector<uint8_t> segment;  // output
   std::vector<EntryPoint> entry_points;  // output (block scan)
 };
@@ -28,7 +29,8 @@ struct TensorJob {
 void encode_tensor(TensorJob& job);
 
 // Run encode_tensor on every job, num_threads workers at once (0: one per
-// hardware thread, at most one per job). If jobs fail, throws the error of
+// hardware thread, at most one per job); threads left over when there are
+// fewer jobs than threads search large rate-aware trellises in halves. If jobs fail, throws the error of
 // the first failing job, prefixed with its index; std::invalid_argument and
 // std::length_error keep their type.
 void encode_tensors(std::vector<TensorJob>& jobs, int num_threads);

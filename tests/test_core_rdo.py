@@ -216,3 +216,28 @@ def test_list_arguments_are_not_silently_converted():
     with pytest.raises(TypeError, match=r"datas\[0\] must be a C-contiguous 1-D uint8"):
         _core.decode_segments([np.array([1, 2])], [(1, 1)], has_qp=[True], dq=[False],
                               qp_density=2, hdsp_flag_present=[False])
+
+
+def test_large_rate_aware_trellis_in_halves_is_one_path_on_any_thread_count():
+    # 2**18 values and more: the rate-aware DQ trellis is searched in two
+    # halves (on two threads when allowed); the levels must still be one
+    # admissible path, identical for 1 and 2 threads and for quantize().
+    height, width = 513, 512  # 262,656 values
+    x = _gaussian(height * width, seed=77, scale=0.02)
+    options = dict(OPTIONS, dq=True, lambda_scale=0.5)
+    one = _core.encode_tensors([x], [(height, width)], [-32], num_threads=1, **options)
+    two = _core.encode_tensors([x], [(height, width)], [-32], num_threads=2, **options)
+    (segment, q, _), (segment_2, q_2, _) = one[0], two[0]
+    assert segment == segment_2
+    np.testing.assert_array_equal(q, q_2)
+    np.testing.assert_array_equal(q, _core.quantize(x, -32, 2, True, 0.5))
+
+    decoded = _core.decode_segment(np.frombuffer(segment, np.uint8), height, width,
+                                   has_qp=True, qp_density=2, dq=True,
+                                   hdsp_flag_present=False)[0]
+    np.testing.assert_array_equal(decoded, q)
+    # The cut costs nothing measurable against the minimum-MSE trellis' error.
+    step = _core.step_size(-32, 2)
+    mse = np.mean((q * step - x) ** 2)
+    mse_min = np.mean((_core.quantize(x, -32, 2, True, 0.0) * step - x) ** 2)
+    assert mse_min <= mse <= 1.05 * mse_min
