@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -511,7 +512,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="fewer qp points, MiniLM at one qp (about 2 minutes)",
+        help="fewer qp points, MiniLM reduced to 3.7M parameters at two qp "
+        "(about 2 minutes)",
     )
     parser.add_argument(
         "--nncodec-python",
@@ -539,7 +541,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         help="run our encoder with this lambda_scale instead of its "
-        "default (rate-aware quantisation); adds minimum-MSE rows",
+        "default (rate-aware quantisation); the minimum-MSE rows "
+        "(ours_lambda0) are there unless it is 0",
     )
     parser.add_argument(
         "--num-threads",
@@ -555,13 +558,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_setup(args: argparse.Namespace) -> str | None:
+    """Why the run cannot start, or None. Resolves --nncodec-python to an
+    absolute path (the worker runs in a temporary folder) and checks that it
+    imports nncodec, and that --updates-dir holds parameter files."""
+    if not args.nncodec_python:
+        return "no NNCodec interpreter found; pass --nncodec-python"
+    python = Path(args.nncodec_python).absolute()
+    if not python.is_file() or not os.access(python, os.X_OK):
+        return f"--nncodec-python {args.nncodec_python}: no such executable"
+    args.nncodec_python = str(python)
+    probe = subprocess.run(
+        [args.nncodec_python, "-c", "import importlib.metadata as m; "
+         "print(m.version('nncodec'))"],
+        capture_output=True, text=True, timeout=120,
+    )
+    if probe.returncode != 0:
+        return (
+            f"--nncodec-python {args.nncodec_python} has no nncodec package "
+            "(make its venv with scripts/setup_nncodec_venv.sh)"
+        )
+    if args.updates_dir is not None:
+        from flwr_nncodec import model_io
+
+        if not args.updates_dir.is_dir():
+            return f"--updates-dir {args.updates_dir}: no such folder"
+        if not any(
+            p.suffix.lower() in model_io.SUPPORTED_SUFFIXES
+            for p in args.updates_dir.iterdir()
+        ):
+            return (
+                f"--updates-dir {args.updates_dir} holds no "
+                f"{'/'.join(sorted(model_io.SUPPORTED_SUFFIXES))} files"
+            )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 all checks passed, 1 a cross-check failed, 2 the run
+    could not start (bad options or set-up)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[bench] %(message)s")
     os.environ["HF_HUB_OFFLINE"] = "1"
-    if not args.nncodec_python:
-        logger.error("no NNCodec interpreter found; pass --nncodec-python")
+    problem = check_setup(args)
+    if problem:
+        logger.error("%s", problem)
         return 2
+    # SIGTERM (e.g. timeout) unwinds like Ctrl-C, so the work folder goes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     import flwr_nncodec
 
