@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -454,19 +455,31 @@ int quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
   TrellisBackPointers first_back(half);
   TrellisBackPointers second_back(n - half);
   double second_cost[8];
+  std::exception_ptr second_error;
   const auto search_second = [&] {
-    forward_dependent_rdo(x + half, n - half, inverse_step, lambda_per_bit_unit, -1,
-                          second_back, second_cost);
+    try {
+      forward_dependent_rdo(x + half, n - half, inverse_step, lambda_per_bit_unit, -1,
+                            second_back, second_cost);
+    } catch (...) {
+      second_error = std::current_exception();
+    }
   };
-  std::thread second_thread;
-  if (num_threads > 1) second_thread = std::thread(search_second);
-  forward_dependent_rdo(x, half, inverse_step, lambda_per_bit_unit, start_state,
-                        first_back, cost);
-  if (second_thread.joinable()) {
+  if (num_threads > 1) {
+    std::thread second_thread(search_second);
+    try {
+      forward_dependent_rdo(x, half, inverse_step, lambda_per_bit_unit, start_state,
+                            first_back, cost);
+    } catch (...) {
+      second_thread.join();
+      throw;
+    }
     second_thread.join();
   } else {
+    forward_dependent_rdo(x, half, inverse_step, lambda_per_bit_unit, start_state,
+                          first_back, cost);
     search_second();
   }
+  if (second_error) std::rethrow_exception(second_error);
 
   const int final_state = cheapest_state(second_cost);
   const int middle_state = backtrack_from(x + half, n - half, inverse_step,
