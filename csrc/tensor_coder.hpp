@@ -30,9 +30,9 @@ void encode_tensor(TensorJob& job);
 
 // Run encode_tensor on every job, num_threads workers at once (0: one per
 // hardware thread, at most one per job); threads left over when there are
-// fewer jobs than threads search large rate-aware trellises in halves. If jobs fail, throws the error of
-// the first failing job, prefixed with its index; std::invalid_argument and
-// std::length_error keep their type.
+// fewer jobs than threads search large rate-aware trellises in halves. If
+// jobs fail, throws the error of the first failing job, prefixed with its
+// index; std::invalid_argument and std::length_error keep their type.
 void encode_tensors(std::vector<TensorJob>& jobs, int num_threads);
 
 struct SegmentJob {

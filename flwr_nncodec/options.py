@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, fields
 
 from flwr_nncodec.base_state import BaseState
+from flwr_nncodec.hls import MAX_SCAN_ORDER
 
 __all__ = [
     "DEFAULT_LAMBDA_SCALE",
@@ -128,7 +129,9 @@ def make_options(**options: object) -> EncodeOptions:
         )
     values["lambda_scale"] = _real("lambda_scale", values["lambda_scale"], 0.0, None)
     values["num_threads"] = resolve_num_threads(values["num_threads"])
-    values["scan_order"] = _integer("scan_order", values["scan_order"], 0, 4)
+    values["scan_order"] = _integer(
+        "scan_order", values["scan_order"], 0, MAX_SCAN_ORDER
+    )
     values["sparsity"] = _real("sparsity", values["sparsity"], 0.0, 1.0)
     values["struct_spars_factor"] = _real(
         "struct_spars_factor", values["struct_spars_factor"], 0.0, None

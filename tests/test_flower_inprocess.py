@@ -185,6 +185,21 @@ class LoopbackGrid(Grid):
         return replies
 
 
+def _record_error_reasons(grid: LoopbackGrid) -> list[str]:
+    """Wrap the grid's ClientApp; the returned list collects every error reason."""
+    reasons: list[str] = []
+    app = grid.app
+
+    def recording_app(message: Message, context: Context) -> Message:
+        reply = app(message, context)
+        if reply.has_error():
+            reasons.append(reply.error.reason)
+        return reply
+
+    grid.app = recording_app
+    return reasons
+
+
 def _array_bytes(message: Message) -> int:
     return sum(
         len(a.data) for r in message.content.array_records.values() for a in r.values()
@@ -803,16 +818,7 @@ def test_oversized_downlink_stream_is_refused_by_the_node(monkeypatch):
     grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
     strategy = NNCFedAvg(min_available_nodes=3)
     victim = 1001
-    reasons: list[str] = []
-    app = grid.app
-
-    def recording_app(message: Message, context: Context) -> Message:
-        reply = app(message, context)
-        if reply.has_error():
-            reasons.append(reply.error.reason)
-        return reply
-
-    grid.app = recording_app
+    reasons = _record_error_reasons(grid)
 
     def tamper(call: int, message: Message) -> None:
         if call != 4 or message.metadata.dst_node_id != victim:  # round 2 evaluate
@@ -917,22 +923,13 @@ def test_message_with_part_of_the_options_is_refused():
     defaults but refused, and the node is sent everything again."""
     grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=2)
     strategy = NNCFedAvg(min_available_nodes=2, diff_qp=-40)
-    reasons: list[str] = []
 
     def drop_option(call: int, msg: Message) -> None:
         if call == 1 and msg.metadata.dst_node_id == 1000:
             del msg.content["config"]["nnc.diff_qp"]
 
     grid.before_send = drop_option
-    original = grid.app
-
-    def app(message: Message, context: Context) -> Message:
-        reply = original(message, context)
-        if reply.has_error():
-            reasons.append(reply.error.reason)
-        return reply
-
-    grid.app = app
+    reasons = _record_error_reasons(grid)
     _run(strategy, grid, num_rounds=2)
 
     assert grid.errors[0] == 1 and grid.errors[1:] == [0, 0, 0]
