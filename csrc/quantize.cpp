@@ -183,26 +183,35 @@ int backtrack_from(const float* x, size_t n, float inverse_step,
   return state;
 }
 
-// Trellis traceback shared by both DQ searches: start at the cheapest final
-// state. Returns that final state (the DQ state after the last value).
-int backtrack_trellis(const float* x, size_t n, float inverse_step,
-                      const TrellisBackPointers& back, const double* cost,
-                      int32_t* q_out) {
-  const int final_state = cheapest_state(cost);
-  backtrack_from(x, n, inverse_step, back, final_state, q_out);
-  return final_state;
+// Trellis traceback shared by both DQ searches: from end_state, or the
+// cheapest final state when it is -1. Returns where the path starts and ends.
+DqPathEnds backtrack_trellis(const float* x, size_t n, float inverse_step,
+                             const TrellisBackPointers& back, const double* cost,
+                             int end_state, int32_t* q_out) {
+  DqPathEnds ends;
+  ends.end_state = end_state < 0 ? cheapest_state(cost) : end_state;
+  if (!(cost[ends.end_state] < std::numeric_limits<double>::infinity())) {
+    throw std::invalid_argument("quantize: no admissible DQ path of " +
+                                std::to_string(n) + " values ends in state " +
+                                std::to_string(end_state));
+  }
+  ends.start_state = backtrack_from(x, n, inverse_step, back, ends.end_state, q_out);
+  return ends;
 }
 
 // Minimum squared error path through the DQ trellis (lambda_scale 0). Each
 // state keeps the cheaper of its two entering edges; an edge (s, parity)
 // carries the first nearest candidate of quantiser s&1 with that parity, so
 // ties resolve to the lowest previous state, then the first candidate.
-int quantize_dependent(const float* x, size_t n, float inverse_step, int start_state,
-                       int32_t* q_out) {
+// start_state -1: any start state at no cost.
+DqPathEnds quantize_dependent(const float* x, size_t n, float inverse_step,
+                              int start_state, int end_state, int32_t* q_out) {
   constexpr double kInf = std::numeric_limits<double>::infinity();
   TrellisBackPointers back(n);
-  double cost[8] = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
-  cost[start_state] = 0.0;
+  double cost[8];
+  for (int s = 0; s < 8; ++s) {
+    cost[s] = start_state < 0 || s == start_state ? 0.0 : kInf;
+  }
 
   DqCandidates cand;
   for (size_t i = 0; i < n; ++i) {
@@ -247,7 +256,7 @@ int quantize_dependent(const float* x, size_t n, float inverse_step, int start_s
     for (int s = 0; s < 8; ++s) cost[s] = next_cost[s];
   }
 
-  return backtrack_trellis(x, n, inverse_step, back, cost, q_out);
+  return backtrack_trellis(x, n, inverse_step, back, cost, end_state, q_out);
 }
 
 // Rate-aware URQ (RDOQ): per value, in scan order, the cheapest of
@@ -440,15 +449,15 @@ void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
 // stay one admissible path and do not depend on the thread count.
 constexpr size_t kSplitPositions = size_t(1) << 18;
 
-int quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
-                           double lambda_per_bit_unit, int start_state,
-                           int num_threads, int32_t* q_out) {
+DqPathEnds quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
+                                  double lambda_per_bit_unit, int start_state,
+                                  int end_state, int num_threads, int32_t* q_out) {
   double cost[8];
   if (n < kSplitPositions) {
     TrellisBackPointers back(n);
     forward_dependent_rdo(x, n, inverse_step, lambda_per_bit_unit, start_state, back,
                           cost);
-    return backtrack_trellis(x, n, inverse_step, back, cost, q_out);
+    return backtrack_trellis(x, n, inverse_step, back, cost, end_state, q_out);
   }
 
   const size_t half = n / 2;
@@ -481,11 +490,54 @@ int quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
   }
   if (second_error) std::rethrow_exception(second_error);
 
-  const int final_state = cheapest_state(second_cost);
-  const int middle_state = backtrack_from(x + half, n - half, inverse_step,
-                                          second_back, final_state, q_out + half);
-  backtrack_from(x, half, inverse_step, first_back, middle_state, q_out);
-  return final_state;
+  // The second half starts in any state, so every final state is reachable.
+  const DqPathEnds second = backtrack_trellis(x + half, n - half, inverse_step,
+                                              second_back, second_cost, end_state,
+                                              q_out + half);
+  const DqPathEnds first = backtrack_trellis(x, half, inverse_step, first_back, cost,
+                                             second.start_state, q_out);
+  return {first.start_state, second.end_state};
+}
+
+// Checks and scaling shared by quantize() and quantize_dq_run(): the inverse
+// step of qp, after checking that x fits it.
+float checked_inverse_step(const float* x, size_t n, int qp, int qp_density,
+                           double lambda_scale) {
+  if (!(lambda_scale >= 0.0)) {
+    throw std::invalid_argument("quantize: lambda_scale must be >= 0, got " +
+                                std::to_string(lambda_scale));
+  }
+  const float step = step_size(qp, qp_density);
+  if (step == 0.0f || !std::isfinite(step)) {
+    throw std::invalid_argument("quantize: qp " + std::to_string(qp) +
+                                " gives a step of 0 or infinity in float32");
+  }
+  const float inverse_step = 1.0f / step;
+  check_range(x, n, inverse_step, qp);
+  return inverse_step;
+}
+
+// lambda' of NNCodec's RD cost (nnc-format §2.2/§2.3), per 2^-15 bit.
+constexpr double kLn2Over6 = 0.69314718055994530942 / 6.0;
+
+DqPathEnds quantize_dq_checked(const float* x, size_t n, float inverse_step,
+                               double lambda_scale, int start_state, int end_state,
+                               int num_threads, int32_t* q_out) {
+  if (n == 0) {
+    const int state = start_state >= 0 ? start_state : std::max(end_state, 0);
+    if (end_state >= 0 && end_state != state) {
+      throw std::invalid_argument("quantize: an empty DQ run cannot go from state " +
+                                  std::to_string(start_state) + " to state " +
+                                  std::to_string(end_state));
+    }
+    return {state, state};
+  }
+  if (lambda_scale > 0.0) {
+    const double lambda = lambda_scale * 4.0 * kLn2Over6 * 0.7;
+    return quantize_dependent_rdo(x, n, inverse_step, lambda / 32768.0, start_state,
+                                  end_state, num_threads, q_out);
+  }
+  return quantize_dependent(x, n, inverse_step, start_state, end_state, q_out);
 }
 
 }  // namespace
@@ -508,31 +560,31 @@ int quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
     throw std::invalid_argument("quantize: start_state must be 0..7 (0 without "
                                 "dq), got " + std::to_string(start_state));
   }
-  if (!(lambda_scale >= 0.0)) {
-    throw std::invalid_argument("quantize: lambda_scale must be >= 0, got " +
-                                std::to_string(lambda_scale));
+  const float inverse_step = checked_inverse_step(x, n, qp, qp_density, lambda_scale);
+  if (dq) {
+    return quantize_dq_checked(x, n, inverse_step, lambda_scale, start_state, -1,
+                               num_threads, q_out)
+        .end_state;
   }
-  const float step = step_size(qp, qp_density);
-  if (step == 0.0f || !std::isfinite(step)) {
-    throw std::invalid_argument("quantize: qp " + std::to_string(qp) +
-                                " gives a step of 0 or infinity in float32");
-  }
-  const float inverse_step = 1.0f / step;
-  check_range(x, n, inverse_step, qp);
-  // lambda' of NNCodec's RD cost (nnc-format §2.2/§2.3), per 2^-15 bit.
-  constexpr double kLn2Over6 = 0.69314718055994530942 / 6.0;
-  if (dq && lambda_scale > 0.0) {
-    const double lambda = lambda_scale * 4.0 * kLn2Over6 * 0.7;
-    return quantize_dependent_rdo(x, n, inverse_step, lambda / 32768.0, start_state,
-                                  num_threads, q_out);
-  }
-  if (dq) return quantize_dependent(x, n, inverse_step, start_state, q_out);
   if (lambda_scale > 0.0) {
     quantize_uniform_rdo(x, n, inverse_step, lambda_scale * kLn2Over6 / 32768.0, q_out);
   } else {
     quantize_uniform(x, n, inverse_step, q_out);
   }
   return 0;
+}
+
+DqPathEnds quantize_dq_run(const float* x, size_t n, int qp, int qp_density,
+                           double lambda_scale, int start_state, int end_state,
+                           int num_threads, int32_t* q_out) {
+  if (start_state < -1 || start_state > 7 || end_state < -1 || end_state > 7) {
+    throw std::invalid_argument("quantize_dq_run: start and end states must be "
+                                "-1..7, got " + std::to_string(start_state) +
+                                " and " + std::to_string(end_state));
+  }
+  const float inverse_step = checked_inverse_step(x, n, qp, qp_density, lambda_scale);
+  return quantize_dq_checked(x, n, inverse_step, lambda_scale, start_state, end_state,
+                             num_threads, q_out);
 }
 
 void dequantize(const int32_t* q, size_t n, int qp, int qp_density, float* x_out) {

@@ -25,6 +25,21 @@ int quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
              double lambda_scale, int32_t* q_out, int start_state = 0,
              int num_threads = 1);
 
+// Where a DQ path through one run of values starts and ends.
+struct DqPathEnds {
+  int start_state = 0;  // DQ state before the first value
+  int end_state = 0;    // DQ state after the last value
+};
+
+// DQ quantisation of one run of values, as quantize() with dq, for a run
+// searched apart from its neighbours: start_state -1 lets the path start in
+// any state at no cost (the state it took is returned), end_state -1 ends it
+// in the cheapest state, 0..7 forces that state. Throws like quantize(), and
+// std::invalid_argument when no admissible path joins the two given states.
+DqPathEnds quantize_dq_run(const float* x, size_t n, int qp, int qp_density,
+                           double lambda_scale, int start_state, int end_state,
+                           int num_threads, int32_t* q_out);
+
 // x_hat = float32(step * float32(q)).
 void dequantize(const int32_t* q, size_t n, int qp, int qp_density, float* x_out);
 

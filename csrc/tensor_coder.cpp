@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <future>
 #include <stdexcept>
 #include <thread>
 
@@ -13,27 +14,110 @@ namespace nnc {
 
 namespace {
 
-// Quantise block row by block row in scan order: gather the row's values,
-// run the quantiser from the DQ state the previous block row ended in, and
-// scatter the indices back to raster positions.
-void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry) {
+// Block rows [first, end) of a block scan, each quantised in scan order:
+// gather the row's values, run the quantiser, scatter the indices back to
+// raster positions. The DQ path enters block row `first` in start_state (-1:
+// any) and leaves the last one in end_state (-1: the cheapest); in between
+// each block row continues from the state the previous one ended in.
+DqPathEnds quantize_block_rows(const TensorJob& job, const ScanGeometry& geometry,
+                               int64_t first, int64_t end, int start_state,
+                               int end_state, int num_threads) {
   const SegmentSpec& spec = job.spec;
   const size_t max_block_row = size_t(geometry.block_height * spec.width);
   std::vector<float> x_scan(max_block_row);
   std::vector<int32_t> q_scan(max_block_row);
   const std::vector<uint8_t> no_skipped_rows;
-  int state = 0;
-  for (int64_t block_row = 0; block_row < geometry.num_block_rows; ++block_row) {
+  DqPathEnds path{start_state, start_state};
+  int state = start_state;
+  for (int64_t block_row = first; block_row < end; ++block_row) {
     size_t count = 0;
     int unused_state = 0;
     walk_block_row(spec, geometry, block_row, no_skipped_rows, unused_state,
                    [&](int64_t pos) { x_scan[count++] = job.x[pos]; });
-    state = quantize(x_scan.data(), count, spec.qp, spec.qp_density, spec.dq,
-                     job.lambda_scale, q_scan.data(), state, job.num_threads);
+    if (spec.dq) {
+      const DqPathEnds row =
+          quantize_dq_run(x_scan.data(), count, spec.qp, spec.qp_density,
+                          job.lambda_scale, state, block_row + 1 == end ? end_state : -1,
+                          num_threads, q_scan.data());
+      if (block_row == first) path.start_state = row.start_state;
+      state = row.end_state;
+    } else {
+      quantize(x_scan.data(), count, spec.qp, spec.qp_density, false, job.lambda_scale,
+               q_scan.data());
+    }
     count = 0;
     walk_block_row(spec, geometry, block_row, no_skipped_rows, unused_state,
                    [&](int64_t pos) { job.q_out[pos] = q_scan[count++]; });
   }
+  path.end_state = state;
+  return path;
+}
+
+// Tensors of at least this many values split a rate-aware DQ block scan in
+// two (as quantize() splits a raster trellis).
+constexpr int64_t kSplitPositions = int64_t(1) << 18;
+
+// Quantise a block scan. A large rate-aware DQ tensor is cut into two runs
+// of block rows: the second starts in any state, and the last block row of
+// the first ends in the state where the second's path starts. The runs go
+// on two threads when num_threads > 1; the levels do not depend on that.
+void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry) {
+  const int64_t num_elements = job.spec.height * job.spec.width;
+  const int64_t num_block_rows = geometry.num_block_rows;
+  if (!job.spec.dq || !(job.lambda_scale > 0.0) || num_elements < kSplitPositions ||
+      num_block_rows < 2) {
+    quantize_block_rows(job, geometry, 0, num_block_rows, 0, -1, job.num_threads);
+    return;
+  }
+
+  // The first run ends where the rows reach half of the tensor (at least one
+  // block row each).
+  const int64_t half_rows = (job.spec.height + 1) / 2;
+  const int64_t middle = std::clamp<int64_t>(
+      (half_rows + geometry.block_height - 1) / geometry.block_height, 1,
+      num_block_rows - 1);
+
+  if (job.num_threads <= 1) {
+    const DqPathEnds second =
+        quantize_block_rows(job, geometry, middle, num_block_rows, -1, -1, 1);
+    quantize_block_rows(job, geometry, 0, middle, 0, second.start_state, 1);
+    return;
+  }
+
+  // The first run waits for the second's start state only before its last
+  // block row; the second publishes it after its first block row.
+  std::promise<int> second_start;
+  std::future<int> second_start_ready = second_start.get_future();
+  std::exception_ptr second_error;
+  std::thread second_thread([&] {
+    bool published = false;
+    try {
+      const DqPathEnds head =
+          quantize_block_rows(job, geometry, middle, middle + 1, -1, -1, 1);
+      second_start.set_value(head.start_state);
+      published = true;
+      quantize_block_rows(job, geometry, middle + 1, num_block_rows, head.end_state,
+                          -1, 1);
+    } catch (...) {
+      if (published) {
+        second_error = std::current_exception();
+      } else {
+        second_start.set_exception(std::current_exception());
+      }
+    }
+  });
+  try {
+    const DqPathEnds lead =
+        quantize_block_rows(job, geometry, 0, middle - 1, 0, -1, 1);
+    const int join_state = second_start_ready.get();
+    quantize_block_rows(job, geometry, middle - 1, middle, lead.end_state, join_state,
+                        1);
+  } catch (...) {
+    second_thread.join();
+    throw;
+  }
+  second_thread.join();
+  if (second_error) std::rethrow_exception(second_error);
 }
 
 }  // namespace

@@ -152,6 +152,31 @@ def test_block_scan_round_trip_independent_of_threads(shape, scan_order, use_dq,
     assert 0.9 * raster_mse <= mse <= 1.1 * raster_mse
 
 
+@pytest.mark.parametrize("shape,scan_order", [((1000, 300), 4), ((128, 2048), 4),
+                                              ((515, 512), 1)])
+def test_large_rate_aware_block_scan_in_two_runs_is_one_path(shape, scan_order):
+    # From 2**18 values a rate-aware DQ block scan is quantised as two runs of
+    # block rows (on two threads when allowed): the second starts in any
+    # state, the first's last block row ends where the second's path starts.
+    # (128, 2048) has two block rows, so the first run is that one row.
+    x = gaussian(shape, seed=shape[0], std=0.02)
+    options = {"qp": -32, "lambda_scale": 0.5, "scan_order": scan_order}
+    result = nnc.encode_with_reconstruction({"w": x}, num_threads=1, **options)
+    assert nnc.encode({"w": x}, num_threads=2, **options) == result.bitstream
+    # encode_segment refuses an index of the wrong parity for its DQ state,
+    # so a stream at all means one admissible path across the cut.
+    decoded = nnc.decode(result.bitstream, num_threads=2)
+    assert_bit_exact(decoded["w"], result.reconstruction["w"], "decode")
+
+    # Against the minimum-MSE trellis in the same scan: fewer bytes for at
+    # most 5 % more error.
+    min_mse = nnc.encode_with_reconstruction({"w": x}, **{**options,
+                                                          "lambda_scale": 0.0})
+    mse = np.mean((result.reconstruction["w"] - x) ** 2)
+    assert mse <= 1.05 * np.mean((min_mse.reconstruction["w"] - x) ** 2)
+    assert len(result.bitstream) < len(min_mse.bitstream)
+
+
 def test_a_one_row_matrix_falls_back_to_raster():
     x = gaussian((1, 500))
     stream = nnc.encode({"w": x}, scan_order=3)
