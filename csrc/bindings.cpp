@@ -148,7 +148,7 @@ std::tuple<nb::bytes, std::vector<EntryPointTuple>> encode_segment_scan(
     int qp_density, bool dq, bool hdsp_flag_present, bool row_skipping, bool param_opt,
     OptionalBase tca_base, int64_t codebook_size, int64_t codebook_zero_offset,
     int unary_len, std::optional<InArray<uint8_t>> eco_init_sets,
-    int64_t eco_max_positions, bool eco_from_levels, int scan_order) {
+    int64_t eco_max_positions, bool eco_from_levels, int scan_order, int num_threads) {
   const SpecArgs args{height, width, qp_density, dq, hdsp_flag_present,
                       codebook_size, codebook_zero_offset, unary_len};
   nnc::SegmentSpec spec = make_spec(args, tca_base, "encode_segment", scan_order);
@@ -167,7 +167,7 @@ std::tuple<nb::bytes, std::vector<EntryPointTuple>> encode_segment_scan(
   std::vector<nnc::EntryPoint> entry_points;
   {
     nb::gil_scoped_release release;
-    segment = nnc::encode_segment(q.data(), spec, &entry_points);
+    segment = nnc::encode_segment(q.data(), spec, &entry_points, num_threads);
   }
   return {nb::bytes(segment.data(), segment.size()), entry_point_tuples(entry_points)};
 }
@@ -182,7 +182,7 @@ nb::bytes encode_segment(InArray<int32_t> q, int64_t height, int64_t width,
   return std::get<0>(encode_segment_scan(
       q, height, width, qp, qp_density, dq, hdsp_flag_present, row_skipping, param_opt,
       tca_base, codebook_size, codebook_zero_offset, unary_len, eco_init_sets,
-      eco_max_positions, eco_from_levels, 0));
+      eco_max_positions, eco_from_levels, 0, 1));
 }
 
 nnc::DecodedSegment decode_into(const InArray<uint8_t>& data, const SpecArgs& args,
@@ -505,7 +505,8 @@ NB_MODULE(_core, m) {
         "levels, terminate bin, flush. q holds DQ reconstruction indices or "
         "codebook indices. eco_init_sets (uint8 per eco-list entry) overrides "
         "param_opt. With param_opt the init sets are estimated over the rows "
-        "covering the first eco_max_positions positions (<= 0: all, which "
+        "covering the first eco_max_positions positions (block scans: the "
+        "first eco_max_positions coded positions; <= 0: all, which "
         "reproduces NNCodec's choice on large tensors too). eco_from_levels: "
         "under DQ estimate from the levels k instead of NNCodec's q (about 1% "
         "smaller, no longer NNCodec's bytes). Releases the GIL; "
@@ -517,11 +518,13 @@ NB_MODULE(_core, m) {
         "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0,
         "codebook_zero_offset"_a = 0, "unary_len"_a = 11,
         "eco_init_sets"_a.noconvert() = nb::none(), "eco_max_positions"_a = 65536,
-        "eco_from_levels"_a = false, "scan_order"_a = 0,
+        "eco_from_levels"_a = false, "scan_order"_a = 0, "num_threads"_a = 1,
         "encode_segment() in scan order scan_order (0 raster, 1..4 blocks of "
         "4 << scan_order): returns (segment bytes, entry points), each entry "
         "point (delta_bits, offset, dq_state) as the NDU header codes it. "
-        "Under DQ, q must follow the trellis in that scan order.");
+        "Under DQ, q must follow the trellis in that scan order. A block scan "
+        "of 2**16 values or more codes runs of block rows on up to num_threads "
+        "threads; the bytes do not depend on it.");
 
   m.def("decode_segment", &decode_segment, "data"_a.noconvert(), "height"_a, "width"_a,
         nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a, "hdsp_flag_present"_a,

@@ -77,6 +77,86 @@ std::vector<uint8_t> CabacEncoder::finish() {
   return std::move(out_);
 }
 
+std::vector<uint8_t> CabacEncoder::finish_exact() {
+  // Carry into the pending bytes, as finish() does.
+  const int num_low_bits = 32 - bits_left_;
+  if ((low_ >> num_low_bits) != 0) {
+    out_.push_back(static_cast<uint8_t>(buffered_byte_ + 1));
+    for (; num_buffered_bytes_ > 1; --num_buffered_bytes_) out_.push_back(0x00);
+    low_ &= (1u << num_low_bits) - 1;
+  } else {
+    if (num_buffered_bytes_ > 0) out_.push_back(static_cast<uint8_t>(buffered_byte_));
+    for (; num_buffered_bytes_ > 1; --num_buffered_bytes_) out_.push_back(0xff);
+  }
+  num_buffered_bytes_ = 0;
+
+  // Then all num_low_bits (9..20) bits of low, left-aligned in whole bytes.
+  const int pad_bits = (8 - num_low_bits % 8) % 8;
+  const uint32_t tail = low_ << pad_bits;
+  for (int shift = num_low_bits + pad_bits - 8; shift >= 0; shift -= 8) {
+    out_.push_back(static_cast<uint8_t>((tail >> shift) & 0xff));
+  }
+  return std::move(out_);
+}
+
+uint32_t ExactCodeSum::window(uint64_t bit) const {
+  uint32_t bits = 0;
+  for (uint64_t b = bit; b < bit + 9; ++b) {
+    const size_t byte = size_t(b / 8);
+    const uint32_t value = byte < bytes_.size() ? (bytes_[byte] >> (7 - b % 8)) & 1u : 0u;
+    bits = (bits << 1) | value;
+  }
+  return bits;
+}
+
+void ExactCodeSum::add(const std::vector<uint8_t>& code, uint64_t num_bits,
+                       uint64_t bit) {
+  if (num_bits == 0) return;
+  const size_t first_byte = size_t(bit / 8);
+  const int shift = int(bit % 8);
+  const size_t num_code_bytes = size_t((num_bits + 7) / 8);
+  const size_t num_bytes = size_t((uint64_t(shift) + num_bits + 7) / 8);
+  if (first_byte + num_bytes > bytes_.size() || num_code_bytes > code.size()) {
+    throw std::logic_error("ExactCodeSum::add: a code of " + std::to_string(num_bits) +
+                           " bits at bit " + std::to_string(bit) +
+                           " does not fit the sum");
+  }
+
+  // Byte j of the code shifted right by `shift`, from the last byte up,
+  // added with the carry running towards the start of the segment.
+  uint32_t carry = 0;
+  for (size_t j = num_bytes; j-- > 0;) {
+    const uint32_t high = j < num_code_bytes ? uint32_t(code[j]) >> shift : 0u;
+    const uint32_t low =
+        (shift > 0 && j >= 1 && j - 1 < num_code_bytes) ? (uint32_t(code[j - 1]) << (8 - shift)) & 0xffu : 0u;
+    const uint32_t sum = uint32_t(bytes_[first_byte + j]) + (high | low) + carry;
+    bytes_[first_byte + j] = uint8_t(sum & 0xff);
+    carry = sum >> 8;
+  }
+  for (size_t j = first_byte; carry != 0 && j-- > 0;) {
+    const uint32_t sum = uint32_t(bytes_[j]) + carry;
+    bytes_[j] = uint8_t(sum & 0xff);
+    carry = sum >> 8;
+  }
+  if (carry != 0) {
+    throw std::logic_error("ExactCodeSum::add: carry out of the segment start");
+  }
+}
+
+std::vector<uint8_t> ExactCodeSum::segment(uint64_t num_coded_bits) && {
+  const uint64_t stop_bit = num_coded_bits + 1;
+  const size_t num_bytes = size_t(stop_bit / 8 + 1);
+  if (num_bytes > bytes_.size()) {
+    throw std::logic_error("ExactCodeSum::segment: the sum is shorter than the "
+                           "segment");
+  }
+  bytes_.resize(num_bytes);
+  const int used_bits = int(stop_bit % 8);  // bits of the last byte before the stop bit
+  bytes_.back() = uint8_t((bytes_.back() & (0xff00u >> used_bits)) |
+                          (0x80u >> used_bits));
+  return std::move(bytes_);
+}
+
 void CabacDecoder::check_not_past_end() const {
   if (num_bits_read() > uint64_t(num_bytes_) * 8) {
     throw std::length_error(

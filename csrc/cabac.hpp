@@ -134,6 +134,13 @@ class CabacEncoder {
   // Call once, after encode_terminate(1). Returns the segment.
   std::vector<uint8_t> finish();
 
+  // The exact interval base coded so far, carries resolved, without the stop
+  // bit: bit_position() + 9 bits, most significant first, zero-padded to
+  // whole bytes. Arithmetic coding is linear in the base, so the codes of an
+  // encoder started at range 256 add into a longer stream (ExactCodeSum).
+  // Call once; the encoder is spent afterwards.
+  std::vector<uint8_t> finish_exact();
+
   size_t num_bytes_so_far() const { return out_.size(); }
 
   // Entry points (block scans, nnc-format §3.7). force_range_256() narrows
@@ -166,6 +173,32 @@ class CabacEncoder {
   uint32_t range_ = 510;
   uint32_t buffered_byte_ = 0xff;
   int num_buffered_bytes_ = 0;
+};
+
+// Joins the exact codes (CabacEncoder::finish_exact) of encoders that coded
+// consecutive runs of one segment, each after the first started fresh at
+// range 256 where the previous one stopped: the segment's interval base is
+// the sum of the codes, each shifted to its start. Bit b of the sum stands
+// for the coder's bit position b: code k, started at bit position p_k, adds
+// in at bit p_k.
+class ExactCodeSum {
+ public:
+  explicit ExactCodeSum(uint64_t num_bits) : bytes_(size_t((num_bits + 7) / 8), 0) {}
+
+  // The 9 bits of the sum at [bit, bit + 9): the interval base's low bits
+  // at that bit position, once every code that starts before it is added.
+  uint32_t window(uint64_t bit) const;
+
+  // Add code (num_bits bits, most significant first) at `bit`.
+  void add(const std::vector<uint8_t>& code, uint64_t num_bits, uint64_t bit);
+
+  // The segment: the sum's bits [0, num_coded_bits + 1), the stop bit 1,
+  // zero padding (CabacEncoder::finish()); num_coded_bits is the final
+  // bit position.
+  std::vector<uint8_t> segment(uint64_t num_coded_bits) &&;
+
+ private:
+  std::vector<uint8_t> bytes_;
 };
 
 // Arithmetic decoder. The 9-bit offset register of the spec is kept scaled:

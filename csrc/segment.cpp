@@ -167,27 +167,42 @@ std::vector<uint8_t> rows_to_skip(const int32_t* q, const SegmentSpec& spec) {
 // runs before every block row but the first, and the neighbour resets. With
 // feed_values_as_levels the stored values are binarised unchanged, while the
 // DQ state still follows the true levels (NNCodec's eco estimation under DQ
-// feeds q, §3.4). Stops after the block rows (raster: rows) covering the
-// first `max_positions` positions, skipped rows included.
+// feeds q, §3.4). Stops after the rows covering the first `max_positions`
+// positions, skipped rows included, or with a block scan (whose block rows
+// are large) after `max_positions` coded positions. `rows` limits the walk
+// to some block rows, entered in DQ state rows.start_state.
+struct BlockRowRange {
+  int64_t first = 0;
+  int64_t end = -1;  // -1: to the last block row
+  int start_state = 0;
+};
+
 template <bool kTruncated, class Sink>
 void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
                 const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
-                bool feed_values_as_levels, int64_t max_positions) {
+                bool feed_values_as_levels, int64_t max_positions,
+                const BlockRowRange& rows = {}) {
   const LevelLimits limits = level_limits(spec);
   if (spec.width == 0 || spec.height == 0) return;  // empty: no per-row work
   const ScanGeometry geometry = scan_geometry(spec);
   const int64_t positions_per_block_row = geometry.block_height * spec.width;
+  const int64_t end = rows.end < 0 ? geometry.num_block_rows : rows.end;
   int64_t prev_level = 0;
-  int state = 0;
+  int state = rows.start_state;
   int64_t positions = 0;
-  for (int64_t block_row = 0;
-       block_row < geometry.num_block_rows && positions < max_positions;
+  const int64_t max_coded = geometry.block_scan ? max_positions
+                                                : std::numeric_limits<int64_t>::max();
+  int64_t coded = 0;
+  for (int64_t block_row = rows.first; block_row < end && positions < max_positions &&
+                                       coded < max_coded;
        ++block_row, positions += positions_per_block_row) {
     if (block_row > 0 && geometry.block_scan) {
       sink.block_row_start(state);
       prev_level = 0;
     }
     walk_block_row(spec, geometry, block_row, skip_rows, state, [&](int64_t pos) {
+      if (coded == max_coded) return;
+      ++coded;
       const int64_t level = level_from_value(q[pos], spec, state, pos);
       const int64_t fed = feed_values_as_levels ? int64_t(q[pos]) : level;
       const PositionContexts ctx =
@@ -301,15 +316,127 @@ struct InitSetCostSink {
 template <class Sink>
 void put_levels_any(Sink& sink, const ContextLayout& layout, const int32_t* q,
                     const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
-                    bool feed_values_as_levels,
-                    int64_t max_positions = std::numeric_limits<int64_t>::max()) {
+                    bool feed_values_as_levels, const BlockRowRange& rows = {}) {
+  constexpr int64_t kAll = std::numeric_limits<int64_t>::max();
   if (spec.codebook_size > 0) {
-    put_levels<true>(sink, layout, q, spec, skip_rows, feed_values_as_levels,
-                     max_positions);
+    put_levels<true>(sink, layout, q, spec, skip_rows, feed_values_as_levels, kAll,
+                     rows);
   } else {
-    put_levels<false>(sink, layout, q, spec, skip_rows, feed_values_as_levels,
-                      max_positions);
+    put_levels<false>(sink, layout, q, spec, skip_rows, feed_values_as_levels, kAll,
+                      rows);
   }
+}
+
+// DQ state in which block row `block_row` starts (0 without DQ).
+int dq_state_before(const int32_t* q, const SegmentSpec& spec,
+                    const ScanGeometry& geometry, const std::vector<uint8_t>& skip_rows,
+                    int64_t block_row) {
+  int state = 0;
+  if (!spec.dq) return state;
+  for (int64_t row = 0; row < block_row; ++row) {
+    walk_block_row(spec, geometry, row, skip_rows, state, [&](int64_t pos) {
+      state = kDqNextState[state][level_from_value(q[pos], spec, state, pos) & 1];
+    });
+  }
+  return state;
+}
+
+// Block scans of at least this many positions code their levels in runs of
+// block rows on several threads (encode_segment's num_threads).
+constexpr int64_t kParallelLevelPositions = int64_t(1) << 16;
+
+// The levels of a block scan in `num_runs` runs of block rows, then the
+// terminate bin; returns the finished segment. Run 0 continues `encoder`
+// (which has coded the segment up to the levels, range narrowed to 256);
+// every other run is coded on its own thread by a fresh encoder at range
+// 256, as each block row starts, and the runs' exact codes add up to the
+// stream (ExactCodeSum). raw_entry_points receives every block row's entry
+// point, as the serial encoder records them. The bytes equal the serial
+// encoder's; the error of the first failing run is rethrown.
+std::vector<uint8_t> put_levels_in_runs(CabacEncoder& encoder, EncoderSink& sink,
+                                        const ContextLayout& layout, const int32_t* q,
+                                        const SegmentSpec& spec,
+                                        const std::vector<uint8_t>& skip_rows,
+                                        int num_runs) {
+  const ScanGeometry geometry = scan_geometry(spec);
+  const int64_t num_block_rows = geometry.num_block_rows;
+  std::vector<int64_t> run_start(size_t(num_runs) + 1);
+  for (int r = 0; r <= num_runs; ++r) {
+    run_start[size_t(r)] = num_block_rows * r / num_runs;
+  }
+
+  struct Run {
+    std::vector<uint8_t> code;
+    uint64_t num_bits = 0;
+    std::vector<RawEntryPoint> entry_points;
+    std::exception_ptr error;
+  };
+  std::vector<Run> runs(static_cast<size_t>(num_runs));
+  const int64_t positions_per_block_row = geometry.block_height * spec.width;
+  const auto code_run = [&](int r) {
+    Run& run = runs[size_t(r)];
+    try {
+      const BlockRowRange rows{run_start[size_t(r)], run_start[size_t(r) + 1],
+                               dq_state_before(q, spec, geometry, skip_rows,
+                                               run_start[size_t(r)])};
+      CabacEncoder run_encoder(
+          size_t((rows.end - rows.first) * positions_per_block_row / 2 + 64));
+      run_encoder.force_range_256();
+      std::vector<ContextModel> models = *sink.initial_models;
+      EncoderSink run_sink{run_encoder, models.data(), sink.initial_models,
+                           &run.entry_points};
+      put_levels_any(run_sink, layout, q, spec, skip_rows, false, rows);
+      if (r + 1 == num_runs) run_encoder.encode_terminate(1);
+      run.num_bits = run_encoder.bit_position() + 9;
+      run.code = run_encoder.finish_exact();
+    } catch (...) {
+      run.error = std::current_exception();
+    }
+  };
+
+  std::vector<std::thread> threads;
+  threads.reserve(size_t(num_runs) - 1);
+  try {
+    for (int r = 1; r < num_runs; ++r) threads.emplace_back(code_run, r);
+  } catch (...) {
+    for (auto& thread : threads) thread.join();
+    throw;
+  }
+  std::exception_ptr first_error;
+  try {
+    put_levels_any(sink, layout, q, spec, skip_rows, false,
+                   BlockRowRange{0, run_start[1], 0});
+  } catch (...) {
+    first_error = std::current_exception();
+  }
+  for (auto& thread : threads) thread.join();
+  if (first_error) std::rethrow_exception(first_error);
+  for (const Run& run : runs) {
+    if (run.error) std::rethrow_exception(run.error);
+  }
+
+  // Add the runs' codes; each run's entry points get the interval base's
+  // bits the runs before it left in their window.
+  uint64_t num_coded_bits = encoder.bit_position();
+  for (int r = 1; r < num_runs; ++r) num_coded_bits += runs[size_t(r)].num_bits - 9;
+  ExactCodeSum sum(num_coded_bits + 9);
+  const uint64_t head_bits = encoder.bit_position() + 9;
+  sum.add(encoder.finish_exact(), head_bits, 0);
+  uint64_t run_bit = head_bits - 9;
+  for (int r = 1; r < num_runs; ++r) {
+    const Run& run = runs[size_t(r)];
+    const uint32_t base_window = sum.window(run_bit);
+    for (const RawEntryPoint& local : run.entry_points) {
+      const uint32_t carried =
+          local.bit_position < 9 ? (base_window << local.bit_position) & 511u : 0u;
+      sink.entry_points->push_back({run_bit + local.bit_position,
+                                    (carried + local.low_window) & 511u,
+                                    local.dq_state});
+    }
+    sum.add(run.code, run.num_bits, run_bit);
+    run_bit += run.num_bits - 9;
+  }
+  return std::move(sum).segment(num_coded_bits);
 }
 
 std::vector<uint8_t> skip_rows_for(const int32_t* q, const SegmentSpec& spec) {
@@ -486,7 +613,8 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec)
 }
 
 std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,
-                                    std::vector<EntryPoint>* entry_points_out) {
+                                    std::vector<EntryPoint>* entry_points_out,
+                                    int num_threads) {
   const int64_t num_elements = validate_spec(spec, "encode_segment");
   if (spec.codebook_size > 0) {
     for (int64_t pos = 0; pos < num_elements; ++pos) {
@@ -567,10 +695,16 @@ std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,
     sink.entry_points = &raw_entry_points;
   }
 
-  if (spec.codebook_size != 1) put_levels_any(sink, layout, q, spec, skip_rows, false);
-
-  encoder.encode_terminate(1);
-  std::vector<uint8_t> segment = encoder.finish();
+  const int num_runs = int(std::min<int64_t>(
+      std::max(num_threads, 1), has_entry_points ? geometry.num_block_rows : 1));
+  std::vector<uint8_t> segment;
+  if (num_runs > 1 && num_elements >= kParallelLevelPositions) {
+    segment = put_levels_in_runs(encoder, sink, layout, q, spec, skip_rows, num_runs);
+  } else {
+    if (spec.codebook_size != 1) put_levels_any(sink, layout, q, spec, skip_rows, false);
+    encoder.encode_terminate(1);
+    segment = encoder.finish();
+  }
   if (entry_points_out != nullptr) {
     entry_points_out->clear();
     uint64_t previous = levels_start;

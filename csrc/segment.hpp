@@ -40,7 +40,8 @@ struct SegmentSpec {
   const uint8_t* forced_init_sets = nullptr;
   size_t num_forced_init_sets = 0;
   // encoder: the eco choice estimates bits over the rows covering the first
-  // eco_max_positions positions (<= 0: the whole tensor, as NNCodec does).
+  // eco_max_positions positions (<= 0: the whole tensor, as NNCodec does);
+  // in a block scan over the first eco_max_positions coded positions.
   int64_t eco_max_positions = int64_t(1) << 16;
   // encoder: under DQ, estimate the eco choice from the coded levels k
   // instead of NNCodec's q (its quirk, §3.4). About 1% smaller DQ segments,
@@ -112,10 +113,12 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec)
 // Code q (height*width int32 in raster order) into a complete segment, with
 // the terminate bin and the flush. Throws std::invalid_argument when q does
 // not fit the spec (DQ parity, codebook range).
-// With a block scan, entry_points_out (if given) receives the entry points.
+// With a block scan, entry_points_out (if given) receives the entry points,
+// and the levels of large tensors are coded in runs of block rows on up to
+// num_threads threads (the same bytes on any number).
 std::vector<uint8_t> encode_segment(
     const int32_t* q, const SegmentSpec& spec,
-    std::vector<EntryPoint>* entry_points_out = nullptr);
+    std::vector<EntryPoint>* entry_points_out = nullptr, int num_threads = 1);
 
 struct DecodedSegment {
   int qp = 0;                 // decoded qp offset (0 without has_qp)

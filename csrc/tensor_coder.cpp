@@ -143,7 +143,8 @@ void encode_tensor(TensorJob& job) {
   } else {
     quantize_in_block_scan(job, geometry);
   }
-  job.segment = encode_segment(job.q_out, job.spec, &job.entry_points);
+  job.segment =
+      encode_segment(job.q_out, job.spec, &job.entry_points, job.num_threads);
 }
 
 namespace {

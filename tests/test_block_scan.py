@@ -177,6 +177,73 @@ def test_large_rate_aware_block_scan_in_two_runs_is_one_path(shape, scan_order):
     assert len(result.bitstream) < len(min_mse.bitstream)
 
 
+@pytest.mark.parametrize(
+    "shape,scan_order,dq,zero_rows,tca,codebook_size",
+    [
+        ((300, 300), 2, True, (), False, 0),  # 19 block rows, 90,000 values
+        ((256, 256), 4, False, (3, 70), False, 0),  # 4 block rows, skipped rows
+        ((1000, 66), 1, False, (0, 1, 999), True, 0),  # width % 4 != 0, TCA
+        ((513, 130), 3, False, (5,), False, 9),  # codebook levels
+        ((130, 1024), 4, False, (), False, 0),  # 3 block rows, the last short
+    ],
+)
+def test_levels_coded_in_runs_give_the_serial_bytes(shape, scan_order, dq, zero_rows,
+                                                    tca, codebook_size):
+    # From 2**16 values a block scan's levels are coded in runs of block rows
+    # on several threads, fresh encoders at range 256 whose exact codes add
+    # up to the stream: bytes and entry points must equal the serial coder's
+    # (which reproduces NNCodec's, test_reencoding_nncodec_levels_...).
+    height, width = shape
+    rng = np.random.default_rng(height + width)
+    if codebook_size:
+        q = rng.integers(0, codebook_size, height * width).astype(np.int32)
+        q[q == 4] = 2  # skewed towards the zero offset 2
+    else:
+        q = np.round(rng.laplace(0.0, 3.0, height * width)).astype(np.int32)
+    if dq:
+        x = gaussian(shape, seed=height, std=0.02)
+        x[list(zero_rows), :] = 0.0
+        result = nnc.encode_with_reconstruction({"w": x}, qp=-32,
+                                                scan_order=scan_order)
+        q = result.reconstruction["w"] / _core.step_size(-32, 2)
+        q = np.round(q).astype(np.int32).reshape(-1)
+    q.reshape(shape)[list(zero_rows), :] = 2 if codebook_size else 0
+    base = rng.integers(-3, 4, height * width).astype(np.int32) if tca else None
+    options = dict(qp=-32, qp_density=2, dq=dq, hdsp_flag_present=tca,
+                   row_skipping=True, param_opt=True, tca_base=base,
+                   codebook_size=codebook_size,
+                   codebook_zero_offset=2 if codebook_size else 0,
+                   scan_order=scan_order)
+    serial = _core.encode_segment_scan(q, height, width, num_threads=1, **options)
+    for num_threads in (2, 3, 7):
+        assert _core.encode_segment_scan(q, height, width, num_threads=num_threads,
+                                         **options) == serial, num_threads
+
+    segment, entry_points = serial
+    decoded = _core.decode_segment(
+        np.frombuffer(segment, np.uint8), height, width, has_qp=True, qp_density=2,
+        dq=dq, hdsp_flag_present=tca, tca_base=base, codebook_size=codebook_size,
+        codebook_zero_offset=2 if codebook_size else 0, scan_order=scan_order,
+        entry_points=entry_points, num_threads=2)
+    np.testing.assert_array_equal(decoded[0], q)
+
+
+def test_a_bad_dq_index_is_named_the_same_from_any_run():
+    x = gaussian((300, 300), seed=3)
+    result = nnc.encode_with_reconstruction({"w": x}, qp=-32, scan_order=2)
+    q = np.round(result.reconstruction["w"] / _core.step_size(-32, 2))
+    q = q.astype(np.int32).reshape(-1)
+    q[250 * 300 + 7] += 1  # wrong parity in the last run's block rows
+    options = dict(qp=-32, qp_density=2, dq=True, hdsp_flag_present=False,
+                   row_skipping=True, param_opt=False, scan_order=2)
+    messages = set()
+    for num_threads in (1, 2, 4):
+        with pytest.raises(ValueError, match="is not admissible in DQ state") as error:
+            _core.encode_segment_scan(q, 300, 300, num_threads=num_threads, **options)
+        messages.add(str(error.value))
+    assert len(messages) == 1, messages
+
+
 def test_a_one_row_matrix_falls_back_to_raster():
     x = gaussian((1, 500))
     stream = nnc.encode({"w": x}, scan_order=3)

@@ -372,6 +372,32 @@ def test_nncodec_decodes_our_block_scan_stream(seed):
                         f"seed {seed} {options}")
 
 
+@pytest.mark.parametrize(
+    "shape,scan_order,use_dq,lambda_scale",
+    [((600, 500), 4, True, 0.5), ((520, 512), 1, True, 0.5), ((300, 300), 2, False, 0.5),
+     ((700, 400), 3, True, 0.0)],
+)
+def test_nncodec_decodes_our_large_block_scan(shape, scan_order, use_dq,
+                                              lambda_scale):
+    # Large enough for the parallel paths: levels coded in runs of block rows
+    # (2**16 values and more) whose codes are added up, and from 2**18 values
+    # the rate-aware DQ trellis in two runs of block rows.
+    rng = np.random.default_rng(shape[0] + scan_order)
+    weight = rng.normal(0.0, 0.02, shape).astype(np.float32)
+    weight[rng.random(shape[0]) < 0.2] = 0.0  # skipped rows in several runs
+    params = {"weight": weight}
+    options = {"qp": -34, "use_dq": use_dq, "lambda_scale": lambda_scale,
+               "scan_order": scan_order}
+    result = nnc.encode_with_reconstruction(params, num_threads=2, **options)
+    assert nnc.encode(params, num_threads=1, **options) == result.bitstream
+    header = hls.parse_stream(result.bitstream).ndus[0].header
+    assert len(header.entry_points) >= 4
+
+    reference = nncodec_decode(result.bitstream)
+    assert_same_tensors(reference, result.reconstruction, ["weight"],
+                        f"{shape} {options}")
+
+
 @pytest.mark.parametrize("seed", range(24))
 def test_we_decode_nncodec_block_scan_stream(seed):
     rng = np.random.default_rng(4000 + seed)
