@@ -302,6 +302,34 @@ void quantize_uniform_rdo(const float* x, size_t n, float inverse_step,
   }
 }
 
+// lambda times the bits of a RateSnapshot, for the trellis' branch costs.
+struct ScaledRates {
+  double sig[8][3][2];
+  double sign[3][2];
+  double magnitude[2][RateSnapshot::kTabulatedMagnitudes + 1];
+
+  void refresh(const RateSnapshot& rates, double lambda_per_bit_unit) {
+    for (int s = 0; s < 8; ++s) {
+      for (int neighbour = 0; neighbour < 3; ++neighbour) {
+        for (int significant = 0; significant < 2; ++significant) {
+          sig[s][neighbour][significant] =
+              lambda_per_bit_unit * double(rates.sig(s, neighbour, significant));
+        }
+      }
+    }
+    for (int neighbour = 0; neighbour < 3; ++neighbour) {
+      sign[neighbour][0] = lambda_per_bit_unit * double(rates.sign(neighbour, false));
+      sign[neighbour][1] = lambda_per_bit_unit * double(rates.sign(neighbour, true));
+    }
+    for (int negative = 0; negative < 2; ++negative) {
+      for (int a = 0; a <= RateSnapshot::kTabulatedMagnitudes; ++a) {
+        magnitude[negative][a] =
+            lambda_per_bit_unit * double(rates.magnitude(uint64_t(a), negative != 0));
+      }
+    }
+  }
+};
+
 // Rate-aware DQ trellis: branch cost = (t - q)^2 + lambda * bits, where the
 // bits come from one shared rate model with the significance context of the
 // branch's own state and survivor neighbour. Every kCommitBlock positions
@@ -323,6 +351,8 @@ void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
   LevelRateModel model;
   RateSnapshot rates;
   rates.refresh(model);
+  ScaledRates scaled;
+  scaled.refresh(rates, lambda_per_bit_unit);
   size_t committed = 0;
   long long committed_prev_level = 0;
   std::vector<int64_t> path_levels;
@@ -332,10 +362,10 @@ void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
   for (size_t i = 0; i < n; ++i) {
     dq_candidates(double(inverse_step) * double(x[i]), cand);
 
-    // State-independent parts of the candidates' rates: per neighbour class
-    // the sign and magnitude bits (0 for level 0), and the neighbour class
-    // each level leaves behind.
-    uint32_t level_bits[2][3][3];  // [quantizer][neighbour][candidate]
+    // State-independent parts of the candidates' costs: per neighbour class
+    // the squared error plus lambda times the sign and magnitude bits (none
+    // for level 0), and the neighbour class each level leaves behind.
+    double level_cost[2][3][3];  // [quantizer][neighbour][candidate]
     uint8_t nonzero[2][3];
     uint8_t level_class[2][3];
 #pragma GCC unroll 2
@@ -346,33 +376,36 @@ void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
         const bool negative = k < 0;
         nonzero[quantizer][j] = k != 0;
         level_class[quantizer][j] = uint8_t(neighbour_class(k));
-        const uint32_t nonzero_mask = 0u - uint32_t(k != 0);
-        const uint32_t magnitude_bits =
-            rates.magnitude(uint64_t(negative ? -k : k), negative);
+        const uint64_t magnitude = uint64_t(negative ? -k : k);
+        const double magnitude_cost =
+            magnitude <= uint64_t(RateSnapshot::kTabulatedMagnitudes)
+                ? scaled.magnitude[negative][magnitude]
+                : lambda_per_bit_unit * double(rates.magnitude(magnitude, negative));
+        const double error = cand.error[quantizer][j];
 #pragma GCC unroll 3
         for (int neighbour = 0; neighbour < 3; ++neighbour) {
-          level_bits[quantizer][neighbour][j] =
-              (magnitude_bits + rates.sign(neighbour, negative)) & nonzero_mask;
+          level_cost[quantizer][neighbour][j] =
+              k != 0 ? error + magnitude_cost + scaled.sign[neighbour][negative]
+                     : error;
         }
       }
     }
 
-    // Cheapest candidate per (state, level parity): distortion plus rate with
-    // the state's own significance context and survivor neighbour; ties keep
-    // the earlier candidate.
+    // Cheapest candidate per (state, level parity): add the significance
+    // bin's cost with the state's own context and survivor neighbour; ties
+    // keep the earlier candidate.
     double edge_cost[8][2];
     uint8_t edge_index[8][2];
 #pragma GCC unroll 8
     for (int s = 0; s < 8; ++s) {
       const int quantizer = s & 1;
       const int neighbour = prev_class[s];
-      const uint32_t* sig_bits = rates.sig_pair(s, neighbour);
-      const uint32_t* state_level_bits = level_bits[quantizer][neighbour];
+      const double* sig_cost = scaled.sig[s][neighbour];
+      const double* state_level_cost = level_cost[quantizer][neighbour];
       double value[3];
 #pragma GCC unroll 3
       for (int j = 0; j < 3; ++j) {
-        const uint32_t bits = sig_bits[nonzero[quantizer][j]] + state_level_bits[j];
-        value[j] = cand.error[quantizer][j] + lambda_per_bit_unit * double(bits);
+        value[j] = state_level_cost[j] + sig_cost[nonzero[quantizer][j]];
       }
 #pragma GCC unroll 2
       for (int parity = 0; parity < 2; ++parity) {
@@ -437,6 +470,7 @@ void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
         committed_prev_level = k;
       }
       rates.refresh(model);
+      scaled.refresh(rates, lambda_per_bit_unit);
       committed = end;
     }
   }
