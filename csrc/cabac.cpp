@@ -103,7 +103,8 @@ uint32_t ExactCodeSum::window(uint64_t bit) const {
   uint32_t bits = 0;
   for (uint64_t b = bit; b < bit + 9; ++b) {
     const size_t byte = size_t(b / 8);
-    const uint32_t value = byte < bytes_.size() ? (bytes_[byte] >> (7 - b % 8)) & 1u : 0u;
+    const uint32_t value =
+        byte < bytes_.size() ? (bytes_[byte] >> (7 - b % 8)) & 1u : 0u;
     bits = (bits << 1) | value;
   }
   return bits;
@@ -127,8 +128,8 @@ void ExactCodeSum::add(const std::vector<uint8_t>& code, uint64_t num_bits,
   uint32_t carry = 0;
   for (size_t j = num_bytes; j-- > 0;) {
     const uint32_t high = j < num_code_bytes ? uint32_t(code[j]) >> shift : 0u;
-    const uint32_t low =
-        (shift > 0 && j >= 1 && j - 1 < num_code_bytes) ? (uint32_t(code[j - 1]) << (8 - shift)) & 0xffu : 0u;
+    const bool spill = shift > 0 && j >= 1 && j - 1 < num_code_bytes;
+    const uint32_t low = spill ? (uint32_t(code[j - 1]) << (8 - shift)) & 0xffu : 0u;
     const uint32_t sum = uint32_t(bytes_[first_byte + j]) + (high | low) + carry;
     bytes_[first_byte + j] = uint8_t(sum & 0xff);
     carry = sum >> 8;

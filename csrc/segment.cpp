@@ -701,7 +701,9 @@ std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,
   if (num_runs > 1 && num_elements >= kParallelLevelPositions) {
     segment = put_levels_in_runs(encoder, sink, layout, q, spec, skip_rows, num_runs);
   } else {
-    if (spec.codebook_size != 1) put_levels_any(sink, layout, q, spec, skip_rows, false);
+    if (spec.codebook_size != 1) {
+      put_levels_any(sink, layout, q, spec, skip_rows, false);
+    }
     encoder.encode_terminate(1);
     segment = encoder.finish();
   }

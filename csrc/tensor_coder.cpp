@@ -35,10 +35,11 @@ DqPathEnds quantize_block_rows(const TensorJob& job, const ScanGeometry& geometr
     walk_block_row(spec, geometry, block_row, no_skipped_rows, unused_state,
                    [&](int64_t pos) { x_scan[count++] = job.x[pos]; });
     if (spec.dq) {
+      const int row_end_state = block_row + 1 == end ? end_state : -1;
       const DqPathEnds row =
           quantize_dq_run(x_scan.data(), count, spec.qp, spec.qp_density,
-                          job.lambda_scale, state, block_row + 1 == end ? end_state : -1,
-                          num_threads, q_scan.data());
+                          job.lambda_scale, state, row_end_state, num_threads,
+                          q_scan.data());
       if (block_row == first) path.start_state = row.start_state;
       state = row.end_state;
     } else {

@@ -17,20 +17,23 @@ struct TensorJob {
   int32_t* q_out = nullptr;  // height*width reconstruction indices (output)
   SegmentSpec spec;          // has_qp must be true; codebook_size must be 0
   double lambda_scale = 0.0;
-  int num_threads = 1;  // for the halves of a large rate-aware trellis
+  int num_threads = 1;  // for the runs of a large trellis or block scan
   std::vector<uint8_t> segment;  // output
   std::vector<EntryPoint> entry_points;  // output (block scan)
 };
 
 // Quantise job.x with job.spec.qp into job.q_out and code the segment.
 // With a block scan each block row is quantised in scan order, its DQ
-// trellis starting in the state the previous block row ended in.
-// Throws like quantize() and encode_segment().
+// trellis starting in the state the previous block row ended in (a large
+// rate-aware tensor: two runs of block rows, joined in one admissible path);
+// job.num_threads > 1 runs the trellis halves or runs, and the level runs of
+// a block scan, in parallel, with the same output. Throws like quantize()
+// and encode_segment().
 void encode_tensor(TensorJob& job);
 
 // Run encode_tensor on every job, num_threads workers at once (0: one per
 // hardware thread, at most one per job); threads left over when there are
-// fewer jobs than threads search large rate-aware trellises in halves. If
+// fewer jobs than threads go to the parallel parts of encode_tensor. If
 // jobs fail, throws the error of the first failing job, prefixed with its
 // index; std::invalid_argument and std::length_error keep their type.
 void encode_tensors(std::vector<TensorJob>& jobs, int num_threads);

@@ -374,8 +374,12 @@ def test_nncodec_decodes_our_block_scan_stream(seed):
 
 @pytest.mark.parametrize(
     "shape,scan_order,use_dq,lambda_scale",
-    [((600, 500), 4, True, 0.5), ((520, 512), 1, True, 0.5), ((300, 300), 2, False, 0.5),
-     ((700, 400), 3, True, 0.0)],
+    [
+        ((600, 500), 4, True, 0.5),
+        ((520, 512), 1, True, 0.5),
+        ((300, 300), 2, False, 0.5),
+        ((700, 400), 3, True, 0.0),
+    ],
 )
 def test_nncodec_decodes_our_large_block_scan(shape, scan_order, use_dq,
                                               lambda_scale):
