@@ -6,9 +6,11 @@
 
 Parameter files are ``.pt``/``.pth`` (a torch state dict, read with
 ``weights_only=True``), ``.npz`` (read without pickle) or ``.safetensors``.
-User errors (missing or corrupt files, bad options, an existing output) print
-one line to stderr and exit with status 1; nothing is overwritten without
-``--force``.
+User errors (missing or corrupt files, option values the codec refuses, an
+existing output) print one line to stderr and exit with status 1; nothing is
+overwritten without ``--force``. A command line argparse cannot parse (an
+unknown option, ``--qp x``) prints the usage and exits with status 2, as
+argparse does.
 """
 
 from __future__ import annotations

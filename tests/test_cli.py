@@ -260,6 +260,25 @@ def test_user_errors_exit_1_with_one_line_and_no_traceback(tmp_path):
     assert not any(tmp_path.glob("?.nnc")) and not (tmp_path / "d.npz").exists()
 
 
+def test_unparsable_command_line_is_argparse_usage_exit_2(tmp_path):
+    """A value argparse cannot parse exits 2 with the usage; a value the codec
+    refuses is a user error (exit 1, one line)."""
+    source = tmp_path / "weights.npz"
+    model_io.save_parameters(source, small_model())
+    unparsable = _run_cli("encode", str(source), str(tmp_path / "a.nnc"),
+                          "--scan-order", "x")
+    assert unparsable.returncode == 2, unparsable.stderr
+    assert "usage: flwr-nncodec encode" in unparsable.stderr
+    assert "argument --scan-order: invalid int value: 'x'" in unparsable.stderr
+
+    refused = _run_cli("encode", str(source), str(tmp_path / "b.nnc"),
+                       "--scan-order", "5")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert "scan_order = 5 is outside the range 0..4" in refused.stderr
+    assert not (tmp_path / "a.nnc").exists() and not (tmp_path / "b.nnc").exists()
+
+
 def test_truncated_stream_is_reported(tmp_path, capsys):
     """Every proper prefix of a stream fails cleanly on decode."""
     stream_path = tmp_path / "model.nnc"
@@ -365,7 +384,10 @@ def test_cli_decode_to_npz_keeps_savez_keyword_names(tmp_path):
     stream = tmp_path / "m.nnc"
     stream.write_bytes(
         flwr_nncodec.encode(
-            {"allow_pickle": np.zeros(3, np.float32), "file": np.array([5, -2], np.int32)}
+            {
+                "allow_pickle": np.zeros(3, np.float32),
+                "file": np.array([5, -2], np.int32),
+            }
         )
     )
     out = tmp_path / "m.npz"
