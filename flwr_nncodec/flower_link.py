@@ -420,6 +420,7 @@ def encode_update(
         base=base,
         update_base=base is not None,
         device_id=device_id,
+        scan_order=options.scan_order,
     )
     reconstruction = _complete(
         _from_wire(result.reconstruction, manifest), manifest, "encoder"

@@ -13,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from flwr_nncodec.hls import MAX_SCAN_ORDER
+
 # Prefix of every key the plugin adds to a message's ConfigRecord.
 CONFIG_PREFIX = "nnc."
 
@@ -60,6 +62,11 @@ class NNCOptions:
     compress_differences : bool (default: True)
         Code differences to the reference each end holds; False codes each
         model on its own (with ``qp``), without TCA or error feedback.
+    scan_order : int (default: 0)
+        0: NNCodec's raster scan. 1..4: float matrices in blocks of
+        4 << scan_order with CABAC entry points, so that one large tensor is
+        coded and decoded on several cores; it costs bytes (README, "Options").
+        Worth it for models with tensors of millions of parameters.
     """
 
     qp: int = -26
@@ -76,6 +83,7 @@ class NNCOptions:
     compress_upstream: bool = True
     compress_downstream: bool = True
     compress_differences: bool = True
+    scan_order: int = 0
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -102,6 +110,11 @@ class NNCOptions:
             raise ValueError(
                 "NNCOptions.struct_spars_factor must lie in [0, 1], "
                 f"got {self.struct_spars_factor}"
+            )
+        if not 0 <= self.scan_order <= MAX_SCAN_ORDER:
+            raise ValueError(
+                f"NNCOptions.scan_order must lie in [0, {MAX_SCAN_ORDER}], "
+                f"got {self.scan_order}"
             )
 
     @property
@@ -163,6 +176,7 @@ _FIELD_TYPES: dict[str, type] = {
     "compress_upstream": bool,
     "compress_downstream": bool,
     "compress_differences": bool,
+    "scan_order": int,
 }
 
 

@@ -98,9 +98,10 @@ class NNCStrategy(Strategy):
         Codec options; the keyword arguments below override single fields.
     **options
         ``qp``, ``diff_qp``, ``nonweight_qp``, ``use_dq``, ``param_opt``,
-        ``lambda_scale``, ``row_skipping``, ``sparsity``, ``struct_spars_factor``, ``tca``,
-        ``err_accumulation``, ``compress_upstream``, ``compress_downstream``,
-        ``compress_differences`` (see NNCOptions).
+        ``lambda_scale``, ``row_skipping``, ``sparsity``,
+        ``struct_spars_factor``, ``tca``, ``err_accumulation``,
+        ``compress_upstream``, ``compress_downstream``,
+        ``compress_differences``, ``scan_order`` (see NNCOptions).
     """
 
     def __init__(

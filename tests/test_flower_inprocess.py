@@ -351,8 +351,8 @@ def test_codec_options_travel_with_the_manifest_and_after_a_change():
 
     history = strategy.codec.history()["rounds"]
     options_bytes = config_bytes(strategy.codec.options.to_config())
-    # 14 keys "nnc.<name>" (218 B), 3 ints and 3 floats (8 B each), 8 bools
-    assert options_bytes == 218 + 6 * 8 + 8
+    # 15 keys "nnc.<name>" (232 B), 4 ints and 3 floats (8 B each), 8 bools
+    assert options_bytes == 232 + 7 * 8 + 8
     assert history[1]["config_bytes_down"] - history[2]["config_bytes_down"] == (
         2 * options_bytes
     )
@@ -541,8 +541,10 @@ def test_mod_passes_through_plain_messages():
         dict(compress_differences=False),
         dict(tca=False, err_accumulation=False),
         dict(use_dq=True),
+        dict(scan_order=1),
     ],
-    ids=["plain-downlink", "plain-uplink", "whole-models", "no-tca", "dq"],
+    ids=["plain-downlink", "plain-uplink", "whole-models", "no-tca", "dq",
+         "block-scan"],
 )
 def test_option_variants_match_fedavg_near_lossless(options):
     """Every link variant stays in sync: near-lossless it reproduces FedAvg."""
@@ -568,6 +570,15 @@ def test_option_variants_match_fedavg_near_lossless(options):
         assert history["totals"]["bytes_up"] > 3 * 3 * num_params * 4
     if options.get("compress_downstream") is False:
         assert history["rounds"][1]["bytes_down"] > 6 * num_params * 4
+    if options.get("scan_order"):
+        # Both links coded block scans: the same run in raster order moves
+        # other byte counts (entry points, context restarts) up and down.
+        raster = NNCFedAvg(min_available_nodes=3, **NEAR_LOSSLESS)
+        _run(raster, LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3),
+             num_rounds=3)
+        raster_totals = raster.codec.history()["totals"]
+        assert history["totals"]["bytes_up"] != raster_totals["bytes_up"]
+        assert history["totals"]["bytes_down"] != raster_totals["bytes_down"]
 
 
 def test_integer_buffers_travel_losslessly():

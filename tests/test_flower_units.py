@@ -12,6 +12,7 @@ from flwr_nncodec.strategies.traffic import RoundTraffic, config_bytes
 
 import flwr_nncodec as nnc
 from flwr_nncodec import flower_link as link
+from flwr_nncodec import hls
 from flwr_nncodec.flower_options import NNCOptions
 
 
@@ -42,6 +43,8 @@ def test_options_round_trip_through_config():
         ({"use_dq": 1}, r"use_dq must be bool, got 1"),
         ({"diff_qp": True}, r"diff_qp must be int, got True"),
         ({"lambda_scale": -0.1}, r"lambda_scale must be >= 0 and finite, got -0.1"),
+        ({"scan_order": 5}, r"scan_order must lie in \[0, 4\], got 5"),
+        ({"scan_order": 1.0}, r"scan_order must be int, got 1.0"),
     ],
     ids=[
         "qp-below-8-bit",
@@ -50,6 +53,8 @@ def test_options_round_trip_through_config():
         "int-as-bool",
         "bool-as-int",
         "negative-lambda",
+        "scan-order-5",
+        "scan-order-float",
     ],
 )
 def test_options_reject_bad_values_naming_them(overrides, message):
@@ -75,6 +80,31 @@ def test_lambda_scale_reaches_the_encoder():
         assert bitstream == expected
     round_trip = NNCOptions.from_config(NNCOptions(lambda_scale=0.0).to_config())
     assert round_trip.lambda_scale == 0.0
+
+
+def test_scan_order_reaches_the_encoder_and_decodes_through_the_link():
+    """scan_order codes float matrices in block scans on both links; the
+    receiving end needs no option (the NDU header says)."""
+    rng = np.random.default_rng(6)
+    update = {"w": rng.normal(0.0, 0.01, (80, 40)).astype(np.float32),
+              "b": rng.normal(0.0, 0.01, 40).astype(np.float32)}
+    manifest = link.manifest_of(update)
+    options = NNCOptions(compress_differences=False, qp=-30, sparsity=0.0,
+                         struct_spars_factor=0.0, scan_order=2)
+    assert NNCOptions.from_config(options.to_config()) == options
+
+    bitstream, reconstruction, _ = link.encode_update(
+        update, manifest, options, base=None, device_id=0, sparsify=False
+    )
+    expected = nnc.encode({"0": update["w"], "1": update["b"]}, qp=-30,
+                          nonweight_qp=-75, use_dq=False, scan_order=2)
+    assert bitstream == expected
+    headers = [unit.header for unit in hls.parse_stream(bitstream).ndus]
+    assert [h.scan_order for h in headers] == [2, 0]  # 1-D stays raster
+    assert len(headers[0].entry_points) == 80 // 16 - 1
+    decoded = link.decode_update(bitstream, manifest, base=None)
+    for name in update:
+        np.testing.assert_array_equal(decoded[name], reconstruction[name])
 
 
 def test_streams_name_tensors_by_manifest_position():
