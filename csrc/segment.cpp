@@ -268,13 +268,13 @@ struct InitSetCostSink {
     for (auto& context : contexts) context = initial;
   }
 
-  template <int e>
-  static inline void step(ContextEstimators& c, int value) {
+  template <int e, int kValue>
+  static inline void step(ContextEstimators& c) {
     const int16_t* curve = kAdaptationCurve;
     const int fast = c.fast[e];
     const int slow = c.slow[e];
-    c.costs[e] += kBinCostTable[(512 + ((slow + 16 * fast) >> 3)) * 2 + value];
-    if (value) {
+    c.costs[e] += kBinCostTable[(512 + ((slow + 16 * fast) >> 3)) * 2 + kValue];
+    if (kValue) {
       c.fast[e] = int16_t(fast + (curve[16 + (fast >> 3)] >> kFastShift[e]));
       c.slow[e] = int16_t(slow + (curve[16 + (slow >> 7)] >> kSlowShift[e]));
     } else {
@@ -283,17 +283,27 @@ struct InitSetCostSink {
     }
   }
 
+  template <int kValue>
+  static inline void steps(ContextEstimators& c) {
+    step<0, kValue>(c);
+    step<1, kValue>(c);
+    step<2, kValue>(c);
+    step<3, kValue>(c);
+    step<4, kValue>(c);
+    step<5, kValue>(c);
+    step<6, kValue>(c);
+    step<7, kValue>(c);
+    step<8, kValue>(c);
+  }
+
+  // One branch on the bin for all nine estimators.
   void bin(int ctx, int value) {
     ContextEstimators& c = contexts[size_t(ctx)];
-    step<0>(c, value);
-    step<1>(c, value);
-    step<2>(c, value);
-    step<3>(c, value);
-    step<4>(c, value);
-    step<5>(c, value);
-    step<6>(c, value);
-    step<7>(c, value);
-    step<8>(c, value);
+    if (value) {
+      steps<1>(c);
+    } else {
+      steps<0>(c);
+    }
   }
 
   void bypass_bins(uint32_t, int) {}
