@@ -360,7 +360,7 @@ constexpr int64_t kParallelLevelPositions = int64_t(1) << 16;
 // (which has coded the segment up to the levels, range narrowed to 256);
 // every other run is coded on its own thread by a fresh encoder at range
 // 256, as each block row starts, and the runs' exact codes add up to the
-// stream (ExactCodeSum). raw_entry_points receives every block row's entry
+// stream (ExactCodeSum). sink.entry_points receives every block row's entry
 // point, as the serial encoder records them. The bytes equal the serial
 // encoder's; the error of the first failing run is rethrown.
 std::vector<uint8_t> put_levels_in_runs(CabacEncoder& encoder, EncoderSink& sink,
@@ -430,9 +430,9 @@ std::vector<uint8_t> put_levels_in_runs(CabacEncoder& encoder, EncoderSink& sink
   uint64_t num_coded_bits = encoder.bit_position();
   for (int r = 1; r < num_runs; ++r) num_coded_bits += runs[size_t(r)].num_bits - 9;
   ExactCodeSum sum(num_coded_bits + 9);
-  const uint64_t head_bits = encoder.bit_position() + 9;
-  sum.add(encoder.finish_exact(), head_bits, 0);
-  uint64_t run_bit = head_bits - 9;
+  const uint64_t run_0_bits = encoder.bit_position() + 9;  // the head and run 0
+  sum.add(encoder.finish_exact(), run_0_bits, 0);
+  uint64_t run_bit = run_0_bits - 9;
   for (int r = 1; r < num_runs; ++r) {
     const Run& run = runs[size_t(r)];
     const uint32_t base_window = sum.window(run_bit);
