@@ -99,12 +99,12 @@ std::vector<uint8_t> CabacEncoder::finish_exact() {
   return std::move(out_);
 }
 
-uint32_t ExactCodeSum::window(uint64_t bit) const {
+uint32_t window_bits(const std::vector<uint8_t>& bytes, uint64_t bit) {
   uint32_t bits = 0;
   for (uint64_t b = bit; b < bit + 9; ++b) {
     const size_t byte = size_t(b / 8);
     const uint32_t value =
-        byte < bytes_.size() ? (bytes_[byte] >> (7 - b % 8)) & 1u : 0u;
+        byte < bytes.size() ? (bytes[byte] >> (7 - b % 8)) & 1u : 0u;
     bits = (bits << 1) | value;
   }
   return bits;

@@ -175,6 +175,10 @@ class CabacEncoder {
   int num_buffered_bytes_ = 0;
 };
 
+// The 9 bits of `bytes` at [bit, bit + 9), most significant first, as the
+// decoder's offset window sees them; bits past the end read as 0.
+uint32_t window_bits(const std::vector<uint8_t>& bytes, uint64_t bit);
+
 // Joins the exact codes (CabacEncoder::finish_exact) of encoders that coded
 // consecutive runs of one segment, each after the first started fresh at
 // range 256 where the previous one stopped: the segment's interval base is
@@ -187,7 +191,7 @@ class ExactCodeSum {
 
   // The 9 bits of the sum at [bit, bit + 9): the interval base's low bits
   // at that bit position, once every code that starts before it is added.
-  uint32_t window(uint64_t bit) const;
+  uint32_t window(uint64_t bit) const { return window_bits(bytes_, bit); }
 
   // Add code (num_bits bits, most significant first) at `bit`.
   void add(const std::vector<uint8_t>& code, uint64_t num_bits, uint64_t bit);

@@ -3,14 +3,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <exception>
 #include <limits>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "nnc_tables.hpp"
+#include "parallel.hpp"
 #include "rate_model.hpp"
 
 namespace nnc {
@@ -158,6 +157,16 @@ class TrellisBackPointers {
   std::vector<uint8_t> bytes_;
 };
 
+// Path costs before the first value: 0 in start_state (in every state when
+// it is -1), infinite elsewhere.
+void start_costs(int start_state, double* cost) {
+  for (int s = 0; s < 8; ++s) {
+    cost[s] = start_state < 0 || s == start_state
+                  ? 0.0
+                  : std::numeric_limits<double>::infinity();
+  }
+}
+
 // The cheapest of the 8 final states (ties to the lowest).
 int cheapest_state(const double* cost) {
   int state = 0;
@@ -206,12 +215,9 @@ DqPathEnds backtrack_trellis(const float* x, size_t n, float inverse_step,
 // start_state -1: any start state at no cost.
 DqPathEnds quantize_dependent(const float* x, size_t n, float inverse_step,
                               int start_state, int end_state, int32_t* q_out) {
-  constexpr double kInf = std::numeric_limits<double>::infinity();
   TrellisBackPointers back(n);
   double cost[8];
-  for (int s = 0; s < 8; ++s) {
-    cost[s] = start_state < 0 || s == start_state ? 0.0 : kInf;
-  }
+  start_costs(start_state, cost);
 
   DqCandidates cand;
   for (size_t i = 0; i < n; ++i) {
@@ -338,15 +344,12 @@ struct ScaledRates {
 void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
                            double lambda_per_bit_unit, int start_state,
                            TrellisBackPointers& back, double* cost) {
-  constexpr double kInf = std::numeric_limits<double>::infinity();
   constexpr size_t kCommitBlock = 256;
   constexpr size_t kCommitLag = 32;
   // Neighbour class (0 zero, 1 negative, 2 positive) of each survivor's
   // last level: all the rates need of it.
   uint8_t prev_class[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int s = 0; s < 8; ++s) {
-    cost[s] = start_state < 0 || s == start_state ? 0.0 : kInf;
-  }
+  start_costs(start_state, cost);
 
   LevelRateModel model;
   RateSnapshot rates;
@@ -476,18 +479,17 @@ void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
   }
 }
 
-// Rate-aware DQ over x[0..n) from start_state. From kSplitPositions values
+// Rate-aware DQ over x[0..n) from start_state. From kDqSplitPositions values
 // on, the trellis is cut in two halves searched on two threads (when
 // allowed): the second starts in any state at no cost, and the first is
 // traced back from the state the second's best path starts in. The levels
 // stay one admissible path and do not depend on the thread count.
-constexpr size_t kSplitPositions = size_t(1) << 18;
 
 DqPathEnds quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
                                   double lambda_per_bit_unit, int start_state,
                                   int end_state, int num_threads, int32_t* q_out) {
   double cost[8];
-  if (n < kSplitPositions) {
+  if (n < kDqSplitPositions) {
     TrellisBackPointers back(n);
     forward_dependent_rdo(x, n, inverse_step, lambda_per_bit_unit, start_state, back,
                           cost);
@@ -498,31 +500,15 @@ DqPathEnds quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
   TrellisBackPointers first_back(half);
   TrellisBackPointers second_back(n - half);
   double second_cost[8];
-  std::exception_ptr second_error;
-  const auto search_second = [&] {
-    try {
-      forward_dependent_rdo(x + half, n - half, inverse_step, lambda_per_bit_unit, -1,
-                            second_back, second_cost);
-    } catch (...) {
-      second_error = std::current_exception();
-    }
-  };
-  if (num_threads > 1) {
-    std::thread second_thread(search_second);
-    try {
+  run_tasks(2, num_threads > 1, [&](int64_t task) {
+    if (task == 0) {
       forward_dependent_rdo(x, half, inverse_step, lambda_per_bit_unit, start_state,
                             first_back, cost);
-    } catch (...) {
-      second_thread.join();
-      throw;
+    } else {
+      forward_dependent_rdo(x + half, n - half, inverse_step, lambda_per_bit_unit, -1,
+                            second_back, second_cost);
     }
-    second_thread.join();
-  } else {
-    forward_dependent_rdo(x, half, inverse_step, lambda_per_bit_unit, start_state,
-                          first_back, cost);
-    search_second();
-  }
-  if (second_error) std::rethrow_exception(second_error);
+  });
 
   // The second half starts in any state, so every final state is reachable.
   const DqPathEnds second = backtrack_trellis(x + half, n - half, inverse_step,

@@ -12,6 +12,10 @@ namespace nnc {
 // exact in float32. Throws std::invalid_argument for d outside 0..7.
 float step_size(int qp, int qp_density);
 
+// Rate-aware DQ runs of at least this many values are searched in two parts
+// (quantize(), and the block scans of encode_tensor()).
+constexpr size_t kDqSplitPositions = size_t(1) << 18;
+
 // Reconstruction indices of x (n values) in q_out. URQ with lambda_scale 0:
 // round-half-away(float32(float32(1/step) * x)) (quirk Q17). DQ: Viterbi
 // search over the 8-state trellis; with lambda_scale 0 the minimum squared
@@ -19,8 +23,8 @@ float step_size(int qp, int qp_density);
 // when some |x|/step does not fit int32 (or x is not finite). The DQ
 // trellis starts in start_state (a block row continuing the scan) and the
 // DQ state after the last value is returned (0 without DQ). The rate-aware
-// DQ trellis of 2^18 values or more is searched in two halves, on two
-// threads when num_threads > 1 (the same levels either way).
+// DQ trellis of kDqSplitPositions values or more is searched in two halves,
+// on two threads when num_threads > 1 (the same levels either way).
 int quantize(const float* x, size_t n, int qp, int qp_density, bool dq,
              double lambda_scale, int32_t* q_out, int start_state = 0,
              int num_threads = 1);

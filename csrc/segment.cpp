@@ -7,15 +7,14 @@
 #include <array>
 #include <cstdlib>
 #include <limits>
-#include <stdexcept>
-#include <exception>
 #include <optional>
+#include <stdexcept>
 #include <string>
-#include <thread>
 
 #include "cabac.hpp"
 #include "context_layout.hpp"
 #include "nnc_tables.hpp"
+#include "parallel.hpp"
 
 namespace nnc {
 
@@ -189,13 +188,15 @@ void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
   const int64_t end = rows.end < 0 ? geometry.num_block_rows : rows.end;
   int64_t prev_level = 0;
   int state = rows.start_state;
-  int64_t positions = 0;
-  const int64_t max_coded = geometry.block_scan ? max_positions
-                                                : std::numeric_limits<int64_t>::max();
+  // Raster: whole rows, skipped ones counted; block scan: coded positions.
+  constexpr int64_t kNoLimit = std::numeric_limits<int64_t>::max();
+  const int64_t max_walked = geometry.block_scan ? kNoLimit : max_positions;
+  const int64_t max_coded = geometry.block_scan ? max_positions : kNoLimit;
+  int64_t walked = 0;
   int64_t coded = 0;
-  for (int64_t block_row = rows.first; block_row < end && positions < max_positions &&
-                                       coded < max_coded;
-       ++block_row, positions += positions_per_block_row) {
+  for (int64_t block_row = rows.first;
+       block_row < end && walked < max_walked && coded < max_coded;
+       ++block_row, walked += positions_per_block_row) {
     if (block_row > 0 && geometry.block_scan) {
       sink.block_row_start(state);
       prev_level = 0;
@@ -375,55 +376,35 @@ std::vector<uint8_t> put_levels_in_runs(CabacEncoder& encoder, EncoderSink& sink
     run_start[size_t(r)] = num_block_rows * r / num_runs;
   }
 
+  // Run 0 continues `encoder`; the others code into their own Run.
   struct Run {
     std::vector<uint8_t> code;
     uint64_t num_bits = 0;
     std::vector<RawEntryPoint> entry_points;
-    std::exception_ptr error;
   };
   std::vector<Run> runs(static_cast<size_t>(num_runs));
   const int64_t positions_per_block_row = geometry.block_height * spec.width;
-  const auto code_run = [&](int r) {
-    Run& run = runs[size_t(r)];
-    try {
-      const BlockRowRange rows{run_start[size_t(r)], run_start[size_t(r) + 1],
-                               dq_state_before(q, spec, geometry, skip_rows,
-                                               run_start[size_t(r)])};
-      CabacEncoder run_encoder(
-          size_t((rows.end - rows.first) * positions_per_block_row / 2 + 64));
-      run_encoder.force_range_256();
-      std::vector<ContextModel> models = *sink.initial_models;
-      EncoderSink run_sink{run_encoder, models.data(), sink.initial_models,
-                           &run.entry_points};
-      put_levels_any(run_sink, layout, q, spec, skip_rows, false, rows);
-      if (r + 1 == num_runs) run_encoder.encode_terminate(1);
-      run.num_bits = run_encoder.bit_position() + 9;
-      run.code = run_encoder.finish_exact();
-    } catch (...) {
-      run.error = std::current_exception();
+  run_tasks(num_runs, true, [&](int64_t r) {
+    if (r == 0) {
+      put_levels_any(sink, layout, q, spec, skip_rows, false,
+                     BlockRowRange{0, run_start[1], 0});
+      return;
     }
-  };
-
-  std::vector<std::thread> threads;
-  threads.reserve(size_t(num_runs) - 1);
-  try {
-    for (int r = 1; r < num_runs; ++r) threads.emplace_back(code_run, r);
-  } catch (...) {
-    for (auto& thread : threads) thread.join();
-    throw;
-  }
-  std::exception_ptr first_error;
-  try {
-    put_levels_any(sink, layout, q, spec, skip_rows, false,
-                   BlockRowRange{0, run_start[1], 0});
-  } catch (...) {
-    first_error = std::current_exception();
-  }
-  for (auto& thread : threads) thread.join();
-  if (first_error) std::rethrow_exception(first_error);
-  for (const Run& run : runs) {
-    if (run.error) std::rethrow_exception(run.error);
-  }
+    Run& run = runs[size_t(r)];
+    const BlockRowRange rows{
+        run_start[size_t(r)], run_start[size_t(r) + 1],
+        dq_state_before(q, spec, geometry, skip_rows, run_start[size_t(r)])};
+    CabacEncoder run_encoder(
+        size_t((rows.end - rows.first) * positions_per_block_row / 2 + 64));
+    run_encoder.force_range_256();
+    std::vector<ContextModel> models = *sink.initial_models;
+    EncoderSink run_sink{run_encoder, models.data(), sink.initial_models,
+                         &run.entry_points};
+    put_levels_any(run_sink, layout, q, spec, skip_rows, false, rows);
+    if (r + 1 == num_runs) run_encoder.encode_terminate(1);
+    run.num_bits = run_encoder.bit_position() + 9;
+    run.code = run_encoder.finish_exact();
+  });
 
   // Add the runs' codes; each run's entry points get the interval base's
   // bits the runs before it left in their window.
@@ -723,13 +704,8 @@ std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,
     for (const RawEntryPoint& raw : raw_entry_points) {
       // The decoder's offset: the final codeword's 9 bits in the window
       // minus the interval base's (both mod 512; the difference is < 256).
-      uint32_t window = 0;
-      for (uint64_t bit = raw.bit_position; bit < raw.bit_position + 9; ++bit) {
-        const uint32_t b =
-            bit / 8 < segment.size() ? (segment[bit / 8] >> (7 - bit % 8)) & 1u : 0u;
-        window = (window << 1) | b;
-      }
-      const uint32_t offset = (window - raw.low_window) & 511u;
+      const uint32_t offset =
+          (window_bits(segment, raw.bit_position) - raw.low_window) & 511u;
       if (offset > 255) {
         throw std::logic_error(
             "encode_segment: entry point offset " + int_str(offset) + " at bit " +
@@ -1002,47 +978,32 @@ DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
   // prologue's decoder, the others start at their first entry point.
   const int64_t num_groups =
       std::max<int64_t>(1, std::min<int64_t>(num_threads, int64_t(entries.size()) + 1));
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(num_groups));
-  const auto run_group = [&](int64_t group) {
-    try {
-      const int64_t first = geometry.num_block_rows * group / num_groups;
-      const int64_t end = geometry.num_block_rows * (group + 1) / num_groups;
-      std::optional<CabacDecoder> own_decoder;
-      std::vector<ContextModel> own_models;
-      CabacDecoder* group_decoder = &decoder;
-      ContextModel* group_models = models.data();
-      int state = 0;
-      if (group > 0) {
-        const AbsoluteEntryPoint& entry = entries[size_t(first - 1)];
-        own_decoder.emplace(data, num_bytes, entry.position, entry.offset);
-        own_models = initial_models;
-        group_decoder = &*own_decoder;
-        group_models = own_models.data();
-        state = entry.dq_state;
-      }
-      // Instances without TCA skip its per-value context checks.
-      const bool tca = spec.tca_base != nullptr;
-      const auto decode_rows =
-          spec.codebook_size > 0
-              ? (tca ? get_block_rows<true, true> : get_block_rows<true, false>)
-              : (tca ? get_block_rows<false, true> : get_block_rows<false, false>);
-      decode_rows(*group_decoder, group_models, initial_models, layout, spec, geometry,
-                  skip_rows, entries, first, end, state, q_out);
-      if (group == num_groups - 1) finish_levels(*group_decoder, result);
-    } catch (...) {
-      errors[size_t(group)] = std::current_exception();
+  run_tasks(num_groups, true, [&](int64_t group) {
+    const int64_t first = geometry.num_block_rows * group / num_groups;
+    const int64_t end = geometry.num_block_rows * (group + 1) / num_groups;
+    std::optional<CabacDecoder> own_decoder;
+    std::vector<ContextModel> own_models;
+    CabacDecoder* group_decoder = &decoder;
+    ContextModel* group_models = models.data();
+    int state = 0;
+    if (group > 0) {
+      const AbsoluteEntryPoint& entry = entries[size_t(first - 1)];
+      own_decoder.emplace(data, num_bytes, entry.position, entry.offset);
+      own_models = initial_models;
+      group_decoder = &*own_decoder;
+      group_models = own_models.data();
+      state = entry.dq_state;
     }
-  };
-  std::vector<std::thread> threads;
-  threads.reserve(size_t(num_groups - 1));
-  for (int64_t group = 1; group < num_groups; ++group) {
-    threads.emplace_back(run_group, group);
-  }
-  run_group(0);
-  for (auto& thread : threads) thread.join();
-  for (const auto& error : errors) {
-    if (error) std::rethrow_exception(error);
-  }
+    // Instances without TCA skip its per-value context checks.
+    const bool tca = spec.tca_base != nullptr;
+    const auto decode_rows =
+        spec.codebook_size > 0
+            ? (tca ? get_block_rows<true, true> : get_block_rows<true, false>)
+            : (tca ? get_block_rows<false, true> : get_block_rows<false, false>);
+    decode_rows(*group_decoder, group_models, initial_models, layout, spec, geometry,
+                skip_rows, entries, first, end, state, q_out);
+    if (group == num_groups - 1) finish_levels(*group_decoder, result);
+  });
   return result;
 }
 

@@ -54,19 +54,17 @@ DqPathEnds quantize_block_rows(const TensorJob& job, const ScanGeometry& geometr
   return path;
 }
 
-// Tensors of at least this many values split a rate-aware DQ block scan in
-// two (as quantize() splits a raster trellis).
-constexpr int64_t kSplitPositions = int64_t(1) << 18;
-
-// Quantise a block scan. A large rate-aware DQ tensor is cut into two runs
-// of block rows: the second starts in any state, and the last block row of
+// Quantise a block scan. A rate-aware DQ tensor of kDqSplitPositions values
+// or more (as quantize() splits a raster trellis) is cut into two runs of
+// block rows: the second starts in any state, and the last block row of
 // the first ends in the state where the second's path starts. The runs go
 // on two threads when num_threads > 1; the levels do not depend on that.
 void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry) {
   const int64_t num_elements = job.spec.height * job.spec.width;
   const int64_t num_block_rows = geometry.num_block_rows;
-  if (!job.spec.dq || !(job.lambda_scale > 0.0) || num_elements < kSplitPositions ||
-      num_block_rows < 2) {
+  const bool split = job.spec.dq && job.lambda_scale > 0.0 &&
+                     num_elements >= int64_t(kDqSplitPositions) && num_block_rows >= 2;
+  if (!split) {
     quantize_block_rows(job, geometry, 0, num_block_rows, 0, -1, job.num_threads);
     return;
   }
