@@ -168,7 +168,10 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_BITSTREAM_BYTES) ->
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
     try:
-        with open(path, "rb") as handle:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer before the
+        # check below refuses it (reads of a regular file are unaffected).
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as handle:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise ModelFileError(f"{path}: not a regular file")

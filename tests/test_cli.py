@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -277,6 +278,17 @@ def test_unparsable_command_line_is_argparse_usage_exit_2(tmp_path):
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert "scan_order = 5 is outside the range 0..4" in refused.stderr
     assert not (tmp_path / "a.nnc").exists() and not (tmp_path / "b.nnc").exists()
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    """Opening a FIFO for reading blocks until a writer appears; the reader
+    must refuse it at once instead."""
+    fifo = tmp_path / "stream.nnc"
+    os.mkfifo(fifo)
+    # In a child process: a regression hangs there and times out after 120 s.
+    completed = _run_cli("info", str(fifo))
+    assert completed.returncode == 1, completed.stderr
+    assert "stream.nnc: not a regular file" in completed.stderr
 
 
 def test_truncated_stream_is_reported(tmp_path, capsys):
