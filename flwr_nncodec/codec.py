@@ -47,15 +47,9 @@ __all__ = [
     "inspect",
 ]
 
-# What decode() allocates at most unless told otherwise: 2**26 elements
-# (256 MiB of float32) per tensor, 2**28 (1 GiB) for the whole stream. A
-# stream of a few dozen bytes can claim any shape (all-zero rows cost one bin
-# each), so the defaults must be what a caller can afford to allocate for an
-# untrusted stream; they still cover every tensor of models up to ~250M
-# parameters such as ResNet-50, BERT-base or a 7B model's 4096x4096 layers.
-# Callers that know the model pass tighter or larger limits.
-DEFAULT_MAX_ELEMENTS = 1 << 26
-DEFAULT_MAX_TOTAL_ELEMENTS = 1 << 28
+# What decode() allocates at most unless told otherwise (hls.py says why).
+DEFAULT_MAX_ELEMENTS = hls.DEFAULT_MAX_ELEMENTS
+DEFAULT_MAX_TOTAL_ELEMENTS = hls.DEFAULT_MAX_TOTAL_ELEMENTS
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -186,7 +180,7 @@ def _encode(
             coded = plan_uniform(name, array, opts, max_abs.get(name))
         else:
             coded = quantize_tensor(name, array, opts)
-        header = _ndu_header(name, coded, parameter_id, opts, plain)
+        header = _ndu_header(name, coded, parameter_id, opts)
         tca_base = None
         try:
             tca_base = _tca_base_for(name, header, opts.base, coded)
@@ -198,8 +192,10 @@ def _encode(
                     opts.lambda_scale,
                 )
                 plain = False
-                header = replace(header, scan_order=0)  # quantised in raster
         if plain:
+            # Only the fused float path quantises in scan order (DQ follows it).
+            header = replace(header, scan_order=scan_order_for(coded.dims,
+                                                               opts.scan_order))
             batch.append(len(planned))
         planned.append((name, coded, header, tca_base))
 
@@ -411,11 +407,7 @@ def scan_order_for(dims: tuple[int, ...], requested: int) -> int:
 
 
 def _ndu_header(
-    name: str,
-    coded: CodedTensor,
-    parameter_id: int,
-    opts: EncodeOptions,
-    plain: bool = False,
+    name: str, coded: CodedTensor, parameter_id: int, opts: EncodeOptions
 ) -> hls.NDUHeader:
     base = opts.base
     # No base: a base model (depth 0). Otherwise one below the base's node.
@@ -438,8 +430,6 @@ def _ndu_header(
         temporal_context_modeling_flag=int(tca),
         codebook=coded.codebook,
         cabac_unary_length_minus1=hls.NNCODEC_UNARY_LENGTH_MINUS1,
-        # Only the fused float path quantises in scan order (DQ follows it).
-        scan_order=scan_order_for(coded.dims, opts.scan_order) if plain else 0,
     )
 
 

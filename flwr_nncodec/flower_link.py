@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from flwr_nncodec import hls
+
 # One coded payload per message travels as this Array in the ArrayRecord.
 PAYLOAD_KEY = "nnc.payload"
 PAYLOAD_STYPE = "nnc.v2"
@@ -79,8 +81,7 @@ _INT_DTYPES = (
 # allocate its reference model from it (2^28 float32 values = 1 GiB), so a
 # few bytes must not make it allocate more. Same as the decoder's default
 # limit per stream. NNCMod(max_model_elements=...) raises it.
-DEFAULT_MAX_MODEL_ELEMENTS = 1 << 28
-_MAX_MANIFEST_NDIM = 32
+DEFAULT_MAX_MODEL_ELEMENTS = hls.DEFAULT_MAX_TOTAL_ELEMENTS
 
 
 class LinkError(ValueError):
@@ -154,7 +155,7 @@ def manifest_from_json(
             and isinstance(entry[0], str)
             and entry[1] in _FLOAT_DTYPES + _INT_DTYPES
             and isinstance(entry[2], list)
-            and len(entry[2]) <= _MAX_MANIFEST_NDIM
+            and len(entry[2]) <= hls.MAX_TENSOR_DIMS
             and all(type(d) is int and 0 <= d < (1 << 32) for d in entry[2])
         )
         if not valid or entry[0] in names:
@@ -548,19 +549,25 @@ def check_stream_fits(bitstream: bytes, manifest: Manifest) -> None:
             )
 
 
+def check_tensor_names(arrays: dict[str, Any], manifest: Manifest, source: str) -> None:
+    """Raise LinkError naming the difference unless ``arrays`` has exactly the
+    manifest's tensor names (in any order)."""
+    names = {spec.name for spec in manifest}
+    if set(arrays) != names:
+        missing = sorted(names - set(arrays))[:5]
+        unknown = sorted(set(arrays) - names)[:5]
+        raise LinkError(
+            f"{source} lacks tensors {missing} and holds tensors not in the "
+            f"model {unknown}"
+        )
+
+
 def check_plain_model(
     arrays: dict[str, np.ndarray], manifest: Manifest, source: str
 ) -> None:
     """Raise LinkError unless ``arrays`` holds exactly the manifest's tensors,
     each in its shape and dtype, with finite values in float tensors."""
-    names = [spec.name for spec in manifest]
-    if set(arrays) != set(names):
-        missing = sorted(set(names) - set(arrays))[:5]
-        unknown = sorted(set(arrays) - set(names))[:5]
-        raise LinkError(
-            f"{source} lacks tensors {missing} and holds tensors not in the "
-            f"model {unknown}"
-        )
+    check_tensor_names(arrays, manifest, source)
     for spec in manifest:
         array = arrays[spec.name]
         if tuple(array.shape) != spec.shape:

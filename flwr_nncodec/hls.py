@@ -69,6 +69,15 @@ SHORT_UNIT_LIMIT_BYTES = 32768  # a unit shorter than this uses the 2-byte size
 MAX_UNIT_BYTES = (1 << 31) - 1
 MAX_TENSOR_DIMS = 32
 MAX_ELEMENTS_HARD_LIMIT = (1 << 31) - 1  # the core's int32 element count
+# What a decoder allocates at most unless told otherwise: 2**26 elements
+# (256 MiB of float32) per tensor, 2**28 (1 GiB) for the whole stream. A
+# stream of a few dozen bytes can claim any shape (all-zero rows cost one bin
+# each), so the defaults must be what a caller can afford to allocate for an
+# untrusted stream; they still cover every tensor of models up to ~250M
+# parameters such as ResNet-50, BERT-base or a 7B model's 4096x4096 layers.
+# Callers that know the model pass tighter or larger limits.
+DEFAULT_MAX_ELEMENTS = 1 << 26
+DEFAULT_MAX_TOTAL_ELEMENTS = 1 << 28
 
 # Each renormalisation of the 9-bit CABAC range consumes at least one payload
 # bit, and at most 128 decisions fit between two of them (rLPS >= 2 shrinks

@@ -79,14 +79,14 @@ class NodeLinkState:
                 ),
             )
             if STATE_DOWN_BASE in state:
-                loaded.down_base = _base_from_record(state[STATE_DOWN_BASE])
+                loaded.down_base = _base_from_state(state, STATE_DOWN_BASE)
             if STATE_UP_BASE in state:
-                loaded.up_base = _base_from_record(state[STATE_UP_BASE])
+                loaded.up_base = _base_from_state(state, STATE_UP_BASE)
             if STATE_RESIDUAL in state:
                 loaded.residual = _checked_residual(
                     _arrays_from_state(state, STATE_RESIDUAL), manifest
                 )
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except (KeyError, TypeError, ValueError) as err:
             log(
                 WARNING,
                 "nnc_mod: stored link state unusable (%s); starting afresh",
@@ -312,14 +312,7 @@ class NNCMod:
             return sum(link.payload_bytes(content[k]) for k in array_keys)
 
         trained = link.record_to_arrays(content[array_keys[0]])
-        names = [spec.name for spec in state.manifest]
-        if set(trained) != set(names):
-            missing = sorted(set(names) - set(trained))[:5]
-            extra = sorted(set(trained) - set(names))[:5]
-            raise link.LinkError(
-                "trained model's tensors differ from the received model: "
-                f"missing {missing}, not in the model {extra}"
-            )
+        link.check_tensor_names(trained, state.manifest, "trained model")
         trained = link.to_reference(trained, state.manifest)  # manifest order
 
         if options.compress_differences:
@@ -445,10 +438,8 @@ def _segments(
     )
 
 
-def _base_from_record(record: Any) -> Any:
-    if not isinstance(record, ArrayRecord):
-        raise TypeError("stored TCA base is not an ArrayRecord")
-    return link.base_state_class().from_arrays(link.record_to_arrays(record))
+def _base_from_state(state: RecordDict, key: str) -> Any:
+    return link.base_state_class().from_arrays(_arrays_from_state(state, key))
 
 
 def _arrays_from_state(state: RecordDict, key: str) -> dict[str, np.ndarray]:

@@ -262,9 +262,10 @@ def test_save_updates_writes_each_rounds_global_difference(tmp_path):
     ]
     previous: dict = {}
     for server_round, model in enumerate(rounds):
-        save_update(tmp_path, server_round, model, previous)
+        previous = save_update(tmp_path, server_round, model, previous)
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["round_01.npz", "round_02.npz"]
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["round_01.npz", "round_02.npz"]
     with np.load(tmp_path / "round_02.npz", allow_pickle=False) as update:
         np.testing.assert_array_equal(update["w"], np.full((2, 3), -0.5, np.float32))
         np.testing.assert_array_equal(update["b"], np.zeros(3, np.float32))

@@ -140,22 +140,21 @@ def save_update(
     server_round: int,
     global_model: dict[str, np.ndarray],
     previous: dict[str, np.ndarray],
-) -> None:
+) -> dict[str, np.ndarray]:
     """Write the round's global update (new minus previous global model,
-    float32) as round_NN.npz: real federated updates for the codec
-    benchmarks. Keeps ``previous`` at the new model."""
+    float tensors as float32) as round_NN.npz, real federated updates for the
+    codec benchmarks, unless there is no previous model. Returns the float
+    tensors of ``global_model`` as float32: the next call's ``previous``."""
+    current = {
+        name: np.asarray(value, np.float32)
+        for name, value in global_model.items()
+        if np.issubdtype(np.asarray(value).dtype, np.floating)
+    }
     if previous:
         folder.mkdir(parents=True, exist_ok=True)
-        update = {
-            name: np.asarray(value, np.float32) - previous[name]
-            for name, value in global_model.items()
-            if np.issubdtype(np.asarray(value).dtype, np.floating)
-        }
+        update = {name: value - previous[name] for name, value in current.items()}
         np.savez(folder / f"round_{server_round:02d}.npz", **update)
-    previous.clear()
-    previous.update(
-        {name: np.array(value, np.float32) for name, value in global_model.items()}
-    )
+    return current
 
 
 def make_strategy(cfg: ExperimentConfig, codec: str, out_dir: Path):
@@ -199,9 +198,12 @@ def run_one(
     previous_global: dict[str, np.ndarray] = {}
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        nonlocal previous_global
         global_model = record_to_arrays(arrays)
         if cfg.save_updates:
-            save_update(out_dir / "updates", server_round, global_model, previous_global)
+            previous_global = save_update(
+                out_dir / "updates", server_round, global_model, previous_global
+            )
         arrays_to_model(model, global_model)
         metrics = evaluate(model, test, p.batch_size, p.max_batches_test, device)
         metrics["round"] = server_round
