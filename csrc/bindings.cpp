@@ -491,6 +491,11 @@ NB_MODULE(_core, m) {
         "Raises ValueError naming max|x| and qp if x/step overflows int32. "
         "Releases the GIL.");
 
+  m.def("dq_trellis_kernel", &nnc::dq_trellis_kernel,
+        "The forward pass the rate-aware DQ trellis runs on this CPU: 'avx512' "
+        "(AVX-512 and BMI2 present, NNC_DISABLE_AVX512 unset) or 'portable'. "
+        "Both choose the same levels.");
+
   m.def("dequantize", &dequantize, "q"_a.noconvert(), "qp"_a, "qp_density"_a,
         "Reconstruct float32(step * float32(q)). Releases the GIL.");
 

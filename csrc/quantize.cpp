@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -11,6 +12,15 @@
 #include "nnc_tables.hpp"
 #include "parallel.hpp"
 #include "rate_model.hpp"
+
+// The AVX-512 trellis needs GCC's vector extensions (__builtin_shuffle) and
+// x86-64; elsewhere only the portable pass is built.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define NNC_AVX512_TRELLIS 1
+#include <immintrin.h>
+#else
+#define NNC_AVX512_TRELLIS 0
+#endif
 
 namespace nnc {
 
@@ -336,34 +346,92 @@ struct ScaledRates {
   }
 };
 
-// Rate-aware DQ trellis: branch cost = (t - q)^2 + lambda * bits, where the
-// bits come from one shared rate model with the significance context of the
-// branch's own state and survivor neighbour. Every kCommitBlock positions
-// the survivor path of the best state is taken as settled up to kCommitLag
-// positions back, and the rate model is adapted to those levels.
-void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
-                           double lambda_per_bit_unit, int start_state,
-                           TrellisBackPointers& back, double* cost) {
-  constexpr size_t kCommitBlock = 256;
-  constexpr size_t kCommitLag = 32;
+// The rate side of the rate-aware DQ trellis: one shared rate model and its
+// lambda-scaled bit tables. Every kCommitBlock positions the survivor path
+// of the best state is taken as settled up to kCommitLag positions back,
+// and the model is adapted to those levels.
+class TrellisRates {
+ public:
+  explicit TrellisRates(double lambda_per_bit_unit)
+      : lambda_per_bit_unit_(lambda_per_bit_unit) {
+    rates_.refresh(model_);
+    scaled_.refresh(rates_, lambda_per_bit_unit_);
+  }
+
+  // Whether settle() is due after position i.
+  bool due(size_t i) const { return i + 1 >= committed_ + kCommitBlock + kCommitLag; }
+
+  // After position i, with the path costs in `cost`: settle the path of the
+  // cheapest state and refresh the tables.
+  void settle(size_t i, const double* cost, const TrellisBackPointers& back,
+              const float* x, float inverse_step) {
+    int state = cheapest_state(cost);
+    const size_t span = i + 1 - committed_;
+    path_levels_.resize(span);
+    path_states_.resize(span);
+    for (size_t p = i + 1; p-- > committed_;) {
+      int prev = 0;
+      int candidate = 0;
+      back.get(p, state, prev, candidate);
+      const double t = double(inverse_step) * double(x[p]);
+      path_levels_[p - committed_] =
+          dq_level(dq_candidate(t, prev & 1, candidate), prev & 1);
+      path_states_[p - committed_] = uint8_t(prev);
+      state = prev;
+    }
+    // The model only needs to be close to the final path, so a survivor
+    // that has not yet merged with earlier commits is taken as it is.
+    const size_t end = i + 1 - kCommitLag;
+    for (size_t p = committed_; p < end; ++p) {
+      const long long k = path_levels_[p - committed_];
+      model_.update(path_states_[p - committed_], committed_prev_level_, k);
+      committed_prev_level_ = k;
+    }
+    rates_.refresh(model_);
+    scaled_.refresh(rates_, lambda_per_bit_unit_);
+    committed_ = end;
+  }
+
+  const ScaledRates& scaled() const { return scaled_; }
+
+  // lambda times the bits of the greater-than flags and remainder of |k|.
+  double magnitude_cost(uint64_t magnitude, bool negative) const {
+    return magnitude <= uint64_t(RateSnapshot::kTabulatedMagnitudes)
+               ? scaled_.magnitude[negative][magnitude]
+               : lambda_per_bit_unit_ * double(rates_.magnitude(magnitude, negative));
+  }
+
+ private:
+  static constexpr size_t kCommitBlock = 256;
+  static constexpr size_t kCommitLag = 32;
+
+  double lambda_per_bit_unit_;
+  LevelRateModel model_;
+  RateSnapshot rates_;
+  ScaledRates scaled_;
+  size_t committed_ = 0;
+  long long committed_prev_level_ = 0;
+  std::vector<int64_t> path_levels_;
+  std::vector<uint8_t> path_states_;
+};
+
+// Rate-aware DQ trellis, portable form: branch cost = (t - q)^2 + lambda *
+// bits, where the bits come from one shared rate model (TrellisRates) with
+// the significance context of the branch's own state and survivor
+// neighbour.
+void forward_dependent_rdo_portable(const float* x, size_t n, float inverse_step,
+                                    double lambda_per_bit_unit, int start_state,
+                                    TrellisBackPointers& back, double* cost) {
   // Neighbour class (0 zero, 1 negative, 2 positive) of each survivor's
   // last level: all the rates need of it.
   uint8_t prev_class[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   start_costs(start_state, cost);
-
-  LevelRateModel model;
-  RateSnapshot rates;
-  rates.refresh(model);
-  ScaledRates scaled;
-  scaled.refresh(rates, lambda_per_bit_unit);
-  size_t committed = 0;
-  long long committed_prev_level = 0;
-  std::vector<int64_t> path_levels;
-  std::vector<uint8_t> path_states;
+  TrellisRates rates(lambda_per_bit_unit);
 
   DqCandidates cand;
   for (size_t i = 0; i < n; ++i) {
     dq_candidates(double(inverse_step) * double(x[i]), cand);
+    const ScaledRates& scaled = rates.scaled();
 
     // State-independent parts of the candidates' costs: per neighbour class
     // the squared error plus lambda times the sign and magnitude bits (none
@@ -379,11 +447,8 @@ void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
         const bool negative = k < 0;
         nonzero[quantizer][j] = k != 0;
         level_class[quantizer][j] = uint8_t(neighbour_class(k));
-        const uint64_t magnitude = uint64_t(negative ? -k : k);
         const double magnitude_cost =
-            magnitude <= uint64_t(RateSnapshot::kTabulatedMagnitudes)
-                ? scaled.magnitude[negative][magnitude]
-                : lambda_per_bit_unit * double(rates.magnitude(magnitude, negative));
+            rates.magnitude_cost(uint64_t(negative ? -k : k), negative);
         const double error = cand.error[quantizer][j];
 #pragma GCC unroll 3
         for (int neighbour = 0; neighbour < 3; ++neighbour) {
@@ -445,38 +510,191 @@ void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
       prev_class[s] = next_class[s];
     }
 
-    // Settle the path up to kCommitLag positions back and adapt the model.
-    if (i + 1 >= committed + kCommitBlock + kCommitLag) {
-      int state = 0;
-      for (int s = 1; s < 8; ++s) {
-        if (cost[s] < cost[state]) state = s;
+    if (rates.due(i)) rates.settle(i, cost, back, x, inverse_step);
+  }
+}
+
+#if NNC_AVX512_TRELLIS
+// The same trellis with the 8 states in the lanes of AVX-512 vectors (GCC
+// vector extensions): the same double operations in the same order, so the
+// same costs, ties and levels as forward_dependent_rdo_portable.
+using Lanes8d = double __attribute__((vector_size(64)));
+using Lanes8i = int64_t __attribute__((vector_size(64)));
+using Lanes8b = uint8_t __attribute__((vector_size(8)));
+
+constexpr Lanes8i kOddStateLanes = {0, -1, 0, -1, 0, -1, 0, -1};
+// Masks from a 2-bit pattern (bit q: quantiser q's case holds) over the
+// states, whose quantiser is s & 1.
+constexpr Lanes8i kQuantizerMask[4] = {{0, 0, 0, 0, 0, 0, 0, 0},
+                                       {-1, 0, -1, 0, -1, 0, -1, 0},
+                                       {0, -1, 0, -1, 0, -1, 0, -1},
+                                       {-1, -1, -1, -1, -1, -1, -1, -1}};
+// Candidate indices (i0 for quantiser 0, i1 for quantiser 1) over the
+// states, indexed by 3 * i0 + i1.
+constexpr Lanes8i kCandidateIndex[9] = {
+    {0, 0, 0, 0, 0, 0, 0, 0}, {0, 1, 0, 1, 0, 1, 0, 1}, {0, 2, 0, 2, 0, 2, 0, 2},
+    {1, 0, 1, 0, 1, 0, 1, 0}, {1, 1, 1, 1, 1, 1, 1, 1}, {1, 2, 1, 2, 1, 2, 1, 2},
+    {2, 0, 2, 0, 2, 0, 2, 0}, {2, 1, 2, 1, 2, 1, 2, 1}, {2, 2, 2, 2, 2, 2, 2, 2}};
+// kDqPredState as lane indices, and the entering edges as indices into the
+// 16 lanes of (parity-0 edges, parity-1 edges): state + 8 * parity.
+constexpr Lanes8i kPredState0 = {0, 2, 0, 2, 3, 1, 3, 1};
+constexpr Lanes8i kPredState1 = {4, 6, 4, 6, 7, 5, 7, 5};
+constexpr Lanes8i kPredEdge0 = {0, 2, 8, 10, 11, 9, 3, 1};
+constexpr Lanes8i kPredEdge1 = {12, 14, 4, 6, 7, 5, 15, 13};
+// 3 * quantiser of each state's predecessors (both share it).
+constexpr Lanes8i kPredQuantizer3 = {0, 0, 0, 0, 3, 3, 3, 3};
+
+#define NNC_TARGET_AVX512 __attribute__((target("arch=x86-64-v4")))
+
+NNC_TARGET_AVX512 inline Lanes8d broadcast(double v) {
+  return Lanes8d{v, v, v, v, v, v, v, v};
+}
+NNC_TARGET_AVX512 inline Lanes8i broadcast(int64_t v) {
+  return Lanes8i{v, v, v, v, v, v, v, v};
+}
+
+// a[0], a[1] or a[2] per lane, by the lane's index 0..2.
+NNC_TARGET_AVX512 inline Lanes8d select3(Lanes8i index, const Lanes8d* a) {
+  return index == 2 ? a[2] : (index == 1 ? a[1] : a[0]);
+}
+
+NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
+    const float* x, size_t n, float inverse_step, double lambda_per_bit_unit,
+    int start_state, TrellisBackPointers& back, double* cost) {
+  start_costs(start_state, cost);
+  TrellisRates rates(lambda_per_bit_unit);
+  // Per neighbour class and bin value, the significance and sign bits of
+  // every state; refreshed with the rates.
+  Lanes8d sig[2][3];
+  Lanes8d sign[2][3];
+  const auto load_bit_lanes = [&]() NNC_TARGET_AVX512 {
+    const ScaledRates& scaled = rates.scaled();
+    for (int neighbour = 0; neighbour < 3; ++neighbour) {
+      for (int bin = 0; bin < 2; ++bin) {
+        for (int s = 0; s < 8; ++s) sig[bin][neighbour][s] = scaled.sig[s][neighbour][bin];
+        sign[bin][neighbour] = broadcast(scaled.sign[neighbour][bin]);
       }
-      const size_t span = i + 1 - committed;
-      path_levels.resize(span);
-      path_states.resize(span);
-      for (size_t p = i + 1; p-- > committed;) {
-        int prev = 0;
-        int candidate = 0;
-        back.get(p, state, prev, candidate);
-        const double t = double(inverse_step) * double(x[p]);
-        path_levels[p - committed] =
-            dq_level(dq_candidate(t, prev & 1, candidate), prev & 1);
-        path_states[p - committed] = uint8_t(prev);
-        state = prev;
+    }
+  };
+  load_bit_lanes();
+  Lanes8d path_cost;
+  __builtin_memcpy(&path_cost, cost, sizeof(path_cost));
+  Lanes8i prev_class = broadcast(int64_t(0));
+
+  DqCandidates cand;
+  for (size_t i = 0; i < n; ++i) {
+    dq_candidates(double(inverse_step) * double(x[i]), cand);
+
+    // Per quantiser and candidate: squared error plus magnitude bits (the
+    // error alone for level 0); which levels are nonzero and negative; the
+    // neighbour class each leaves behind, 2 bits at 2 * (3q + j).
+    double base[2][3];
+    int nonzero[3] = {0, 0, 0};
+    int negative[3] = {0, 0, 0};
+    int64_t class_bits = 0;
+#pragma GCC unroll 2
+    for (int quantizer = 0; quantizer < 2; ++quantizer) {
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j) {
+        const long long k = cand.level[quantizer][j];
+        nonzero[j] |= int(k != 0) << quantizer;
+        negative[j] |= int(k < 0) << quantizer;
+        class_bits |= int64_t(neighbour_class(k)) << (2 * (3 * quantizer + j));
+        const double magnitude_cost =
+            rates.magnitude_cost(uint64_t(k < 0 ? -k : k), k < 0);
+        const double error = cand.error[quantizer][j];
+        base[quantizer][j] = k != 0 ? error + magnitude_cost : error;
       }
-      // The model only needs to be close to the final path, so a survivor
-      // that has not yet merged with earlier commits is taken as it is.
-      const size_t end = i + 1 - kCommitLag;
-      for (size_t p = committed; p < end; ++p) {
-        const long long k = path_levels[p - committed];
-        model.update(path_states[p - committed], committed_prev_level, k);
-        committed_prev_level = k;
+    }
+
+    // The candidates' costs in each state, as the portable pass adds them:
+    // ((error + magnitude) + sign) + significance.
+    const Lanes8d sig_zero = select3(prev_class, sig[0]);
+    const Lanes8d sig_one = select3(prev_class, sig[1]);
+    const Lanes8d sign_plus = select3(prev_class, sign[0]);
+    const Lanes8d sign_minus = select3(prev_class, sign[1]);
+    Lanes8d value[3];
+#pragma GCC unroll 3
+    for (int j = 0; j < 3; ++j) {
+      const Lanes8d b = kOddStateLanes ? broadcast(base[1][j]) : broadcast(base[0][j]);
+      const Lanes8d sign_bits = kQuantizerMask[negative[j]] ? sign_minus : sign_plus;
+      value[j] = kQuantizerMask[nonzero[j]] ? (b + sign_bits) + sig_one : b + sig_zero;
+    }
+
+    // Cheapest candidate per (state, parity), ties to the earlier.
+    Lanes8d edge[2];
+    Lanes8i edge_index[2];
+#pragma GCC unroll 2
+    for (int parity = 0; parity < 2; ++parity) {
+      const Lanes8i first =
+          kCandidateIndex[3 * cand.first[0][parity] + cand.first[1][parity]];
+      const Lanes8i last =
+          kCandidateIndex[3 * cand.last[0][parity] + cand.last[1][parity]];
+      const Lanes8d first_value = select3(first, value);
+      const Lanes8d last_value = select3(last, value);
+      const Lanes8i take_last = last_value < first_value;
+      edge[parity] = take_last ? last_value : first_value;
+      edge_index[parity] = take_last ? last : first;
+    }
+
+    // Each state keeps the cheaper of its two entering edges.
+    const Lanes8d via0 = __builtin_shuffle(path_cost, kPredState0) +
+                         __builtin_shuffle(edge[0], edge[1], kPredEdge0);
+    const Lanes8d via1 = __builtin_shuffle(path_cost, kPredState1) +
+                         __builtin_shuffle(edge[0], edge[1], kPredEdge1);
+    const Lanes8i second = via1 < via0;
+    path_cost = second ? via1 : via0;
+    const Lanes8i j = second ? __builtin_shuffle(edge_index[0], edge_index[1], kPredEdge1)
+                             : __builtin_shuffle(edge_index[0], edge_index[1], kPredEdge0);
+    prev_class = (broadcast(class_bits) >> (2 * (kPredQuantizer3 + j))) & 3;
+
+    // Back pointers: (second | j << 1) per state, 3 bits each.
+    const Lanes8b entries = __builtin_convertvector((second & 1) | (j << 1), Lanes8b);
+    uint64_t entry_bytes;
+    __builtin_memcpy(&entry_bytes, &entries, sizeof(entry_bytes));
+    back.set_row(i, uint32_t(_pext_u64(entry_bytes, 0x0707070707070707ull)));
+
+    if (rates.due(i) || i + 1 == n) {
+      __builtin_memcpy(cost, &path_cost, sizeof(path_cost));
+      if (rates.due(i)) {
+        rates.settle(i, cost, back, x, inverse_step);
+        load_bit_lanes();
       }
-      rates.refresh(model);
-      scaled.refresh(rates, lambda_per_bit_unit);
-      committed = end;
     }
   }
+}
+#endif  // NNC_AVX512_TRELLIS
+
+// Which forward pass the rate-aware trellis runs: the AVX-512 one where the
+// CPU has it, unless NNC_DISABLE_AVX512 is set in the environment.
+bool use_avx512_trellis() {
+#if NNC_AVX512_TRELLIS
+  static const bool use = [] {
+    const char* disabled = std::getenv("NNC_DISABLE_AVX512");
+    if (disabled != nullptr && disabled[0] != '\0' && disabled[0] != '0') return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("bmi2");
+  }();
+  return use;
+#else
+  return false;
+#endif
+}
+
+void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
+                           double lambda_per_bit_unit, int start_state,
+                           TrellisBackPointers& back, double* cost) {
+#if NNC_AVX512_TRELLIS
+  if (use_avx512_trellis()) {
+    forward_dependent_rdo_avx512(x, n, inverse_step, lambda_per_bit_unit, start_state,
+                                 back, cost);
+    return;
+  }
+#endif
+  forward_dependent_rdo_portable(x, n, inverse_step, lambda_per_bit_unit, start_state,
+                                 back, cost);
 }
 
 // Rate-aware DQ over x[0..n) from start_state. From kDqSplitPositions values
@@ -561,6 +779,8 @@ DqPathEnds quantize_dq_checked(const float* x, size_t n, float inverse_step,
 }
 
 }  // namespace
+
+const char* dq_trellis_kernel() { return use_avx512_trellis() ? "avx512" : "portable"; }
 
 float step_size(int qp, int qp_density) {
   if (qp_density < 0 || qp_density > 7) {

@@ -44,6 +44,11 @@ DqPathEnds quantize_dq_run(const float* x, size_t n, int qp, int qp_density,
                            double lambda_scale, int start_state, int end_state,
                            int num_threads, int32_t* q_out);
 
+// The forward pass the rate-aware DQ trellis runs on this CPU: "avx512"
+// (x86-64 with AVX-512 and BMI2, unless NNC_DISABLE_AVX512 is set) or
+// "portable". Both give the same levels.
+const char* dq_trellis_kernel();
+
 // x_hat = float32(step * float32(q)).
 void dequantize(const int32_t* q, size_t n, int qp, int qp_density, float* x_out);
 

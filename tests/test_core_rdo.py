@@ -241,3 +241,52 @@ def test_large_rate_aware_trellis_in_halves_is_one_path_on_any_thread_count():
     mse = np.mean((q * step - x) ** 2)
     mse_min = np.mean((_core.quantize(x, -32, 2, True, 0.0) * step - x) ** 2)
     assert mse_min <= mse <= 1.05 * mse_min
+
+
+_KERNEL_CASES = """
+import hashlib, json
+import numpy as np
+from flwr_nncodec import _core
+rng = np.random.default_rng(7)
+digests = []
+for n, draw, qp, lam in [
+    (5000, "normal", -32, 0.5), (5000, "laplace", -38, 1.0),
+    (40000, "sparse", -24, 4.0), (3000, "cauchy", -44, 0.05),
+    ((1 << 18) + 3, "normal", -32, 0.5), (1, "normal", -32, 0.5),
+]:
+    x = {"normal": lambda: rng.normal(0, 0.05, n),
+         "laplace": lambda: rng.laplace(0, 0.3, n),
+         "sparse": lambda: rng.normal(0, 0.05, n) * (rng.random(n) < 0.2),
+         "cauchy": lambda: rng.standard_cauchy(n) * 0.01}[draw]()
+    q = _core.quantize(x.astype(np.float32), qp, 2, True, lam)
+    digests.append(hashlib.sha256(q.tobytes()).hexdigest())
+print(json.dumps([_core.dq_trellis_kernel(), digests]))
+"""
+
+
+def _trellis_digests(disable_avx512: bool) -> tuple[str, list[str]]:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("NNC_DISABLE_AVX512", None)
+    if disable_avx512:
+        env["NNC_DISABLE_AVX512"] = "1"
+    done = subprocess.run([sys.executable, "-c", _KERNEL_CASES], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    kernel, digests = json.loads(done.stdout)
+    return kernel, digests
+
+
+def test_avx512_and_portable_trellis_choose_the_same_levels():
+    # Heavy tails (magnitudes past the 64 tabulated ones), zeros, the split
+    # of 2^18 values and a single value, each run by both forward passes.
+    kernel, fast = _trellis_digests(disable_avx512=False)
+    if kernel != "avx512":
+        pytest.skip("this CPU runs the portable trellis only")
+    portable_kernel, portable = _trellis_digests(disable_avx512=True)
+
+    assert portable_kernel == "portable"
+    assert fast == portable
