@@ -358,13 +358,26 @@ class TrellisRates {
     scaled_.refresh(rates_, lambda_per_bit_unit_);
   }
 
+  // Keep the candidates' levels at position i for settle(), level[3q + j]
+  // for candidate j of quantiser q.
+  int32_t* recent_levels(size_t i) { return recent_levels_[i % kRecentPositions]; }
+  void record(size_t i, const DqCandidates& cand) {
+    int32_t* levels = recent_levels(i);
+    for (int c = 0; c < 6; ++c) levels[c] = int32_t(cand.level[c / 3][c % 3]);
+  }
+
+  // Positions between two settle() calls (after the first) and before the
+  // first; both multiples of 8, so the rates stay fixed within any 8
+  // positions that start at a multiple of 8.
+  static constexpr size_t kSettleEvery = 256;
+  static constexpr size_t kFirstSettleAfter = 288;
+
   // Whether settle() is due after position i.
   bool due(size_t i) const { return i + 1 >= committed_ + kCommitBlock + kCommitLag; }
 
   // After position i, with the path costs in `cost`: settle the path of the
   // cheapest state and refresh the tables.
-  void settle(size_t i, const double* cost, const TrellisBackPointers& back,
-              const float* x, float inverse_step) {
+  void settle(size_t i, const double* cost, const TrellisBackPointers& back) {
     int state = cheapest_state(cost);
     const size_t span = i + 1 - committed_;
     path_levels_.resize(span);
@@ -373,9 +386,8 @@ class TrellisRates {
       int prev = 0;
       int candidate = 0;
       back.get(p, state, prev, candidate);
-      const double t = double(inverse_step) * double(x[p]);
       path_levels_[p - committed_] =
-          dq_level(dq_candidate(t, prev & 1, candidate), prev & 1);
+          recent_levels_[p % kRecentPositions][3 * (prev & 1) + candidate];
       path_states_[p - committed_] = uint8_t(prev);
       state = prev;
     }
@@ -402,8 +414,12 @@ class TrellisRates {
   }
 
  private:
-  static constexpr size_t kCommitBlock = 256;
-  static constexpr size_t kCommitLag = 32;
+  static constexpr size_t kCommitBlock = kSettleEvery;
+  static constexpr size_t kCommitLag = kFirstSettleAfter - kSettleEvery;
+  // Positions whose candidate levels are kept: settle() looks back at most
+  // kCommitBlock + kCommitLag.
+  static constexpr size_t kRecentPositions = 512;
+  static_assert(kRecentPositions >= kCommitBlock + kCommitLag);
 
   double lambda_per_bit_unit_;
   LevelRateModel model_;
@@ -413,6 +429,7 @@ class TrellisRates {
   long long committed_prev_level_ = 0;
   std::vector<int64_t> path_levels_;
   std::vector<uint8_t> path_states_;
+  int32_t recent_levels_[kRecentPositions][6];
 };
 
 // Rate-aware DQ trellis, portable form: branch cost = (t - q)^2 + lambda *
@@ -431,6 +448,7 @@ void forward_dependent_rdo_portable(const float* x, size_t n, float inverse_step
   DqCandidates cand;
   for (size_t i = 0; i < n; ++i) {
     dq_candidates(double(inverse_step) * double(x[i]), cand);
+    rates.record(i, cand);
     const ScaledRates& scaled = rates.scaled();
 
     // State-independent parts of the candidates' costs: per neighbour class
@@ -510,7 +528,7 @@ void forward_dependent_rdo_portable(const float* x, size_t n, float inverse_step
       prev_class[s] = next_class[s];
     }
 
-    if (rates.due(i)) rates.settle(i, cost, back, x, inverse_step);
+    if (rates.due(i)) rates.settle(i, cost, back);
   }
 }
 
@@ -521,6 +539,7 @@ void forward_dependent_rdo_portable(const float* x, size_t n, float inverse_step
 using Lanes8d = double __attribute__((vector_size(64)));
 using Lanes8i = int64_t __attribute__((vector_size(64)));
 using Lanes8b = uint8_t __attribute__((vector_size(8)));
+using Lanes8f = float __attribute__((vector_size(32)));
 
 constexpr Lanes8i kOddStateLanes = {0, -1, 0, -1, 0, -1, 0, -1};
 // Masks from a 2-bit pattern (bit q: quantiser q's case holds) over the
@@ -558,6 +577,113 @@ NNC_TARGET_AVX512 inline Lanes8d select3(Lanes8i index, const Lanes8d* a) {
   return index == 2 ? a[2] : (index == 1 ? a[1] : a[0]);
 }
 
+// The candidates of 8 consecutive positions (lanes = positions), as
+// dq_candidates() and the portable pass's level costs make them, in the
+// form the state step reads per position.
+struct CandidateBatch {
+  double base[6][8];         // [3q + j]: squared error (+ magnitude bits if k != 0)
+  int64_t nonzero[3][8];     // [j]: bit q set when quantiser q's level is nonzero
+  int64_t negative[3][8];    // [j]: bit q set when it is negative
+  int64_t first[2][8];       // [parity]: 3 * first[0][parity] + first[1][parity]
+  int64_t last[2][8];        // [parity]: likewise for the last candidates
+  int64_t class_bits[8];     // neighbour class of level (q, j) at bits 2(3q + j)
+  int32_t level[6][8];       // [3q + j]: the level k
+};
+
+NNC_TARGET_AVX512 inline Lanes8i floor_lanes(Lanes8d v) {
+  const __m512d floor =
+      _mm512_maskz_roundscale_pd(0xff, __m512d(v), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  return __builtin_convertvector(Lanes8d(floor), Lanes8i);
+}
+
+// Index per lane of the first candidate (0..2) with level parity p, given
+// the three candidates' parities, or of the last one.
+NNC_TARGET_AVX512 inline Lanes8i first_with_parity(const Lanes8i* parity, int64_t p) {
+  return parity[0] == p ? broadcast(int64_t(0))
+                        : (parity[1] == p ? broadcast(int64_t(1)) : broadcast(int64_t(2)));
+}
+NNC_TARGET_AVX512 inline Lanes8i last_with_parity(const Lanes8i* parity, int64_t p) {
+  return parity[2] == p ? broadcast(int64_t(2))
+                        : (parity[1] == p ? broadcast(int64_t(1)) : broadcast(int64_t(0)));
+}
+
+// Fill `batch` for x[0..count), count <= 8 (missing lanes read x = 0).
+NNC_TARGET_AVX512 void prepare_candidates(const float* x, size_t count,
+                                          float inverse_step, const TrellisRates& rates,
+                                          CandidateBatch& batch) {
+  Lanes8f x_lanes = {0, 0, 0, 0, 0, 0, 0, 0};
+  __builtin_memcpy(&x_lanes, x, count * sizeof(float));
+  const Lanes8d t =
+      broadcast(double(inverse_step)) * __builtin_convertvector(x_lanes, Lanes8d);
+
+  // The candidate indices q of dq_candidates().
+  const Lanes8i even_low = 2 * floor_lanes(t * 0.5);
+  const Lanes8i odd_low = 2 * floor_lanes((t - 1.0) * 0.5) + 1;
+  const Lanes8i zero = broadcast(int64_t(0));
+  Lanes8i q[6];
+  q[0] = even_low;
+  q[1] = even_low + 2;
+  q[2] = (even_low != 0) & (even_low != -2) ? zero : even_low;
+  q[3] = odd_low + 2;
+  q[4] = odd_low;
+  q[5] = zero;
+
+  const double* magnitude_table = &rates.scaled().magnitude[0][0];
+  constexpr int64_t kRow = RateSnapshot::kTabulatedMagnitudes + 1;
+  Lanes8i class_bits = zero;
+  Lanes8i parity[2][3];
+  for (int c = 0; c < 6; ++c) {
+    const int quantizer = c / 3;
+    const int j = c % 3;
+    const Lanes8d error = t - __builtin_convertvector(q[c], Lanes8d);
+    const Lanes8i sgn = (q[c] < 0) - (q[c] > 0);  // comparisons give -1
+    const Lanes8i level = (q[c] + sgn * quantizer) >> 1;
+    const Lanes8i negative = level < 0;
+    const Lanes8i magnitude = negative ? -level : level;
+
+    // lambda * magnitude bits: tabulated up to kTabulatedMagnitudes.
+    const Lanes8i tabulated = magnitude <= RateSnapshot::kTabulatedMagnitudes;
+    const Lanes8i index = tabulated ? (negative & kRow) + magnitude : zero;
+    Lanes8d magnitude_cost = Lanes8d(_mm512_mask_i64gather_pd(
+        _mm512_setzero_pd(), 0xff, __m512i(index), magnitude_table, 8));
+    for (int lane = 0; lane < 8; ++lane) {
+      if (!tabulated[lane]) {
+        magnitude_cost[lane] =
+            rates.magnitude_cost(uint64_t(magnitude[lane]), negative[lane] != 0);
+      }
+    }
+    const Lanes8d squared = error * error;
+    const Lanes8d base = level != 0 ? squared + magnitude_cost : squared;
+
+    __builtin_memcpy(batch.base[c], &base, sizeof(base));
+    for (int lane = 0; lane < 8; ++lane) batch.level[c][lane] = int32_t(level[lane]);
+    const Lanes8i bit = broadcast(int64_t(1) << quantizer);
+    Lanes8i nonzero_bits = (level != 0) & bit;
+    Lanes8i negative_bits = negative & bit;
+    if (quantizer == 1) {
+      Lanes8i previous;
+      __builtin_memcpy(&previous, batch.nonzero[j], sizeof(previous));
+      nonzero_bits |= previous;
+      __builtin_memcpy(&previous, batch.negative[j], sizeof(previous));
+      negative_bits |= previous;
+    }
+    __builtin_memcpy(batch.nonzero[j], &nonzero_bits, sizeof(nonzero_bits));
+    __builtin_memcpy(batch.negative[j], &negative_bits, sizeof(negative_bits));
+    const Lanes8i neighbour = (negative & 1) | ((level > 0) & 2);
+    class_bits |= neighbour << (2 * c);
+    parity[quantizer][j] = level & 1;
+  }
+  __builtin_memcpy(batch.class_bits, &class_bits, sizeof(class_bits));
+  for (int p = 0; p < 2; ++p) {
+    const Lanes8i first = 3 * first_with_parity(parity[0], p) +
+                          first_with_parity(parity[1], p);
+    const Lanes8i last = 3 * last_with_parity(parity[0], p) +
+                         last_with_parity(parity[1], p);
+    __builtin_memcpy(batch.first[p], &first, sizeof(first));
+    __builtin_memcpy(batch.last[p], &last, sizeof(last));
+  }
+}
+
 NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
     const float* x, size_t n, float inverse_step, double lambda_per_bit_unit,
     int start_state, TrellisBackPointers& back, double* cost) {
@@ -581,31 +707,17 @@ NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
   __builtin_memcpy(&path_cost, cost, sizeof(path_cost));
   Lanes8i prev_class = broadcast(int64_t(0));
 
-  DqCandidates cand;
+  CandidateBatch batch;
   for (size_t i = 0; i < n; ++i) {
-    dq_candidates(double(inverse_step) * double(x[i]), cand);
-
-    // Per quantiser and candidate: squared error plus magnitude bits (the
-    // error alone for level 0); which levels are nonzero and negative; the
-    // neighbour class each leaves behind, 2 bits at 2 * (3q + j).
-    double base[2][3];
-    int nonzero[3] = {0, 0, 0};
-    int negative[3] = {0, 0, 0};
-    int64_t class_bits = 0;
-#pragma GCC unroll 2
-    for (int quantizer = 0; quantizer < 2; ++quantizer) {
-#pragma GCC unroll 3
-      for (int j = 0; j < 3; ++j) {
-        const long long k = cand.level[quantizer][j];
-        nonzero[j] |= int(k != 0) << quantizer;
-        negative[j] |= int(k < 0) << quantizer;
-        class_bits |= int64_t(neighbour_class(k)) << (2 * (3 * quantizer + j));
-        const double magnitude_cost =
-            rates.magnitude_cost(uint64_t(k < 0 ? -k : k), k < 0);
-        const double error = cand.error[quantizer][j];
-        base[quantizer][j] = k != 0 ? error + magnitude_cost : error;
-      }
+    // Candidates 8 positions at a time; the rates change only after a
+    // position i with i % 8 == 7 (TrellisRates::kSettleEvery).
+    const size_t lane = i % 8;
+    if (lane == 0) {
+      prepare_candidates(x + i, std::min<size_t>(8, n - i), inverse_step, rates, batch);
     }
+    int32_t* recent = rates.recent_levels(i);
+    for (int c = 0; c < 6; ++c) recent[c] = batch.level[c][lane];
+    const int64_t class_bits = batch.class_bits[lane];
 
     // The candidates' costs in each state, as the portable pass adds them:
     // ((error + magnitude) + sign) + significance.
@@ -616,9 +728,12 @@ NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
     Lanes8d value[3];
 #pragma GCC unroll 3
     for (int j = 0; j < 3; ++j) {
-      const Lanes8d b = kOddStateLanes ? broadcast(base[1][j]) : broadcast(base[0][j]);
-      const Lanes8d sign_bits = kQuantizerMask[negative[j]] ? sign_minus : sign_plus;
-      value[j] = kQuantizerMask[nonzero[j]] ? (b + sign_bits) + sig_one : b + sig_zero;
+      const Lanes8d b = kOddStateLanes ? broadcast(batch.base[3 + j][lane])
+                                       : broadcast(batch.base[j][lane]);
+      const Lanes8d sign_bits =
+          kQuantizerMask[batch.negative[j][lane]] ? sign_minus : sign_plus;
+      value[j] = kQuantizerMask[batch.nonzero[j][lane]] ? (b + sign_bits) + sig_one
+                                                         : b + sig_zero;
     }
 
     // Cheapest candidate per (state, parity), ties to the earlier.
@@ -626,10 +741,8 @@ NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
     Lanes8i edge_index[2];
 #pragma GCC unroll 2
     for (int parity = 0; parity < 2; ++parity) {
-      const Lanes8i first =
-          kCandidateIndex[3 * cand.first[0][parity] + cand.first[1][parity]];
-      const Lanes8i last =
-          kCandidateIndex[3 * cand.last[0][parity] + cand.last[1][parity]];
+      const Lanes8i first = kCandidateIndex[batch.first[parity][lane]];
+      const Lanes8i last = kCandidateIndex[batch.last[parity][lane]];
       const Lanes8d first_value = select3(first, value);
       const Lanes8d last_value = select3(last, value);
       const Lanes8i take_last = last_value < first_value;
@@ -657,7 +770,7 @@ NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
     if (rates.due(i) || i + 1 == n) {
       __builtin_memcpy(cost, &path_cost, sizeof(path_cost));
       if (rates.due(i)) {
-        rates.settle(i, cost, back, x, inverse_step);
+        rates.settle(i, cost, back);
         load_bit_lanes();
       }
     }
