@@ -630,8 +630,12 @@ NNC_TARGET_AVX512 void prepare_candidates(const float* x, size_t count,
 
   const double* magnitude_table = &rates.scaled().magnitude[0][0];
   constexpr int64_t kRow = RateSnapshot::kTabulatedMagnitudes + 1;
+  Lanes8d small_costs[2][2];  // [negative][magnitudes 0-7, 8-15]
+  __builtin_memcpy(small_costs[0], magnitude_table, sizeof(small_costs[0]));
+  __builtin_memcpy(small_costs[1], magnitude_table + kRow, sizeof(small_costs[1]));
   Lanes8i class_bits = zero;
   Lanes8i parity[2][3];
+#pragma GCC unroll 6
   for (int c = 0; c < 6; ++c) {
     const int quantizer = c / 3;
     const int j = c % 3;
@@ -641,15 +645,25 @@ NNC_TARGET_AVX512 void prepare_candidates(const float* x, size_t count,
     const Lanes8i negative = level < 0;
     const Lanes8i magnitude = negative ? -level : level;
 
-    // lambda * magnitude bits: tabulated up to kTabulatedMagnitudes.
-    const Lanes8i tabulated = magnitude <= RateSnapshot::kTabulatedMagnitudes;
-    const Lanes8i index = tabulated ? (negative & kRow) + magnitude : zero;
-    Lanes8d magnitude_cost = Lanes8d(_mm512_mask_i64gather_pd(
-        _mm512_setzero_pd(), 0xff, __m512i(index), magnitude_table, 8));
-    for (int lane = 0; lane < 8; ++lane) {
-      if (!tabulated[lane]) {
-        magnitude_cost[lane] =
-            rates.magnitude_cost(uint64_t(magnitude[lane]), negative[lane] != 0);
+    // lambda * magnitude bits: magnitudes below 16 from registers, others
+    // gathered from the table (tabulated up to kTabulatedMagnitudes).
+    Lanes8d magnitude_cost;
+    if (_mm512_cmpge_epi64_mask(__m512i(magnitude), __m512i(broadcast(int64_t(16)))) ==
+        0) {
+      const Lanes8d plus = __builtin_shuffle(small_costs[0][0], small_costs[0][1], magnitude);
+      const Lanes8d minus =
+          __builtin_shuffle(small_costs[1][0], small_costs[1][1], magnitude);
+      magnitude_cost = negative ? minus : plus;
+    } else {
+      const Lanes8i tabulated = magnitude <= RateSnapshot::kTabulatedMagnitudes;
+      const Lanes8i index = tabulated ? (negative & kRow) + magnitude : zero;
+      magnitude_cost = Lanes8d(_mm512_mask_i64gather_pd(
+          _mm512_setzero_pd(), 0xff, __m512i(index), magnitude_table, 8));
+      for (int lane = 0; lane < 8; ++lane) {
+        if (!tabulated[lane]) {
+          magnitude_cost[lane] =
+              rates.magnitude_cost(uint64_t(magnitude[lane]), negative[lane] != 0);
+        }
       }
     }
     const Lanes8d squared = error * error;
