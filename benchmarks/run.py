@@ -1071,6 +1071,7 @@ def describe_run(
         f"{platform.python_implementation()} {platform.python_version()}",
         "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
         "flwr_nncodec": getattr(codec, "__version__", None),
+        "dq_trellis_kernel": codec._core.dq_trellis_kernel(),
         "git_commit": _git_commit(),
         "nncodec_python": args.nncodec_python,
         "nncodec_version": nncodec.get("nncodec_version"),
