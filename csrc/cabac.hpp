@@ -66,6 +66,21 @@ struct ContextModel {
     }
     probability_high = static_cast<int8_t>(probability() >> 7);
   }
+
+  // update() without a branch on the bin, for bins near probability 1/2
+  // (signs), where a branch would be mispredicted half the time: bin 0
+  // moves the negated estimators as bin 1 moves them, then negates back.
+  void update_unpredictable(int bin) {
+    const int16_t* curve = kAdaptationCurve;
+    const int flip = bin - 1;  // 0 for bin 1, -1 for bin 0
+    int fast_up = (fast ^ flip) - flip;
+    int slow_up = (slow ^ flip) - flip;
+    fast_up += curve[16 + (fast_up >> 3)] >> fast_shift;
+    slow_up += curve[16 + (slow_up >> 7)] >> slow_shift;
+    fast = static_cast<int16_t>((fast_up ^ flip) - flip);
+    slow = static_cast<int16_t>((slow_up ^ flip) - flip);
+    probability_high = static_cast<int8_t>(probability() >> 7);
+  }
 };
 
 // Estimated cost of coding `bin` with a model in state P, in 2^-15 bit units
@@ -96,6 +111,23 @@ class CabacEncoder {
     range_ = new_range << shift;
     bits_left_ -= shift;
     model.update(bin);
+    if (bits_left_ < 12) write_out();
+  }
+
+  // encode_bin() for bins near probability 1/2 (signs): the model moves
+  // without a branch on the bin (ContextModel::update_unpredictable).
+  __attribute__((always_inline)) void encode_bin_unpredictable(int bin,
+                                                              ContextModel& model) {
+    const uint32_t lps = model.range_lps(range_);
+    const uint32_t mps_range = range_ - lps;
+    const uint32_t lps_mask = 0u - uint32_t(bin != model.mps());
+    low_ += mps_range & lps_mask;
+    const uint32_t new_range = mps_range ^ ((mps_range ^ lps) & lps_mask);
+    const int shift = __builtin_clz(new_range) - 23;
+    low_ <<= shift;
+    range_ = new_range << shift;
+    bits_left_ -= shift;
+    model.update_unpredictable(bin);
     if (bits_left_ < 12) write_out();
   }
 
@@ -273,6 +305,24 @@ class CabacDecoder {
       }
     }
     model.update(bin);
+    return bin;
+  }
+
+  // decode_bin() without a branch on the bin (signs, see
+  // ContextModel::update_unpredictable).
+  __attribute__((always_inline)) int decode_bin_unpredictable(ContextModel& model) {
+    const uint32_t lps = model.range_lps(range_);
+    const uint32_t mps_range = range_ - lps;
+    const uint32_t scaled_range = mps_range << shift_;
+    const uint32_t is_lps = value_ >= scaled_range ? 1u : 0u;
+    const uint32_t lps_mask = 0u - is_lps;
+    value_ -= scaled_range & lps_mask;
+    const uint32_t new_range = mps_range ^ ((mps_range ^ lps) & lps_mask);
+    const int renorm = __builtin_clz(new_range) - 23;
+    range_ = new_range << renorm;
+    consume(renorm);
+    const int bin = model.mps() ^ int(is_lps);
+    model.update_unpredictable(bin);
     return bin;
   }
 

@@ -91,7 +91,7 @@ inline void put_level(Sink& sink, const ContextLayout& layout, int64_t level,
   if (level == 0) return;
 
   const bool negative = level < 0;
-  if (!kTruncated || limits.sign_coded) sink.bin(ctx.sign, negative);
+  if (!kTruncated || limits.sign_coded) sink.sign_bin(ctx.sign, negative);
   const uint64_t magnitude = uint64_t(negative ? -level : level);
   const uint64_t max_magnitude =
       kTruncated ? (negative ? limits.max_neg : limits.max_pos)
@@ -232,6 +232,9 @@ struct EncoderSink {
   const std::vector<ContextModel>* initial_models = nullptr;
   std::vector<RawEntryPoint>* entry_points = nullptr;
   void bin(int ctx, int value) { encoder.encode_bin(value, models[ctx]); }
+  void sign_bin(int ctx, int value) {
+    encoder.encode_bin_unpredictable(value, models[ctx]);
+  }
   void bypass_bins(uint32_t value, int count) {
     encoder.encode_bypass_bins(value, count);
   }
@@ -307,6 +310,7 @@ struct InitSetCostSink {
     }
   }
 
+  void sign_bin(int ctx, int value) { bin(ctx, value); }
   void bypass_bins(uint32_t, int) {}
 
   // Block scans: every block row starts again from the init sets, so the
@@ -730,7 +734,7 @@ inline int64_t get_level(CabacDecoder& decoder, ContextModel* models,
 
   bool negative;
   if (!kTruncated || limits.sign_coded) {
-    negative = decoder.decode_bin(models[ctx.sign]) != 0;
+    negative = decoder.decode_bin_unpredictable(models[ctx.sign]) != 0;
   } else {
     negative = limits.max_pos == 0;
   }
