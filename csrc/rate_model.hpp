@@ -86,7 +86,7 @@ class LevelRateModel {
     models_[size_t(3 * state + neighbour)].update(level != 0);
     if (level == 0) return;
     const bool negative = level < 0;
-    models_[size_t(ContextLayout::sign + neighbour)].update(negative);
+    models_[size_t(ContextLayout::sign + neighbour)].update_unpredictable(negative);
     const uint64_t magnitude = uint64_t(negative ? -level : level);
     const int n = layout_.n;
     for (int j = 0; j < n; ++j) {
