@@ -20,6 +20,8 @@ namespace nnc {
 
 namespace {
 
+std::string int_str(int64_t v) { return std::to_string(v); }
+
 constexpr int kNumInitSets = 9;
 constexpr int kMaxEgPrefixBins = 31;
 constexpr uint32_t kInitSetPenalty = 3u << 15;  // 3 bits, in 2^-15 bit units
@@ -177,12 +179,12 @@ struct BlockRowRange {
 };
 
 template <bool kTruncated, class Sink>
-void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
+int put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
                 const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
                 bool feed_values_as_levels, int64_t max_positions,
                 const BlockRowRange& rows = {}) {
   const LevelLimits limits = level_limits(spec);
-  if (spec.width == 0 || spec.height == 0) return;  // empty: no per-row work
+  if (spec.width == 0 || spec.height == 0) return rows.start_state;  // no rows
   const ScanGeometry geometry = scan_geometry(spec);
   const int64_t positions_per_block_row = geometry.block_height * spec.width;
   const int64_t end = rows.end < 0 ? geometry.num_block_rows : rows.end;
@@ -213,6 +215,7 @@ void put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
       if (spec.dq) state = kDqNextState[state][level & 1];
     });
   }
+  return state;
 }
 
 // Where the encoder was at one block-row boundary (§3.7): the decoder's
@@ -329,15 +332,15 @@ struct InitSetCostSink {
 };
 
 template <class Sink>
-void put_levels_any(Sink& sink, const ContextLayout& layout, const int32_t* q,
+int put_levels_any(Sink& sink, const ContextLayout& layout, const int32_t* q,
                     const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
                     bool feed_values_as_levels, const BlockRowRange& rows = {}) {
   constexpr int64_t kAll = std::numeric_limits<int64_t>::max();
   if (spec.codebook_size > 0) {
-    put_levels<true>(sink, layout, q, spec, skip_rows, feed_values_as_levels, kAll,
+    return put_levels<true>(sink, layout, q, spec, skip_rows, feed_values_as_levels, kAll,
                      rows);
   } else {
-    put_levels<false>(sink, layout, q, spec, skip_rows, feed_values_as_levels, kAll,
+    return put_levels<false>(sink, layout, q, spec, skip_rows, feed_values_as_levels, kAll,
                       rows);
   }
 }
@@ -385,30 +388,45 @@ std::vector<uint8_t> put_levels_in_runs(CabacEncoder& encoder, EncoderSink& sink
     std::vector<uint8_t> code;
     uint64_t num_bits = 0;
     std::vector<RawEntryPoint> entry_points;
+    int start_state = 0;  // DQ states where the run starts and ends
+    int end_state = 0;
   };
   std::vector<Run> runs(static_cast<size_t>(num_runs));
   const int64_t positions_per_block_row = geometry.block_height * spec.width;
   run_tasks(num_runs, true, [&](int64_t r) {
+    Run& run = runs[size_t(r)];
     if (r == 0) {
-      put_levels_any(sink, layout, q, spec, skip_rows, false,
-                     BlockRowRange{0, run_start[1], 0});
+      run.end_state = put_levels_any(sink, layout, q, spec, skip_rows, false,
+                                     BlockRowRange{0, run_start[1], 0});
       return;
     }
-    Run& run = runs[size_t(r)];
-    const BlockRowRange rows{
-        run_start[size_t(r)], run_start[size_t(r) + 1],
-        dq_state_before(q, spec, geometry, skip_rows, run_start[size_t(r)])};
+    const int64_t first = run_start[size_t(r)];
+    run.start_state = spec.dq && spec.block_row_start_states != nullptr
+                          ? int(spec.block_row_start_states[first])
+                          : dq_state_before(q, spec, geometry, skip_rows, first);
+    const BlockRowRange rows{first, run_start[size_t(r) + 1], run.start_state};
     CabacEncoder run_encoder(
         size_t((rows.end - rows.first) * positions_per_block_row / 2 + 64));
     run_encoder.force_range_256();
     std::vector<ContextModel> models = *sink.initial_models;
     EncoderSink run_sink{run_encoder, models.data(), sink.initial_models,
                          &run.entry_points};
-    put_levels_any(run_sink, layout, q, spec, skip_rows, false, rows);
+    run.end_state = put_levels_any(run_sink, layout, q, spec, skip_rows, false, rows);
     if (r + 1 == num_runs) run_encoder.encode_terminate(1);
     run.num_bits = run_encoder.bit_position() + 9;
     run.code = run_encoder.finish_exact();
   });
+
+  // A run must start where the levels before it leave the DQ state (a
+  // given block_row_start_states entry could be wrong).
+  for (int r = 1; r < num_runs; ++r) {
+    if (runs[size_t(r)].start_state != runs[size_t(r) - 1].end_state) {
+      throw std::logic_error(
+          "encode_segment: block row " + int_str(run_start[size_t(r)]) +
+          " starts in DQ state " + int_str(runs[size_t(r)].start_state) +
+          ", the levels before it end in " + int_str(runs[size_t(r) - 1].end_state));
+    }
+  }
 
   // Add the runs' codes; each run's entry points get the interval base's
   // bits the runs before it left in their window.
@@ -438,8 +456,6 @@ std::vector<uint8_t> skip_rows_for(const int32_t* q, const SegmentSpec& spec) {
   if (row_skip_syntax_coded(spec) && spec.row_skipping) return rows_to_skip(q, spec);
   return {};
 }
-
-std::string int_str(int64_t v) { return std::to_string(v); }
 
 }  // namespace
 

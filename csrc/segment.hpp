@@ -51,6 +51,11 @@ struct SegmentSpec {
   // block row after the first starting at an entry point (§3.5, §3.7).
   // Raster applies whenever width or height is 1, as in NNCodec.
   int scan_order = 0;
+  // encoder, block scans under DQ: the DQ state in which each block row
+  // starts (num_block_rows entries), when the caller has it from the
+  // trellis; the level runs then start there instead of walking the levels
+  // before them. It must be the state those levels lead to. Null: walk.
+  const uint8_t* block_row_start_states = nullptr;
   // decoder: the NDU's entry points; exactly num_block_rows - 1 when the
   // block scan applies (ignored otherwise).
   const EntryPoint* entry_points = nullptr;

@@ -18,10 +18,12 @@ namespace {
 // gather the row's values, run the quantiser, scatter the indices back to
 // raster positions. The DQ path enters block row `first` in start_state (-1:
 // any) and leaves the last one in end_state (-1: the cheapest); in between
-// each block row continues from the state the previous one ended in.
+// each block row continues from the state the previous one ended in. Under
+// DQ each block row's start state goes to row_start_states[block_row].
 DqPathEnds quantize_block_rows(const TensorJob& job, const ScanGeometry& geometry,
                                int64_t first, int64_t end, int start_state,
-                               int end_state, int num_threads) {
+                               int end_state, int num_threads,
+                               std::vector<uint8_t>& row_start_states) {
   const SegmentSpec& spec = job.spec;
   const size_t max_block_row = size_t(geometry.block_height * spec.width);
   std::vector<float> x_scan(max_block_row);
@@ -41,6 +43,7 @@ DqPathEnds quantize_block_rows(const TensorJob& job, const ScanGeometry& geometr
                           job.lambda_scale, state, row_end_state, num_threads,
                           q_scan.data());
       if (block_row == first) path.start_state = row.start_state;
+      row_start_states[size_t(block_row)] = uint8_t(row.start_state);
       state = row.end_state;
     } else {
       quantize(x_scan.data(), count, spec.qp, spec.qp_density, false, job.lambda_scale,
@@ -59,13 +62,15 @@ DqPathEnds quantize_block_rows(const TensorJob& job, const ScanGeometry& geometr
 // block rows: the second starts in any state, and the last block row of
 // the first ends in the state where the second's path starts. The runs go
 // on two threads when num_threads > 1; the levels do not depend on that.
-void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry) {
+void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry,
+                            std::vector<uint8_t>& states) {
   const int64_t num_elements = job.spec.height * job.spec.width;
   const int64_t num_block_rows = geometry.num_block_rows;
+  states.assign(size_t(num_block_rows), 0);
   const bool split = job.spec.dq && job.lambda_scale > 0.0 &&
                      num_elements >= int64_t(kDqSplitPositions) && num_block_rows >= 2;
   if (!split) {
-    quantize_block_rows(job, geometry, 0, num_block_rows, 0, -1, job.num_threads);
+    quantize_block_rows(job, geometry, 0, num_block_rows, 0, -1, job.num_threads, states);
     return;
   }
 
@@ -78,8 +83,8 @@ void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry) {
 
   if (job.num_threads <= 1) {
     const DqPathEnds second =
-        quantize_block_rows(job, geometry, middle, num_block_rows, -1, -1, 1);
-    quantize_block_rows(job, geometry, 0, middle, 0, second.start_state, 1);
+        quantize_block_rows(job, geometry, middle, num_block_rows, -1, -1, 1, states);
+    quantize_block_rows(job, geometry, 0, middle, 0, second.start_state, 1, states);
     return;
   }
 
@@ -92,11 +97,11 @@ void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry) {
     bool published = false;
     try {
       const DqPathEnds head =
-          quantize_block_rows(job, geometry, middle, middle + 1, -1, -1, 1);
+          quantize_block_rows(job, geometry, middle, middle + 1, -1, -1, 1, states);
       second_start.set_value(head.start_state);
       published = true;
       quantize_block_rows(job, geometry, middle + 1, num_block_rows, head.end_state,
-                          -1, 1);
+                          -1, 1, states);
     } catch (...) {
       if (published) {
         second_error = std::current_exception();
@@ -107,10 +112,10 @@ void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry) {
   });
   try {
     const DqPathEnds lead =
-        quantize_block_rows(job, geometry, 0, middle - 1, 0, -1, 1);
+        quantize_block_rows(job, geometry, 0, middle - 1, 0, -1, 1, states);
     const int join_state = second_start_ready.get();
     quantize_block_rows(job, geometry, middle - 1, middle, lead.end_state, join_state,
-                        1);
+                        1, states);
   } catch (...) {
     second_thread.join();
     throw;
@@ -139,11 +144,17 @@ void encode_tensor(TensorJob& job) {
   if (!geometry.block_scan) {
     quantize(job.x, size_t(num_elements), job.spec.qp, job.spec.qp_density,
              job.spec.dq, job.lambda_scale, job.q_out, 0, job.num_threads);
-  } else {
-    quantize_in_block_scan(job, geometry);
+    job.segment =
+        encode_segment(job.q_out, job.spec, &job.entry_points, job.num_threads);
+    return;
   }
-  job.segment =
-      encode_segment(job.q_out, job.spec, &job.entry_points, job.num_threads);
+  // The block rows' DQ start states, known from the trellis, spare the
+  // level runs a walk over the levels before them.
+  std::vector<uint8_t> block_row_start_states;
+  quantize_in_block_scan(job, geometry, block_row_start_states);
+  SegmentSpec spec = job.spec;
+  spec.block_row_start_states = block_row_start_states.data();
+  job.segment = encode_segment(job.q_out, spec, &job.entry_points, job.num_threads);
 }
 
 namespace {

@@ -3,10 +3,12 @@
 // option NNC_NATIVE_TESTS). For random float matrices in block scans it
 // checks that the trellis runs and the level runs give the same segment and
 // entry points on 1, 2, 3 and 5 threads, and that the segment decodes back.
+// Under DQ, level runs given wrong block-row start states must refuse.
 //   nnc_encode_runs_check [trials=40] [seed=1]
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "segment.hpp"
@@ -73,6 +75,29 @@ int main(int argc, char** argv) {
                     "output differs from one thread\n",
                     trial, (long long)spec.height, (long long)spec.width,
                     spec.scan_order, int(spec.dq), num_threads);
+        ++num_failures;
+      }
+    }
+
+    // Wrong start states for every block row but the first: the runs must
+    // notice that a run does not start where the one before it ended.
+    const nnc::ScanGeometry geometry = nnc::scan_geometry(job.spec);
+    if (job.spec.dq && n >= (size_t(1) << 16) && geometry.num_block_rows >= 2) {
+      std::vector<uint8_t> wrong(size_t(geometry.num_block_rows), 0);
+      for (size_t row = 1; row < wrong.size(); ++row) {
+        wrong[row] = uint8_t((job.entry_points[row - 1].dq_state + 1) % 8);
+      }
+      nnc::SegmentSpec wrong_spec = job.spec;
+      wrong_spec.block_row_start_states = wrong.data();
+      bool refused = false;
+      try {
+        nnc::encode_segment(q.data(), wrong_spec, nullptr, 2);
+      } catch (const std::logic_error&) {
+        refused = true;  // the runs' check, or an inadmissible level
+
+      }
+      if (!refused) {
+        std::printf("trial %d: wrong block-row start states were accepted\n", trial);
         ++num_failures;
       }
     }
