@@ -239,7 +239,8 @@ std::vector<int> choose_eco_init_sets(InArray<int32_t> q, int64_t height, int64_
                                       bool dq, bool row_skipping, OptionalBase tca_base,
                                       int64_t codebook_size,
                                       int64_t codebook_zero_offset, int unary_len,
-                                      int64_t eco_max_positions, bool eco_from_levels) {
+                                      int64_t eco_max_positions, bool eco_from_levels,
+                                      int num_threads) {
   const SpecArgs args{height, width, 2, dq, false, codebook_size, codebook_zero_offset,
                       unary_len};
   nnc::SegmentSpec spec = make_spec(args, tca_base, "choose_eco_init_sets");
@@ -250,7 +251,7 @@ std::vector<int> choose_eco_init_sets(InArray<int32_t> q, int64_t height, int64_
   std::vector<uint8_t> sets;
   {
     nb::gil_scoped_release release;
-    sets = nnc::choose_init_sets(q.data(), spec);
+    sets = nnc::choose_init_sets(q.data(), spec, num_threads);
   }
   return std::vector<int>(sets.begin(), sets.end());
 }
@@ -590,8 +591,10 @@ NB_MODULE(_core, m) {
         "width"_a, nb::kw_only(), "dq"_a, "row_skipping"_a,
         "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0,
         "codebook_zero_offset"_a = 0, "unary_len"_a = 11, "eco_max_positions"_a = 65536,
-        "eco_from_levels"_a = false,
-        "Init set per eco-list entry that param_opt=True would signal for q.");
+        "eco_from_levels"_a = false, "num_threads"_a = 1,
+        "Init set per eco-list entry that param_opt=True would signal for q "
+        "(num_threads > 1: estimated on two threads from 2^15 positions, the "
+        "same choice).");
 
   m.def("tables", &tables,
         "The constant tables compiled into the core (rLPS, adaptation curve, "

@@ -250,7 +250,9 @@ struct EncoderSink {
 };
 
 // Sink that runs all 9 init sets of every context in parallel and adds up
-// the estimated bits of each (eco choice, §3.4).
+// the estimated bits of each (eco choice, §3.4), for the contexts in
+// [first_context, end_context): each context's estimators see only its own
+// bins, so sinks for disjoint ranges can run on separate threads.
 struct InitSetCostSink {
   // Shifts (a_F, a_S) of init sets 0..8 as compile-time constants, so that
   // the nine estimators of a context update as independent, unrolled chains
@@ -264,7 +266,9 @@ struct InitSetCostSink {
     uint64_t costs[kNumInitSets];  // estimated bits, 2^-15 units
   };
 
-  explicit InitSetCostSink(int num_contexts) : contexts(size_t(num_contexts)) {
+  InitSetCostSink(int num_contexts, int first_context, int end_context)
+      : first_context(first_context), end_context(end_context),
+        contexts(size_t(num_contexts)) {
     for (int e = 0; e < kNumInitSets; ++e) {
       ContextModel model;
       model.init(e);
@@ -305,6 +309,7 @@ struct InitSetCostSink {
 
   // One branch on the bin for all nine estimators.
   void bin(int ctx, int value) {
+    if (ctx < first_context || ctx >= end_context) return;
     ContextEstimators& c = contexts[size_t(ctx)];
     if (value) {
       steps<1>(c);
@@ -327,6 +332,8 @@ struct InitSetCostSink {
     }
   }
 
+  int first_context;
+  int end_context;
   ContextEstimators initial;  // every context's estimators at init set e
   std::vector<ContextEstimators> contexts;
 };
@@ -362,6 +369,9 @@ int dq_state_before(const int32_t* q, const SegmentSpec& spec,
 // Block scans of at least this many positions code their levels in runs of
 // block rows on several threads (encode_segment's num_threads).
 constexpr int64_t kParallelLevelPositions = int64_t(1) << 16;
+
+// The eco estimate runs on two threads from this many positions walked.
+constexpr int64_t kParallelEcoPositions = int64_t(1) << 15;
 
 // The levels of a block scan in `num_runs` runs of block rows, then the
 // terminate bin; returns the finished segment. Run 0 continues `encoder`
@@ -590,25 +600,41 @@ std::vector<int> eco_context_list(const SegmentSpec& spec) {
   return list;
 }
 
-std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec) {
+std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
+                                      int num_threads) {
   const ContextLayout layout(spec.unary_len);
   const std::vector<int> list = eco_context_list(spec);
-  // NNCodec estimates codebook levels without the truncations (§2.5), so
-  // the extra gt pair of the eco list sees bins there.
-  InitSetCostSink sink(layout.count);
   // Estimating over a prefix of the tensor (SegmentSpec::eco_max_positions)
   // bounds the 9-fold work on large tensors; the init set matters most for
   // the first bins of each context.
   const int64_t max_positions = spec.eco_max_positions > 0
                                     ? spec.eco_max_positions
                                     : std::numeric_limits<int64_t>::max();
-  put_levels<false>(sink, layout, q, spec, skip_rows_for(q, spec),
-                    spec.dq && !spec.eco_from_levels,
-                    max_positions);
+  const std::vector<uint8_t> skip_rows = skip_rows_for(q, spec);
+
+  // NNCodec estimates codebook levels without the truncations (§2.5), so
+  // the extra gt pair of the eco list sees bins there. With threads, one
+  // sink takes the significance and sign contexts, the other the greater-
+  // than and Exp-Golomb ones (about 1.9 and 2.3 bins per level); both walk
+  // the levels. The costs are the same either way.
+  const int64_t walked = std::min(max_positions, spec.height * spec.width);
+  const bool split = num_threads > 1 && walked >= kParallelEcoPositions;
+  std::vector<InitSetCostSink> sinks;
+  if (split) {
+    sinks.emplace_back(layout.count, 0, ContextLayout::gt);
+    sinks.emplace_back(layout.count, ContextLayout::gt, layout.count);
+  } else {
+    sinks.emplace_back(layout.count, 0, layout.count);
+  }
+  run_tasks(int64_t(sinks.size()), true, [&](int64_t task) {
+    put_levels<false>(sinks[size_t(task)], layout, q, spec, skip_rows,
+                      spec.dq && !spec.eco_from_levels, max_positions);
+  });
 
   std::vector<uint8_t> init_sets;
   init_sets.reserve(list.size());
   for (const int ctx : list) {
+    const InitSetCostSink& sink = sinks[split && ctx >= ContextLayout::gt ? 1 : 0];
     const auto& costs = sink.contexts[size_t(ctx)].costs;
     int best = 0;
     uint64_t best_cost = costs[0];
@@ -678,7 +704,7 @@ std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,
       }
     }
   } else if (spec.param_opt) {
-    init_sets = choose_init_sets(q, spec);
+    init_sets = choose_init_sets(q, spec, num_threads);
   } else {
     init_sets.assign(list.size(), 0);
   }

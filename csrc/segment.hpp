@@ -113,7 +113,10 @@ std::vector<int> eco_context_list(const SegmentSpec& spec);
 
 // Init set per eco-list entry that the encoder would choose for q
 // (param_opt=True): estimated bits of all 9 sets, 3-bit penalty for e != 0.
-std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec);
+// With num_threads > 1 and a large prefix, the estimate runs on two
+// threads (the same choice).
+std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
+                                      int num_threads = 1);
 
 // Code q (height*width int32 in raster order) into a complete segment, with
 // the terminate bin and the flush. Throws std::invalid_argument when q does

@@ -290,3 +290,27 @@ def test_avx512_and_portable_trellis_choose_the_same_levels():
 
     assert portable_kernel == "portable"
     assert fast == portable
+
+
+@pytest.mark.parametrize("dq, with_base, codebook", [
+    (True, False, 0), (False, False, 0), (True, True, 0), (False, False, 9),
+])
+def test_eco_choice_on_two_threads_equals_one_thread(dq, with_base, codebook):
+    # From 2^15 positions one thread estimates the significance and sign
+    # contexts, the other the greater-than and Exp-Golomb ones.
+    rng = np.random.default_rng(11)
+    height, width = 260, 300
+    x = (rng.laplace(0, 0.4, (height, width)) * (rng.random((height, width)) < 0.7))
+    if codebook:
+        q = rng.integers(0, codebook, height * width).astype(np.int32)
+    else:
+        q = _core.quantize(x.astype(np.float32).ravel(), -20, 2, dq, 0.5)
+    base = (q // 2).astype(np.int32) if with_base else None
+    options = dict(dq=dq, row_skipping=True, tca_base=base, codebook_size=codebook,
+                   codebook_zero_offset=codebook // 2)
+
+    serial = _core.choose_eco_init_sets(q, height, width, num_threads=1, **options)
+    threaded = _core.choose_eco_init_sets(q, height, width, num_threads=2, **options)
+
+    assert threaded == serial
+    assert len(set(serial)) > 1  # the choice is not trivially all zero
