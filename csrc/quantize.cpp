@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -12,14 +11,10 @@
 #include "nnc_tables.hpp"
 #include "parallel.hpp"
 #include "rate_model.hpp"
+#include "cpu_features.hpp"
 
-// The AVX-512 trellis needs GCC's vector extensions (__builtin_shuffle) and
-// x86-64; elsewhere only the portable pass is built.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define NNC_AVX512_TRELLIS 1
+#if NNC_AVX512
 #include <immintrin.h>
-#else
-#define NNC_AVX512_TRELLIS 0
 #endif
 
 namespace nnc {
@@ -532,7 +527,7 @@ void forward_dependent_rdo_portable(const float* x, size_t n, float inverse_step
   }
 }
 
-#if NNC_AVX512_TRELLIS
+#if NNC_AVX512
 // The same trellis with the 8 states in the lanes of AVX-512 vectors (GCC
 // vector extensions): the same double operations in the same order, so the
 // same costs, ties and levels as forward_dependent_rdo_portable.
@@ -562,8 +557,6 @@ constexpr Lanes8i kPredEdge0 = {0, 2, 8, 10, 11, 9, 3, 1};
 constexpr Lanes8i kPredEdge1 = {12, 14, 4, 6, 7, 5, 15, 13};
 // 3 * quantiser of each state's predecessors (both share it).
 constexpr Lanes8i kPredQuantizer3 = {0, 0, 0, 0, 3, 3, 3, 3};
-
-#define NNC_TARGET_AVX512 __attribute__((target("arch=x86-64-v4")))
 
 NNC_TARGET_AVX512 inline Lanes8d broadcast(double v) {
   return Lanes8d{v, v, v, v, v, v, v, v};
@@ -790,31 +783,13 @@ NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
     }
   }
 }
-#endif  // NNC_AVX512_TRELLIS
-
-// Which forward pass the rate-aware trellis runs: the AVX-512 one where the
-// CPU has it, unless NNC_DISABLE_AVX512 is set in the environment.
-bool use_avx512_trellis() {
-#if NNC_AVX512_TRELLIS
-  static const bool use = [] {
-    const char* disabled = std::getenv("NNC_DISABLE_AVX512");
-    if (disabled != nullptr && disabled[0] != '\0' && disabled[0] != '0') return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("bmi2");
-  }();
-  return use;
-#else
-  return false;
-#endif
-}
+#endif  // NNC_AVX512
 
 void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
                            double lambda_per_bit_unit, int start_state,
                            TrellisBackPointers& back, double* cost) {
-#if NNC_AVX512_TRELLIS
-  if (use_avx512_trellis()) {
+#if NNC_AVX512
+  if (use_avx512()) {
     forward_dependent_rdo_avx512(x, n, inverse_step, lambda_per_bit_unit, start_state,
                                  back, cost);
     return;
@@ -907,7 +882,7 @@ DqPathEnds quantize_dq_checked(const float* x, size_t n, float inverse_step,
 
 }  // namespace
 
-const char* dq_trellis_kernel() { return use_avx512_trellis() ? "avx512" : "portable"; }
+const char* dq_trellis_kernel() { return use_avx512() ? "avx512" : "portable"; }
 
 float step_size(int qp, int qp_density) {
   if (qp_density < 0 || qp_density > 7) {

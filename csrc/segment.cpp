@@ -13,8 +13,13 @@
 
 #include "cabac.hpp"
 #include "context_layout.hpp"
+#include "cpu_features.hpp"
 #include "nnc_tables.hpp"
 #include "parallel.hpp"
+
+#if NNC_AVX512
+#include <immintrin.h>
+#endif
 
 namespace nnc {
 
@@ -249,6 +254,52 @@ struct EncoderSink {
   }
 };
 
+#if NNC_AVX512
+using Lanes16i = int32_t __attribute__((vector_size(64)));
+using Lanes8u32 = uint32_t __attribute__((vector_size(32)));
+using Lanes8u64 = uint64_t __attribute__((vector_size(64)));
+
+// One bin for the nine estimators of a context at once (lanes 0-8 of
+// AVX-512 registers, 9-15 padding): the integer steps of
+// InitSetCostSink::step, so the same costs. curve: kAdaptationCurve as
+// int32; shifts: a_F (lanes 0-15), then a_S (16-31).
+NNC_TARGET_AVX512 void step_nine_lanes(int32_t* fast, int32_t* slow, uint64_t* costs,
+                                       int value, const int32_t* curve,
+                                       const int32_t* shifts) {
+  Lanes16i fast_now, slow_now, curve_low, curve_high, fast_shift, slow_shift;
+  __builtin_memcpy(&fast_now, fast, 64);
+  __builtin_memcpy(&slow_now, slow, 64);
+  __builtin_memcpy(&curve_low, curve, 64);
+  __builtin_memcpy(&curve_high, curve + 16, 64);
+  __builtin_memcpy(&fast_shift, shifts, 64);
+  __builtin_memcpy(&slow_shift, shifts + 16, 64);
+
+  // costs += kBinCostTable[(512 + ((slow + 16 * fast) >> 3)) * 2 + value]
+  const Lanes16i index = (512 + ((slow_now + (fast_now << 4)) >> 3)) * 2 + value;
+  const Lanes16i bits = Lanes16i(_mm512_mask_i32gather_epi32(
+      _mm512_setzero_si512(), 0x1ff, __m512i(index), kBinCostTable, 4));
+  Lanes8u32 half;
+  Lanes8u64 sum;
+  for (int part = 0; part < 2; ++part) {
+    __builtin_memcpy(&half, reinterpret_cast<const int32_t*>(&bits) + 8 * part, 32);
+    __builtin_memcpy(&sum, costs + 8 * part, 64);
+    sum += __builtin_convertvector(half, Lanes8u64);
+    __builtin_memcpy(costs + 8 * part, &sum, 64);
+  }
+
+  // Bin 0 moves the negated estimators as bin 1 moves them.
+  const int32_t flip = value - 1;
+  Lanes16i f = (fast_now ^ flip) - flip;
+  Lanes16i s = (slow_now ^ flip) - flip;
+  f += __builtin_shuffle(curve_low, curve_high, (f >> 3) + 16) >> fast_shift;
+  s += __builtin_shuffle(curve_low, curve_high, (s >> 7) + 16) >> slow_shift;
+  f = (f ^ flip) - flip;
+  s = (s ^ flip) - flip;
+  __builtin_memcpy(fast, &f, 64);
+  __builtin_memcpy(slow, &s, 64);
+}
+#endif
+
 // Sink that runs all 9 init sets of every context in parallel and adds up
 // the estimated bits of each (eco choice, §3.4), for the contexts in
 // [first_context, end_context): each context's estimators see only its own
@@ -260,23 +311,31 @@ struct InitSetCostSink {
   static constexpr int kFastShift[kNumInitSets] = {5, 5, 5, 4, 6, 6, 6, 7, 7};
   static constexpr int kSlowShift[kNumInitSets] = {4, 4, 4, 5, 6, 6, 6, 5, 5};
 
-  struct ContextEstimators {
-    int16_t fast[kNumInitSets];
-    int16_t slow[kNumInitSets];
-    uint64_t costs[kNumInitSets];  // estimated bits, 2^-15 units
+  // The nine estimators and costs of one context, padded to 16 lanes for
+  // step_nine_lanes (the estimators keep int16 values).
+  struct alignas(64) ContextEstimators {
+    int32_t fast[16];
+    int32_t slow[16];
+    uint64_t costs[16];  // estimated bits, 2^-15 units
   };
 
   InitSetCostSink(int num_contexts, int first_context, int end_context)
       : first_context(first_context), end_context(end_context),
-        contexts(size_t(num_contexts)) {
+        contexts(size_t(num_contexts)), lanes(use_avx512()) {
+    initial = ContextEstimators{};
     for (int e = 0; e < kNumInitSets; ++e) {
       ContextModel model;
       model.init(e);
       initial.fast[e] = model.fast;
       initial.slow[e] = model.slow;
-      initial.costs[e] = 0;
     }
     for (auto& context : contexts) context = initial;
+    for (int i = 0; i < 32; ++i) curve[i] = kAdaptationCurve[i];
+    for (int lane = 0; lane < 16; ++lane) {
+      // Padding lanes take the largest shift and stay near 0.
+      shifts[lane] = lane < kNumInitSets ? kFastShift[lane] : 15;
+      shifts[16 + lane] = lane < kNumInitSets ? kSlowShift[lane] : 15;
+    }
   }
 
   template <int e, int kValue>
@@ -307,10 +366,16 @@ struct InitSetCostSink {
     step<8, kValue>(c);
   }
 
-  // One branch on the bin for all nine estimators.
+  // One branch on the bin for all nine estimators (or none, in lanes).
   void bin(int ctx, int value) {
     if (ctx < first_context || ctx >= end_context) return;
     ContextEstimators& c = contexts[size_t(ctx)];
+#if NNC_AVX512
+    if (lanes) {
+      step_nine_lanes(c.fast, c.slow, c.costs, value, curve, shifts);
+      return;
+    }
+#endif
     if (value) {
       steps<1>(c);
     } else {
@@ -336,6 +401,9 @@ struct InitSetCostSink {
   int end_context;
   ContextEstimators initial;  // every context's estimators at init set e
   std::vector<ContextEstimators> contexts;
+  bool lanes;  // step_nine_lanes (AVX-512) instead of steps<>()
+  alignas(64) int32_t curve[32];
+  alignas(64) int32_t shifts[32];
 };
 
 template <class Sink>

@@ -260,6 +260,12 @@ for n, draw, qp, lam in [
          "cauchy": lambda: rng.standard_cauchy(n) * 0.01}[draw]()
     q = _core.quantize(x.astype(np.float32), qp, 2, True, lam)
     digests.append(hashlib.sha256(q.tobytes()).hexdigest())
+    # The eco estimate of the same levels (its AVX-512 step), whole tensor.
+    width = 1000 if n > 1000 else n
+    height = n // width
+    digests.append(_core.choose_eco_init_sets(
+        q[: height * width], height, width, dq=True, row_skipping=True,
+        eco_max_positions=0))
 print(json.dumps([_core.dq_trellis_kernel(), digests]))
 """
 
@@ -280,9 +286,10 @@ def _trellis_digests(disable_avx512: bool) -> tuple[str, list[str]]:
     return kernel, digests
 
 
-def test_avx512_and_portable_trellis_choose_the_same_levels():
+def test_avx512_and_portable_kernels_give_the_same_levels_and_eco_choice():
     # Heavy tails (magnitudes past the 64 tabulated ones), zeros, the split
-    # of 2^18 values and a single value, each run by both forward passes.
+    # of 2^18 values and a single value, each run by both forward passes of
+    # the trellis and both eco estimators.
     kernel, fast = _trellis_digests(disable_avx512=False)
     if kernel != "avx512":
         pytest.skip("this CPU runs the portable trellis only")
