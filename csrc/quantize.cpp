@@ -816,24 +816,25 @@ DqPathEnds quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
     return backtrack_trellis(x, n, inverse_step, back, cost, end_state, q_out);
   }
 
+  // The second half, which starts in any state (so every final state is
+  // reachable), is traced back on its own thread; the first waits for the
+  // state the second's path starts in.
   const size_t half = n / 2;
   TrellisBackPointers first_back(half);
-  TrellisBackPointers second_back(n - half);
-  double second_cost[8];
+  DqPathEnds second;
   run_tasks(2, num_threads > 1, [&](int64_t task) {
     if (task == 0) {
       forward_dependent_rdo(x, half, inverse_step, lambda_per_bit_unit, start_state,
                             first_back, cost);
     } else {
+      TrellisBackPointers second_back(n - half);
+      double second_cost[8];
       forward_dependent_rdo(x + half, n - half, inverse_step, lambda_per_bit_unit, -1,
                             second_back, second_cost);
+      second = backtrack_trellis(x + half, n - half, inverse_step, second_back,
+                                 second_cost, end_state, q_out + half);
     }
   });
-
-  // The second half starts in any state, so every final state is reachable.
-  const DqPathEnds second = backtrack_trellis(x + half, n - half, inverse_step,
-                                              second_back, second_cost, end_state,
-                                              q_out + half);
   const DqPathEnds first = backtrack_trellis(x, half, inverse_step, first_back, cost,
                                              second.start_state, q_out);
   return {first.start_state, second.end_state};
