@@ -366,6 +366,7 @@ class TrellisRates {
   // positions that start at a multiple of 8.
   static constexpr size_t kSettleEvery = 256;
   static constexpr size_t kFirstSettleAfter = 288;
+  static_assert(kSettleEvery % 8 == 0 && kFirstSettleAfter % 8 == 0);
 
   // Whether settle() is due after position i.
   bool due(size_t i) const { return i + 1 >= committed_ + kCommitBlock + kCommitLag; }

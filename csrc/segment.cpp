@@ -275,7 +275,7 @@ NNC_TARGET_AVX512 void step_nine_lanes(int32_t* fast, int32_t* slow, uint64_t* c
   __builtin_memcpy(&slow_shift, shifts + 16, 64);
 
   // costs += kBinCostTable[(512 + ((slow + 16 * fast) >> 3)) * 2 + value]
-  const Lanes16i index = (512 + ((slow_now + (fast_now << 4)) >> 3)) * 2 + value;
+  const Lanes16i index = (512 + ((slow_now + 16 * fast_now) >> 3)) * 2 + value;
   const Lanes16i bits = Lanes16i(_mm512_mask_i32gather_epi32(
       _mm512_setzero_si512(), 0x1ff, __m512i(index), kBinCostTable, 4));
   Lanes8u32 half;
