@@ -99,7 +99,10 @@ class CabacEncoder {
   explicit CabacEncoder(size_t reserve_bytes = 0) { out_.reserve(reserve_bytes); }
 
   // Branch-free on the bin: LPS adds the MPS range to low and keeps rLPS;
-  // either way renormalise until range >= 256 (MPS: at most 1 bit).
+  // either way renormalise until range >= 256 (MPS: at most 1 bit). With
+  // kUnpredictable the model moves without a branch on the bin too
+  // (ContextModel::update_unpredictable: bins near probability 1/2, signs).
+  template <bool kUnpredictable = false>
   __attribute__((always_inline)) void encode_bin(int bin, ContextModel& model) {
     const uint32_t lps = model.range_lps(range_);
     const uint32_t mps_range = range_ - lps;
@@ -110,24 +113,11 @@ class CabacEncoder {
     low_ <<= shift;
     range_ = new_range << shift;
     bits_left_ -= shift;
-    model.update(bin);
-    if (bits_left_ < 12) write_out();
-  }
-
-  // encode_bin() for bins near probability 1/2 (signs): the model moves
-  // without a branch on the bin (ContextModel::update_unpredictable).
-  __attribute__((always_inline)) void encode_bin_unpredictable(int bin,
-                                                              ContextModel& model) {
-    const uint32_t lps = model.range_lps(range_);
-    const uint32_t mps_range = range_ - lps;
-    const uint32_t lps_mask = 0u - uint32_t(bin != model.mps());
-    low_ += mps_range & lps_mask;
-    const uint32_t new_range = mps_range ^ ((mps_range ^ lps) & lps_mask);
-    const int shift = __builtin_clz(new_range) - 23;
-    low_ <<= shift;
-    range_ = new_range << shift;
-    bits_left_ -= shift;
-    model.update_unpredictable(bin);
+    if constexpr (kUnpredictable) {
+      model.update_unpredictable(bin);
+    } else {
+      model.update(bin);
+    }
     if (bits_left_ < 12) write_out();
   }
 

@@ -241,7 +241,7 @@ struct EncoderSink {
   std::vector<RawEntryPoint>* entry_points = nullptr;
   void bin(int ctx, int value) { encoder.encode_bin(value, models[ctx]); }
   void sign_bin(int ctx, int value) {
-    encoder.encode_bin_unpredictable(value, models[ctx]);
+    encoder.encode_bin<true>(value, models[ctx]);
   }
   void bypass_bins(uint32_t value, int count) {
     encoder.encode_bypass_bins(value, count);
