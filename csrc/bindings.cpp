@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_features.hpp"
 #include "nnc_tables.hpp"
 #include "quantize.hpp"
 #include "segment.hpp"
@@ -256,6 +257,36 @@ std::vector<int> choose_eco_init_sets(InArray<int32_t> q, int64_t height, int64_
   return std::vector<int>(sets.begin(), sets.end());
 }
 
+// The two kernels side by side (checks only): see nnc::eco_init_set_costs
+// and nnc::dq_forward_pass.
+std::vector<uint64_t> eco_init_set_costs(InArray<int32_t> q, int64_t height,
+                                         int64_t width, bool dq, bool row_skipping,
+                                         OptionalBase tca_base,
+                                         int64_t eco_max_positions, bool avx512) {
+  const SpecArgs args{height, width, 2, dq, false, 0, 0, 11};
+  nnc::SegmentSpec spec = make_spec(args, tca_base, "eco_init_set_costs");
+  check_length(q, height * width, "q");
+  spec.row_skipping = row_skipping;
+  spec.eco_max_positions = eco_max_positions;
+  nb::gil_scoped_release release;
+  return nnc::eco_init_set_costs(q.data(), spec, avx512);
+}
+
+std::pair<std::vector<double>, nb::bytes> dq_forward_pass(InArray<float> x, int qp,
+                                                          int qp_density,
+                                                          double lambda_scale,
+                                                          int start_state,
+                                                          bool avx512) {
+  nnc::DqForwardPass pass;
+  {
+    nb::gil_scoped_release release;
+    pass = nnc::dq_forward_pass(x.data(), x.shape(0), qp, qp_density, lambda_scale,
+                                start_state, avx512);
+  }
+  return {pass.costs, nb::bytes(reinterpret_cast<const char*>(pass.back_rows.data()),
+                                pass.back_rows.size())};
+}
+
 OutArray<int32_t> quantize(InArray<float> x, int qp, int qp_density, bool dq,
                            double lambda_scale) {
   const size_t n = x.shape(0);
@@ -491,6 +522,26 @@ NB_MODULE(_core, m) {
         "lambda' = lambda_scale*ln2/6, DQ *4*0.7, in step^2 units per bit). "
         "Raises ValueError naming max|x| and qp if x/step overflows int32. "
         "Releases the GIL.");
+
+  m.def("avx512_available", &nnc::avx512_available,
+        "Whether this build has the AVX-512 kernels and the CPU can run them "
+        "(whatever NNC_DISABLE_AVX512 says).");
+
+  m.def("dq_forward_pass", &dq_forward_pass, "x"_a.noconvert(), "qp"_a, "qp_density"_a,
+        "lambda_scale"_a, "start_state"_a, "avx512"_a,
+        "The rate-aware DQ trellis' forward pass over float32 x with the portable "
+        "(avx512=False) or the AVX-512 kernel, for checking one against the "
+        "other: (8 final path costs, back-pointer rows, 3 bytes per value). "
+        "start_state -1: any. Raises ValueError if the AVX-512 kernel is asked "
+        "for and not available.");
+
+  m.def("eco_init_set_costs", &eco_init_set_costs, "q"_a.noconvert(), "height"_a,
+        "width"_a, nb::kw_only(), "dq"_a, "row_skipping"_a,
+        "tca_base"_a.noconvert() = nb::none(), "eco_max_positions"_a = 65536,
+        "avx512"_a,
+        "The estimated bits (2^-15 units) of init sets 0..8 per eco-list entry "
+        "behind choose_eco_init_sets, flat, from the portable or the AVX-512 "
+        "step, for checking one against the other.");
 
   m.def("dq_trellis_kernel", &nnc::dq_trellis_kernel,
         "The forward pass the rate-aware DQ trellis runs on this CPU: 'avx512' "

@@ -67,9 +67,10 @@ struct ContextModel {
     probability_high = static_cast<int8_t>(probability() >> 7);
   }
 
-  // update() without a branch on the bin, for bins near probability 1/2
-  // (signs), where a branch would be mispredicted half the time: bin 0
-  // moves the negated estimators as bin 1 moves them, then negates back.
+  // update() without a branch on the bin (which must be 0 or 1), for bins
+  // near probability 1/2 (signs), where a branch would be mispredicted half
+  // the time: bin 0 moves the negated estimators as bin 1 moves them, then
+  // negates back.
   void update_unpredictable(int bin) {
     const int16_t* curve = kAdaptationCurve;
     const int flip = bin - 1;  // 0 for bin 1, -1 for bin 0

@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "cpu_features.hpp"
 #include "nnc_tables.hpp"
 #include "parallel.hpp"
 #include "rate_model.hpp"
-#include "cpu_features.hpp"
 
 #if NNC_AVX512
 #include <immintrin.h>
@@ -147,6 +147,9 @@ class TrellisBackPointers {
   static uint32_t entry(int edge, int candidate, int state) {
     return uint32_t(edge | (candidate << 1)) << (3 * state);
   }
+
+  // The rows, 3 bytes per position.
+  const std::vector<uint8_t>& rows() const { return bytes_; }
 
   // The previous state and candidate index on the path into `state`.
   void get(size_t position, int state, int& prev_state, int& candidate) const {
@@ -352,6 +355,9 @@ class TrellisRates {
     rates_.refresh(model_);
     scaled_.refresh(rates_, lambda_per_bit_unit_);
   }
+  // rates_ points into model_: a copy would read the original's model.
+  TrellisRates(const TrellisRates&) = delete;
+  TrellisRates& operator=(const TrellisRates&) = delete;
 
   // Keep the candidates' levels at position i for settle(), level[3q + j]
   // for candidate j of quantiser q.
@@ -529,9 +535,7 @@ void forward_dependent_rdo_portable(const float* x, size_t n, float inverse_step
 }
 
 #if NNC_AVX512
-// The same trellis with the 8 states in the lanes of AVX-512 vectors (GCC
-// vector extensions): the same double operations in the same order, so the
-// same costs, ties and levels as forward_dependent_rdo_portable.
+// Lanes of AVX-512 vectors (GCC vector extensions) for the trellis below.
 using Lanes8d = double __attribute__((vector_size(64)));
 using Lanes8i = int64_t __attribute__((vector_size(64)));
 using Lanes8b = uint8_t __attribute__((vector_size(8)));
@@ -575,30 +579,33 @@ NNC_TARGET_AVX512 inline Lanes8d select3(Lanes8i index, const Lanes8d* a) {
 // dq_candidates() and the portable pass's level costs make them, in the
 // form the state step reads per position.
 struct CandidateBatch {
-  double base[6][8];         // [3q + j]: squared error (+ magnitude bits if k != 0)
-  int64_t nonzero[3][8];     // [j]: bit q set when quantiser q's level is nonzero
-  int64_t negative[3][8];    // [j]: bit q set when it is negative
-  int64_t first[2][8];       // [parity]: 3 * first[0][parity] + first[1][parity]
-  int64_t last[2][8];        // [parity]: likewise for the last candidates
-  int64_t class_bits[8];     // neighbour class of level (q, j) at bits 2(3q + j)
-  int32_t level[6][8];       // [3q + j]: the level k
+  double base[6][8];       // [3q + j]: squared error + lambda * magnitude bits
+  int64_t nonzero[3][8];   // [j]: bit q set when quantiser q's level is nonzero
+  int64_t negative[3][8];  // [j]: bit q set when it is negative
+  int64_t first[2][8];     // [parity]: 3 * first[0][parity] + first[1][parity]
+  int64_t last[2][8];      // [parity]: likewise for the last candidates
+  int64_t class_bits[8];   // neighbour class of level (q, j) at bits 2(3q + j)
+  int32_t level[6][8];     // [3q + j]: the level k
 };
 
+// floor() per lane as int64 (|v| < 2^62), as floor_to_int.
 NNC_TARGET_AVX512 inline Lanes8i floor_lanes(Lanes8d v) {
-  const __m512d floor =
-      _mm512_maskz_roundscale_pd(0xff, __m512d(v), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512d floor = _mm512_maskz_roundscale_pd(
+      0xff, __m512d(v), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   return __builtin_convertvector(Lanes8d(floor), Lanes8i);
 }
 
 // Index per lane of the first candidate (0..2) with level parity p, given
 // the three candidates' parities, or of the last one.
 NNC_TARGET_AVX512 inline Lanes8i first_with_parity(const Lanes8i* parity, int64_t p) {
-  return parity[0] == p ? broadcast(int64_t(0))
-                        : (parity[1] == p ? broadcast(int64_t(1)) : broadcast(int64_t(2)));
+  return parity[0] == p
+             ? broadcast(int64_t(0))
+             : (parity[1] == p ? broadcast(int64_t(1)) : broadcast(int64_t(2)));
 }
 NNC_TARGET_AVX512 inline Lanes8i last_with_parity(const Lanes8i* parity, int64_t p) {
-  return parity[2] == p ? broadcast(int64_t(2))
-                        : (parity[1] == p ? broadcast(int64_t(1)) : broadcast(int64_t(0)));
+  return parity[2] == p
+             ? broadcast(int64_t(2))
+             : (parity[1] == p ? broadcast(int64_t(1)) : broadcast(int64_t(0)));
 }
 
 // Fill `batch` for x[0..count), count <= 8 (missing lanes read x = 0).
@@ -644,7 +651,8 @@ NNC_TARGET_AVX512 void prepare_candidates(const float* x, size_t count,
     Lanes8d magnitude_cost;
     if (_mm512_cmpge_epi64_mask(__m512i(magnitude), __m512i(broadcast(int64_t(16)))) ==
         0) {
-      const Lanes8d plus = __builtin_shuffle(small_costs[0][0], small_costs[0][1], magnitude);
+      const Lanes8d plus =
+          __builtin_shuffle(small_costs[0][0], small_costs[0][1], magnitude);
       const Lanes8d minus =
           __builtin_shuffle(small_costs[1][0], small_costs[1][1], magnitude);
       magnitude_cost = negative ? minus : plus;
@@ -683,29 +691,33 @@ NNC_TARGET_AVX512 void prepare_candidates(const float* x, size_t count,
   }
   __builtin_memcpy(batch.class_bits, &class_bits, sizeof(class_bits));
   for (int p = 0; p < 2; ++p) {
-    const Lanes8i first = 3 * first_with_parity(parity[0], p) +
-                          first_with_parity(parity[1], p);
-    const Lanes8i last = 3 * last_with_parity(parity[0], p) +
-                         last_with_parity(parity[1], p);
+    const Lanes8i first =
+        3 * first_with_parity(parity[0], p) + first_with_parity(parity[1], p);
+    const Lanes8i last =
+        3 * last_with_parity(parity[0], p) + last_with_parity(parity[1], p);
     __builtin_memcpy(batch.first[p], &first, sizeof(first));
     __builtin_memcpy(batch.last[p], &last, sizeof(last));
   }
 }
 
+// forward_dependent_rdo_portable with the 8 states in the lanes of AVX-512
+// vectors: the same double operations in the same order, so the same costs,
+// ties, back pointers and levels.
 NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
     const float* x, size_t n, float inverse_step, double lambda_per_bit_unit,
     int start_state, TrellisBackPointers& back, double* cost) {
   start_costs(start_state, cost);
   TrellisRates rates(lambda_per_bit_unit);
-  // Per neighbour class and bin value, the significance and sign bits of
-  // every state; refreshed with the rates.
+  // Per bin value and neighbour class, lambda times the significance and
+  // sign bits of every state; refreshed with the rates.
   Lanes8d sig[2][3];
   Lanes8d sign[2][3];
   const auto load_bit_lanes = [&]() NNC_TARGET_AVX512 {
     const ScaledRates& scaled = rates.scaled();
     for (int neighbour = 0; neighbour < 3; ++neighbour) {
       for (int bin = 0; bin < 2; ++bin) {
-        for (int s = 0; s < 8; ++s) sig[bin][neighbour][s] = scaled.sig[s][neighbour][bin];
+        for (int s = 0; s < 8; ++s)
+          sig[bin][neighbour][s] = scaled.sig[s][neighbour][bin];
         sign[bin][neighbour] = broadcast(scaled.sign[neighbour][bin]);
       }
     }
@@ -741,7 +753,7 @@ NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
       const Lanes8d sign_bits =
           kQuantizerMask[batch.negative[j][lane]] ? sign_minus : sign_plus;
       value[j] = kQuantizerMask[batch.nonzero[j][lane]] ? (b + sign_bits) + sig_one
-                                                         : b + sig_zero;
+                                                        : b + sig_zero;
     }
 
     // Cheapest candidate per (state, parity), ties to the earlier.
@@ -765,8 +777,9 @@ NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
                          __builtin_shuffle(edge[0], edge[1], kPredEdge1);
     const Lanes8i second = via1 < via0;
     path_cost = second ? via1 : via0;
-    const Lanes8i j = second ? __builtin_shuffle(edge_index[0], edge_index[1], kPredEdge1)
-                             : __builtin_shuffle(edge_index[0], edge_index[1], kPredEdge0);
+    const Lanes8i j = second
+                          ? __builtin_shuffle(edge_index[0], edge_index[1], kPredEdge1)
+                          : __builtin_shuffle(edge_index[0], edge_index[1], kPredEdge0);
     prev_class = (broadcast(class_bits) >> (2 * (kPredQuantizer3 + j))) & 3;
 
     // Back pointers: (second | j << 1) per state, 3 bits each.
@@ -786,6 +799,9 @@ NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
 }
 #endif  // NNC_AVX512
 
+// The rate-aware trellis' forward pass over x[0..n): back pointers into
+// `back`, the 8 final path costs into `cost`. Runs the AVX-512 pass when
+// use_avx512(), else the portable one (the same result).
 void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
                            double lambda_per_bit_unit, int start_state,
                            TrellisBackPointers& back, double* cost) {
@@ -862,6 +878,11 @@ float checked_inverse_step(const float* x, size_t n, int qp, int qp_density,
 // lambda' of NNCodec's RD cost (nnc-format §2.2/§2.3), per 2^-15 bit.
 constexpr double kLn2Over6 = 0.69314718055994530942 / 6.0;
 
+// The DQ trellis' lambda per 2^-15 bit for lambda_scale.
+double dq_lambda_per_bit_unit(double lambda_scale) {
+  return lambda_scale * 4.0 * kLn2Over6 * 0.7 / 32768.0;
+}
+
 DqPathEnds quantize_dq_checked(const float* x, size_t n, float inverse_step,
                                double lambda_scale, int start_state, int end_state,
                                int num_threads, int32_t* q_out) {
@@ -875,8 +896,8 @@ DqPathEnds quantize_dq_checked(const float* x, size_t n, float inverse_step,
     return {state, state};
   }
   if (lambda_scale > 0.0) {
-    const double lambda = lambda_scale * 4.0 * kLn2Over6 * 0.7;
-    return quantize_dependent_rdo(x, n, inverse_step, lambda / 32768.0, start_state,
+    return quantize_dependent_rdo(x, n, inverse_step,
+                                  dq_lambda_per_bit_unit(lambda_scale), start_state,
                                   end_state, num_threads, q_out);
   }
   return quantize_dependent(x, n, inverse_step, start_state, end_state, q_out);
@@ -929,6 +950,35 @@ DqPathEnds quantize_dq_run(const float* x, size_t n, int qp, int qp_density,
   const float inverse_step = checked_inverse_step(x, n, qp, qp_density, lambda_scale);
   return quantize_dq_checked(x, n, inverse_step, lambda_scale, start_state, end_state,
                              num_threads, q_out);
+}
+
+DqForwardPass dq_forward_pass(const float* x, size_t n, int qp, int qp_density,
+                              double lambda_scale, int start_state, bool avx512) {
+  if (start_state < -1 || start_state > 7) {
+    throw std::invalid_argument("dq_forward_pass: start_state must be -1..7, got " +
+                                std::to_string(start_state));
+  }
+  if (!(lambda_scale > 0.0)) {
+    throw std::invalid_argument("dq_forward_pass: lambda_scale must be > 0, got " +
+                                std::to_string(lambda_scale));
+  }
+  if (avx512 && !avx512_available()) {
+    throw std::invalid_argument(
+        "dq_forward_pass: the AVX-512 pass is not available "
+        "on this CPU or build");
+  }
+  const float inverse_step = checked_inverse_step(x, n, qp, qp_density, lambda_scale);
+  const double lambda = dq_lambda_per_bit_unit(lambda_scale);
+  TrellisBackPointers back(n);
+  double cost[8];
+#if NNC_AVX512
+  if (avx512) {
+    forward_dependent_rdo_avx512(x, n, inverse_step, lambda, start_state, back, cost);
+    return {std::vector<double>(cost, cost + 8), back.rows()};
+  }
+#endif
+  forward_dependent_rdo_portable(x, n, inverse_step, lambda, start_state, back, cost);
+  return {std::vector<double>(cost, cost + 8), back.rows()};
 }
 
 void dequantize(const int32_t* q, size_t n, int qp, int qp_density, float* x_out) {

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace nnc {
 
@@ -48,6 +49,20 @@ DqPathEnds quantize_dq_run(const float* x, size_t n, int qp, int qp_density,
 // (x86-64 with AVX-512 and BMI2, unless NNC_DISABLE_AVX512 is set) or
 // "portable". Both give the same levels.
 const char* dq_trellis_kernel();
+
+// For checking the rate-aware DQ trellis' two forward passes against each
+// other: the portable pass (avx512 false) or the AVX-512 one over x from
+// start_state (-1: any), lambda_scale > 0. Returns the 8 final path costs
+// and the back-pointer rows (3 bytes per value: 3 bits per state, the
+// entering edge and the candidate). Throws std::invalid_argument for a bad
+// argument, when the AVX-512 pass is asked for and avx512_available() is
+// false, and like quantize() when x does not fit qp.
+struct DqForwardPass {
+  std::vector<double> costs;
+  std::vector<uint8_t> back_rows;
+};
+DqForwardPass dq_forward_pass(const float* x, size_t n, int qp, int qp_density,
+                              double lambda_scale, int start_state, bool avx512);
 
 // x_hat = float32(step * float32(q)).
 void dequantize(const int32_t* q, size_t n, int qp, int qp_density, float* x_out);

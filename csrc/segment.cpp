@@ -176,7 +176,8 @@ std::vector<uint8_t> rows_to_skip(const int32_t* q, const SegmentSpec& spec) {
 // feeds q, §3.4). Stops after the rows covering the first `max_positions`
 // positions, skipped rows included, or with a block scan (whose block rows
 // are large) after `max_positions` coded positions. `rows` limits the walk
-// to some block rows, entered in DQ state rows.start_state.
+// to some block rows, entered in DQ state rows.start_state. Returns the DQ
+// state where the walk stopped (after rows.end when it did not stop early).
 struct BlockRowRange {
   int64_t first = 0;
   int64_t end = -1;  // -1: to the last block row
@@ -185,9 +186,9 @@ struct BlockRowRange {
 
 template <bool kTruncated, class Sink>
 int put_levels(Sink& sink, const ContextLayout& layout, const int32_t* q,
-                const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
-                bool feed_values_as_levels, int64_t max_positions,
-                const BlockRowRange& rows = {}) {
+               const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
+               bool feed_values_as_levels, int64_t max_positions,
+               const BlockRowRange& rows = {}) {
   const LevelLimits limits = level_limits(spec);
   if (spec.width == 0 || spec.height == 0) return rows.start_state;  // no rows
   const ScanGeometry geometry = scan_geometry(spec);
@@ -240,9 +241,7 @@ struct EncoderSink {
   const std::vector<ContextModel>* initial_models = nullptr;
   std::vector<RawEntryPoint>* entry_points = nullptr;
   void bin(int ctx, int value) { encoder.encode_bin(value, models[ctx]); }
-  void sign_bin(int ctx, int value) {
-    encoder.encode_bin<true>(value, models[ctx]);
-  }
+  void sign_bin(int ctx, int value) { encoder.encode_bin<true>(value, models[ctx]); }
   void bypass_bins(uint32_t value, int count) {
     encoder.encode_bypass_bins(value, count);
   }
@@ -259,8 +258,8 @@ using Lanes16i = int32_t __attribute__((vector_size(64)));
 using Lanes8u32 = uint32_t __attribute__((vector_size(32)));
 using Lanes8u64 = uint64_t __attribute__((vector_size(64)));
 
-// One bin for the nine estimators of a context at once (lanes 0-8 of
-// AVX-512 registers, 9-15 padding): the integer steps of
+// One bin (value 0 or 1) for the nine estimators of a context at once
+// (lanes 0-8 of AVX-512 registers, 9-15 padding): the integer steps of
 // InitSetCostSink::step, so the same costs. curve: kAdaptationCurve as
 // int32; shifts: a_F (lanes 0-15), then a_S (16-31).
 NNC_TARGET_AVX512 void step_nine_lanes(int32_t* fast, int32_t* slow, uint64_t* costs,
@@ -276,8 +275,9 @@ NNC_TARGET_AVX512 void step_nine_lanes(int32_t* fast, int32_t* slow, uint64_t* c
 
   // costs += kBinCostTable[(512 + ((slow + 16 * fast) >> 3)) * 2 + value]
   const Lanes16i index = (512 + ((slow_now + 16 * fast_now) >> 3)) * 2 + value;
-  const Lanes16i bits = Lanes16i(_mm512_mask_i32gather_epi32(
-      _mm512_setzero_si512(), 0x1ff, __m512i(index), kBinCostTable, 4));
+  const Lanes16i bits = Lanes16i(
+      _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), (1 << kNumInitSets) - 1,
+                                  __m512i(index), kBinCostTable, 4));
   Lanes8u32 half;
   Lanes8u64 sum;
   for (int part = 0; part < 2; ++part) {
@@ -319,9 +319,12 @@ struct InitSetCostSink {
     uint64_t costs[16];  // estimated bits, 2^-15 units
   };
 
-  InitSetCostSink(int num_contexts, int first_context, int end_context)
-      : first_context(first_context), end_context(end_context),
-        contexts(size_t(num_contexts)), lanes(use_avx512()) {
+  InitSetCostSink(int num_contexts, int first_context, int end_context,
+                  bool vector_step)
+      : first_context(first_context),
+        end_context(end_context),
+        contexts(size_t(num_contexts)),
+        vector_step(vector_step) {
     initial = ContextEstimators{};
     for (int e = 0; e < kNumInitSets; ++e) {
       ContextModel model;
@@ -332,7 +335,8 @@ struct InitSetCostSink {
     for (auto& context : contexts) context = initial;
     for (int i = 0; i < 32; ++i) curve[i] = kAdaptationCurve[i];
     for (int lane = 0; lane < 16; ++lane) {
-      // Padding lanes take the largest shift and stay near 0.
+      // Padding lanes shift by 15; the curve's steps are below 2^15, so they
+      // stay 0.
       shifts[lane] = lane < kNumInitSets ? kFastShift[lane] : 15;
       shifts[16 + lane] = lane < kNumInitSets ? kSlowShift[lane] : 15;
     }
@@ -366,12 +370,13 @@ struct InitSetCostSink {
     step<8, kValue>(c);
   }
 
-  // One branch on the bin for all nine estimators (or none, in lanes).
+  // One branch on the bin (0 or 1) for all nine estimators (none with the
+  // vector step).
   void bin(int ctx, int value) {
     if (ctx < first_context || ctx >= end_context) return;
     ContextEstimators& c = contexts[size_t(ctx)];
 #if NNC_AVX512
-    if (lanes) {
+    if (vector_step) {
       step_nine_lanes(c.fast, c.slow, c.costs, value, curve, shifts);
       return;
     }
@@ -401,22 +406,24 @@ struct InitSetCostSink {
   int end_context;
   ContextEstimators initial;  // every context's estimators at init set e
   std::vector<ContextEstimators> contexts;
-  bool lanes;  // step_nine_lanes (AVX-512) instead of steps<>()
+  bool vector_step;  // step_nine_lanes (AVX-512) instead of steps<>()
   alignas(64) int32_t curve[32];
   alignas(64) int32_t shifts[32];
 };
 
+// put_levels over all positions, with the codebook truncations when the
+// spec has a codebook; returns the DQ state after the last block row walked.
 template <class Sink>
 int put_levels_any(Sink& sink, const ContextLayout& layout, const int32_t* q,
-                    const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
-                    bool feed_values_as_levels, const BlockRowRange& rows = {}) {
+                   const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
+                   bool feed_values_as_levels, const BlockRowRange& rows = {}) {
   constexpr int64_t kAll = std::numeric_limits<int64_t>::max();
   if (spec.codebook_size > 0) {
-    return put_levels<true>(sink, layout, q, spec, skip_rows, feed_values_as_levels, kAll,
-                     rows);
+    return put_levels<true>(sink, layout, q, spec, skip_rows, feed_values_as_levels,
+                            kAll, rows);
   } else {
-    return put_levels<false>(sink, layout, q, spec, skip_rows, feed_values_as_levels, kAll,
-                      rows);
+    return put_levels<false>(sink, layout, q, spec, skip_rows, feed_values_as_levels,
+                             kAll, rows);
   }
 }
 
@@ -466,22 +473,31 @@ std::vector<uint8_t> put_levels_in_runs(CabacEncoder& encoder, EncoderSink& sink
     std::vector<uint8_t> code;
     uint64_t num_bits = 0;
     std::vector<RawEntryPoint> entry_points;
-    int start_state = 0;  // DQ states where the run starts and ends
-    int end_state = 0;
+    int start_state = -1;  // DQ state where the run starts (-1: not known yet)
+    int end_state = -1;    // and where it ends (-1: the run did not finish)
   };
   std::vector<Run> runs(static_cast<size_t>(num_runs));
   const int64_t positions_per_block_row = geometry.block_height * spec.width;
-  run_tasks(num_runs, true, [&](int64_t r) {
+  const auto code_run = [&](int64_t r) {
     Run& run = runs[size_t(r)];
     if (r == 0) {
+      run.start_state = 0;
       run.end_state = put_levels_any(sink, layout, q, spec, skip_rows, false,
                                      BlockRowRange{0, run_start[1], 0});
       return;
     }
     const int64_t first = run_start[size_t(r)];
-    run.start_state = spec.dq && spec.block_row_start_states != nullptr
-                          ? int(spec.block_row_start_states[first])
-                          : dq_state_before(q, spec, geometry, skip_rows, first);
+    if (spec.dq && spec.block_row_start_states != nullptr) {
+      const int given = spec.block_row_start_states[first];
+      if (given > 7) {
+        throw std::invalid_argument("encode_segment: block_row_start_states[" +
+                                    int_str(first) + "] = " + int_str(given) +
+                                    " is not a DQ state (0..7)");
+      }
+      run.start_state = given;
+    } else {
+      run.start_state = dq_state_before(q, spec, geometry, skip_rows, first);
+    }
     const BlockRowRange rows{first, run_start[size_t(r) + 1], run.start_state};
     CabacEncoder run_encoder(
         size_t((rows.end - rows.first) * positions_per_block_row / 2 + 64));
@@ -489,22 +505,37 @@ std::vector<uint8_t> put_levels_in_runs(CabacEncoder& encoder, EncoderSink& sink
     std::vector<ContextModel> models = *sink.initial_models;
     EncoderSink run_sink{run_encoder, models.data(), sink.initial_models,
                          &run.entry_points};
-    run.end_state = put_levels_any(run_sink, layout, q, spec, skip_rows, false, rows);
+    const int end_state =
+        put_levels_any(run_sink, layout, q, spec, skip_rows, false, rows);
     if (r + 1 == num_runs) run_encoder.encode_terminate(1);
     run.num_bits = run_encoder.bit_position() + 9;
     run.code = run_encoder.finish_exact();
-  });
+    run.end_state = end_state;
+  };
 
-  // A run must start where the levels before it leave the DQ state (a
-  // given block_row_start_states entry could be wrong).
-  for (int r = 1; r < num_runs; ++r) {
-    if (runs[size_t(r)].start_state != runs[size_t(r) - 1].end_state) {
-      throw std::logic_error(
-          "encode_segment: block row " + int_str(run_start[size_t(r)]) +
-          " starts in DQ state " + int_str(runs[size_t(r)].start_state) +
-          ", the levels before it end in " + int_str(runs[size_t(r) - 1].end_state));
+  // A run must start where the levels before it leave the DQ state. A wrong
+  // block_row_start_states entry is named here, also when the run it started
+  // failed first on a level of the wrong parity.
+  const auto check_joins = [&] {
+    for (int r = 1; r < num_runs; ++r) {
+      const Run& before = runs[size_t(r) - 1];
+      const Run& run = runs[size_t(r)];
+      if (before.end_state >= 0 && run.start_state >= 0 &&
+          run.start_state != before.end_state) {
+        throw std::logic_error(
+            "encode_segment: block row " + int_str(run_start[size_t(r)]) +
+            " starts in DQ state " + int_str(run.start_state) +
+            ", the levels before it end in " + int_str(before.end_state));
+      }
     }
+  };
+  try {
+    run_tasks(num_runs, true, code_run);
+  } catch (...) {
+    check_joins();
+    throw;
   }
+  check_joins();
 
   // Add the runs' codes; each run's entry points get the interval base's
   // bits the runs before it left in their window.
@@ -668,10 +699,15 @@ std::vector<int> eco_context_list(const SegmentSpec& spec) {
   return list;
 }
 
-std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
-                                      int num_threads) {
+namespace {
+
+// Estimated bits (2^-15 units) of init sets 0..8 for each eco-list context,
+// in list order. vector_step: the AVX-512 step (the same sums).
+std::vector<std::array<uint64_t, kNumInitSets>> init_set_costs(const int32_t* q,
+                                                               const SegmentSpec& spec,
+                                                               int num_threads,
+                                                               bool vector_step) {
   const ContextLayout layout(spec.unary_len);
-  const std::vector<int> list = eco_context_list(spec);
   // Estimating over a prefix of the tensor (SegmentSpec::eco_max_positions)
   // bounds the 9-fold work on large tensors; the init set matters most for
   // the first bins of each context.
@@ -688,22 +724,33 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
   const int64_t walked = std::min(max_positions, spec.height * spec.width);
   const bool split = num_threads > 1 && walked >= kParallelEcoPositions;
   std::vector<InitSetCostSink> sinks;
+  sinks.reserve(2);
   if (split) {
-    sinks.emplace_back(layout.count, 0, ContextLayout::gt);
-    sinks.emplace_back(layout.count, ContextLayout::gt, layout.count);
+    sinks.emplace_back(layout.count, 0, ContextLayout::gt, vector_step);
+    sinks.emplace_back(layout.count, ContextLayout::gt, layout.count, vector_step);
   } else {
-    sinks.emplace_back(layout.count, 0, layout.count);
+    sinks.emplace_back(layout.count, 0, layout.count, vector_step);
   }
   run_tasks(int64_t(sinks.size()), true, [&](int64_t task) {
     put_levels<false>(sinks[size_t(task)], layout, q, spec, skip_rows,
                       spec.dq && !spec.eco_from_levels, max_positions);
   });
 
-  std::vector<uint8_t> init_sets;
-  init_sets.reserve(list.size());
-  for (const int ctx : list) {
+  std::vector<std::array<uint64_t, kNumInitSets>> costs;
+  for (const int ctx : eco_context_list(spec)) {
     const InitSetCostSink& sink = sinks[split && ctx >= ContextLayout::gt ? 1 : 0];
-    const auto& costs = sink.contexts[size_t(ctx)].costs;
+    std::array<uint64_t, kNumInitSets>& entry = costs.emplace_back();
+    std::copy_n(sink.contexts[size_t(ctx)].costs, kNumInitSets, entry.begin());
+  }
+  return costs;
+}
+
+}  // namespace
+
+std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
+                                      int num_threads) {
+  std::vector<uint8_t> init_sets;
+  for (const auto& costs : init_set_costs(q, spec, num_threads, use_avx512())) {
     int best = 0;
     uint64_t best_cost = costs[0];
     for (int e = 1; e < kNumInitSets; ++e) {
@@ -715,6 +762,19 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
     init_sets.push_back(uint8_t(best));
   }
   return init_sets;
+}
+
+std::vector<uint64_t> eco_init_set_costs(const int32_t* q, const SegmentSpec& spec,
+                                         bool avx512) {
+  if (avx512 && !avx512_available()) {
+    throw std::invalid_argument(
+        "eco_init_set_costs: the AVX-512 step is not available on this CPU or build");
+  }
+  std::vector<uint64_t> flat;
+  for (const auto& costs : init_set_costs(q, spec, 1, avx512)) {
+    flat.insert(flat.end(), costs.begin(), costs.end());
+  }
+  return flat;
 }
 
 std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,

@@ -118,6 +118,14 @@ std::vector<int> eco_context_list(const SegmentSpec& spec);
 std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
                                       int num_threads = 1);
 
+// The estimated bits (2^-15 units) behind that choice: 9 per eco-list
+// entry, init sets 0..8, from the portable step or (avx512) the AVX-512
+// one, for checking the two against each other. Throws
+// std::invalid_argument when avx512 is asked for and avx512_available() is
+// false.
+std::vector<uint64_t> eco_init_set_costs(const int32_t* q, const SegmentSpec& spec,
+                                         bool avx512);
+
 // Code q (height*width int32 in raster order) into a complete segment, with
 // the terminate bin and the flush. Throws std::invalid_argument when q does
 // not fit the spec (DQ parity, codebook range).

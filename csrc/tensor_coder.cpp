@@ -70,7 +70,8 @@ void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry,
   const bool split = job.spec.dq && job.lambda_scale > 0.0 &&
                      num_elements >= int64_t(kDqSplitPositions) && num_block_rows >= 2;
   if (!split) {
-    quantize_block_rows(job, geometry, 0, num_block_rows, 0, -1, job.num_threads, states);
+    quantize_block_rows(job, geometry, 0, num_block_rows, 0, -1, job.num_threads,
+                        states);
     return;
   }
 
@@ -100,8 +101,8 @@ void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry,
           quantize_block_rows(job, geometry, middle, middle + 1, -1, -1, 1, states);
       second_start.set_value(head.start_state);
       published = true;
-      quantize_block_rows(job, geometry, middle + 1, num_block_rows, head.end_state,
-                          -1, 1, states);
+      quantize_block_rows(job, geometry, middle + 1, num_block_rows, head.end_state, -1,
+                          1, states);
     } catch (...) {
       if (published) {
         second_error = std::current_exception();

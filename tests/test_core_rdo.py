@@ -243,34 +243,76 @@ def test_large_rate_aware_trellis_in_halves_is_one_path_on_any_thread_count():
     assert mse_min <= mse <= 1.05 * mse_min
 
 
-_KERNEL_CASES = """
+needs_avx512 = pytest.mark.skipif(
+    not _core.avx512_available(), reason="no AVX-512 kernels on this CPU or build"
+)
+
+
+def _trellis_input(kind: str, n: int, rng) -> np.ndarray:
+    step = _core.step_size(-32, 2)
+    draws = {
+        "normal": lambda: rng.normal(0, 0.05, n),
+        "laplace": lambda: rng.laplace(0, 0.3, n),  # magnitudes past 64
+        "sparse": lambda: rng.normal(0, 0.05, n) * (rng.random(n) < 0.2),
+        "cauchy": lambda: rng.standard_cauchy(n) * 0.01,
+        # Exact ties between candidates: half-integer and integer multiples.
+        "halves": lambda: (rng.integers(-40, 40, n) + 0.5) * step,
+        "integers": lambda: rng.integers(-20, 20, n) * step,
+    }
+    return draws[kind]().astype(np.float32)
+
+
+@needs_avx512
+@pytest.mark.parametrize("kind", ["normal", "laplace", "sparse", "cauchy", "halves",
+                                  "integers"])
+@pytest.mark.parametrize("n, start_state", [(1, 0), (9, 3), (287, -1), (289, 5),
+                                             (545, 7), (5003, 0)])
+@pytest.mark.parametrize("lambda_scale", [0.05, 0.5, 4.0])
+def test_avx512_and_portable_trellis_passes_agree(kind, n, start_state, lambda_scale):
+    # Final path costs to the bit and every back pointer (edge and candidate
+    # of every state), across settles (after 288, then every 256 values) and
+    # partial batches of 8.
+    x = _trellis_input(kind, n, np.random.default_rng(n))
+
+    portable = _core.dq_forward_pass(x, -32, 2, lambda_scale, start_state, False)
+    vector = _core.dq_forward_pass(x, -32, 2, lambda_scale, start_state, True)
+
+    assert vector[0] == portable[0]
+    assert vector[1] == portable[1]
+    assert len(portable[1]) == 3 * n
+
+
+@needs_avx512
+@pytest.mark.parametrize("dq, with_base, max_positions", [
+    (True, False, 65536), (False, False, 0), (True, True, 0), (True, False, 3000),
+])
+def test_avx512_and_portable_eco_steps_agree(dq, with_base, max_positions):
+    rng = np.random.default_rng(5)
+    height, width = 120, 250
+    x = rng.laplace(0, 0.4, height * width) * (rng.random(height * width) < 0.8)
+    q = _core.quantize(x.astype(np.float32), -24, 2, dq, 0.5)
+    base = (q // 2).astype(np.int32) if with_base else None
+    options = dict(dq=dq, row_skipping=True, tca_base=base,
+                   eco_max_positions=max_positions)
+
+    portable = _core.eco_init_set_costs(q, height, width, avx512=False, **options)
+    vector = _core.eco_init_set_costs(q, height, width, avx512=True, **options)
+
+    assert vector == portable
+    assert len(portable) % 9 == 0 and max(portable) > 0
+
+
+_KERNEL_PROBE = """
 import hashlib, json
 import numpy as np
 from flwr_nncodec import _core
-rng = np.random.default_rng(7)
-digests = []
-for n, draw, qp, lam in [
-    (5000, "normal", -32, 0.5), (5000, "laplace", -38, 1.0),
-    (40000, "sparse", -24, 4.0), (3000, "cauchy", -44, 0.05),
-    ((1 << 18) + 3, "normal", -32, 0.5), (1, "normal", -32, 0.5),
-]:
-    x = {"normal": lambda: rng.normal(0, 0.05, n),
-         "laplace": lambda: rng.laplace(0, 0.3, n),
-         "sparse": lambda: rng.normal(0, 0.05, n) * (rng.random(n) < 0.2),
-         "cauchy": lambda: rng.standard_cauchy(n) * 0.01}[draw]()
-    q = _core.quantize(x.astype(np.float32), qp, 2, True, lam)
-    digests.append(hashlib.sha256(q.tobytes()).hexdigest())
-    # The eco estimate of the same levels (its AVX-512 step), whole tensor.
-    width = 1000 if n > 1000 else n
-    height = n // width
-    digests.append(_core.choose_eco_init_sets(
-        q[: height * width], height, width, dq=True, row_skipping=True,
-        eco_max_positions=0))
-print(json.dumps([_core.dq_trellis_kernel(), digests]))
+x = np.random.default_rng(7).normal(0, 0.05, (1 << 18) + 3).astype(np.float32)
+q = _core.quantize(x, -32, 2, True, 0.5)
+print(json.dumps([_core.dq_trellis_kernel(), hashlib.sha256(q.tobytes()).hexdigest()]))
 """
 
 
-def _trellis_digests(disable_avx512: bool) -> tuple[str, list[str]]:
+def _probe_kernel(disable_avx512: str | None) -> list:
     import json
     import os
     import subprocess
@@ -278,25 +320,23 @@ def _trellis_digests(disable_avx512: bool) -> tuple[str, list[str]]:
 
     env = dict(os.environ)
     env.pop("NNC_DISABLE_AVX512", None)
-    if disable_avx512:
-        env["NNC_DISABLE_AVX512"] = "1"
-    done = subprocess.run([sys.executable, "-c", _KERNEL_CASES], env=env,
-                          capture_output=True, text=True, timeout=300, check=True)
-    kernel, digests = json.loads(done.stdout)
-    return kernel, digests
+    if disable_avx512 is not None:
+        env["NNC_DISABLE_AVX512"] = disable_avx512
+    done = subprocess.run([sys.executable, "-c", _KERNEL_PROBE], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
-def test_avx512_and_portable_kernels_give_the_same_levels_and_eco_choice():
-    # Heavy tails (magnitudes past the 64 tabulated ones), zeros, the split
-    # of 2^18 values and a single value, each run by both forward passes of
-    # the trellis and both eco estimators.
-    kernel, fast = _trellis_digests(disable_avx512=False)
-    if kernel != "avx512":
-        pytest.skip("this CPU runs the portable trellis only")
-    portable_kernel, portable = _trellis_digests(disable_avx512=True)
+@needs_avx512
+def test_nnc_disable_avx512_selects_the_portable_kernels_with_the_same_levels():
+    default_kernel, default_digest = _probe_kernel(None)
+    zero_kernel, _ = _probe_kernel("0")
+    portable_kernel, portable_digest = _probe_kernel("1")
 
-    assert portable_kernel == "portable"
-    assert fast == portable
+    assert (default_kernel, zero_kernel, portable_kernel) == (
+        "avx512", "avx512", "portable")
+    assert portable_digest == default_digest
 
 
 @pytest.mark.parametrize("dq, with_base, codebook", [

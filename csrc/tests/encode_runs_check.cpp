@@ -3,12 +3,13 @@
 // option NNC_NATIVE_TESTS). For random float matrices in block scans it
 // checks that the trellis runs and the level runs give the same segment and
 // entry points on 1, 2, 3 and 5 threads, and that the segment decodes back.
-// Under DQ, level runs given wrong block-row start states must refuse.
+// Under DQ, level runs given wrong block-row start states must name them.
 //   nnc_encode_runs_check [trials=40] [seed=1]
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "segment.hpp"
@@ -26,6 +27,19 @@ bool same_entry_points(const std::vector<nnc::EntryPoint>& a,
     }
   }
   return true;
+}
+
+// Whether encode_segment on 2 threads, given these block-row start
+// states, refuses with an error whose message contains `expected`.
+bool refuses_start_states(const std::vector<int32_t>& q, nnc::SegmentSpec spec,
+                          const std::vector<uint8_t>& states, const char* expected) {
+  spec.block_row_start_states = states.data();
+  try {
+    nnc::encode_segment(q.data(), spec, nullptr, 2);
+  } catch (const std::logic_error& error) {
+    return std::string(error.what()).find(expected) != std::string::npos;
+  }
+  return false;
 }
 
 }  // namespace
@@ -79,25 +93,22 @@ int main(int argc, char** argv) {
       }
     }
 
-    // Wrong start states for every block row but the first: the runs must
-    // notice that a run does not start where the one before it ended.
+    // Wrong start states for every block row but the first: the level runs
+    // must name the block row whose run does not start where the one
+    // before it ended (also when a level of the wrong parity fails first).
     const nnc::ScanGeometry geometry = nnc::scan_geometry(job.spec);
     if (job.spec.dq && n >= (size_t(1) << 16) && geometry.num_block_rows >= 2) {
       std::vector<uint8_t> wrong(size_t(geometry.num_block_rows), 0);
       for (size_t row = 1; row < wrong.size(); ++row) {
         wrong[row] = uint8_t((job.entry_points[row - 1].dq_state + 1) % 8);
       }
-      nnc::SegmentSpec wrong_spec = job.spec;
-      wrong_spec.block_row_start_states = wrong.data();
-      bool refused = false;
-      try {
-        nnc::encode_segment(q.data(), wrong_spec, nullptr, 2);
-      } catch (const std::logic_error&) {
-        refused = true;  // the runs' check, or an inadmissible level
-
+      if (!refuses_start_states(q, job.spec, wrong, "starts in DQ state")) {
+        std::printf("trial %d: wrong block-row start states were not named\n", trial);
+        ++num_failures;
       }
-      if (!refused) {
-        std::printf("trial %d: wrong block-row start states were accepted\n", trial);
+      std::fill(wrong.begin() + 1, wrong.end(), uint8_t(9));
+      if (!refuses_start_states(q, job.spec, wrong, "is not a DQ state")) {
+        std::printf("trial %d: start state 9 was not refused\n", trial);
         ++num_failures;
       }
     }
