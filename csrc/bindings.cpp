@@ -579,9 +579,12 @@ NB_MODULE(_core, m) {
         "encode_segment() in scan order scan_order (0 raster, 1..4 blocks of "
         "4 << scan_order): returns (segment bytes, entry points), each entry "
         "point (delta_bits, offset, dq_state) as the NDU header codes it. "
-        "Under DQ, q must follow the trellis in that scan order. A block scan "
-        "of 2**16 values or more codes runs of block rows on up to num_threads "
-        "threads; the bytes do not depend on it.");
+        "Under DQ, q must follow the trellis in that scan order, where a "
+        "skipped row advances the DQ state by width zeros in every block "
+        "(quirk Q3): when width % 4 != 0, code encode_tensors' levels with "
+        "row_skipping=False, as encode_tensors does. A block scan of 2**16 "
+        "values or more codes runs of block rows on up to num_threads threads; "
+        "the bytes do not depend on it.");
 
   m.def("decode_segment", &decode_segment, "data"_a.noconvert(), "height"_a, "width"_a,
         nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a, "hdsp_flag_present"_a,

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -20,6 +21,11 @@
 namespace nnc {
 
 namespace {
+
+// Largest lambda_scale accepted: well beyond useful values, and small enough
+// that lambda times the bits of a path stays far inside the double range
+// (at 1e308 the trellis' path costs overflowed to infinity).
+constexpr double kMaxLambdaScale = 1e6;
 
 // Largest |x|/step accepted: the DQ trellis looks two steps beyond |x|/step.
 constexpr double kMaxScaledMagnitude = 2147483647.0 - 4.0;
@@ -861,9 +867,11 @@ DqPathEnds quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
 // step of qp, after checking that x fits it.
 float checked_inverse_step(const float* x, size_t n, int qp, int qp_density,
                            double lambda_scale) {
-  if (!(lambda_scale >= 0.0)) {
-    throw std::invalid_argument("quantize: lambda_scale must be >= 0, got " +
-                                std::to_string(lambda_scale));
+  if (!(lambda_scale >= 0.0 && lambda_scale <= kMaxLambdaScale)) {
+    char number[32];
+    std::snprintf(number, sizeof(number), "%g", lambda_scale);
+    throw std::invalid_argument("quantize: lambda_scale must be in 0..1e6, got " +
+                                std::string(number));
   }
   const float step = step_size(qp, qp_density);
   if (step == 0.0f || !std::isfinite(step)) {

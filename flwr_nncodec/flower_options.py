@@ -9,11 +9,11 @@ single flag instead of one zero level per element.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from flwr_nncodec.hls import MAX_SCAN_ORDER
+from flwr_nncodec.options import MAX_LAMBDA_SCALE
 
 # Prefix of every key the plugin adds to a message's ConfigRecord.
 CONFIG_PREFIX = "nnc."
@@ -97,9 +97,9 @@ class NNCOptions:
                     f"NNCOptions.{name} must lie in [{QP_MIN}, {QP_MAX}], got {value}"
                 )
 
-        if not 0.0 <= self.lambda_scale < math.inf:
+        if not 0.0 <= self.lambda_scale <= MAX_LAMBDA_SCALE:
             raise ValueError(
-                "NNCOptions.lambda_scale must be >= 0 and finite, "
+                f"NNCOptions.lambda_scale must lie in [0, {MAX_LAMBDA_SCALE:g}], "
                 f"got {self.lambda_scale}"
             )
         if not 0.0 <= self.sparsity < 1.0:

@@ -23,6 +23,9 @@ __all__ = [
 # trellis (DQ); 0 is pure squared error, NNCodec's choice, and reproduces
 # NNCodec's streams. See docs/ARCHITECTURE.md §2 for the measurements.
 DEFAULT_LAMBDA_SCALE = 0.5
+# Largest lambda_scale the core accepts (far beyond useful values; larger
+# ones overflow the trellis' path costs).
+MAX_LAMBDA_SCALE = 1e6
 MAX_THREADS = 1024
 
 logger = logging.getLogger(__name__)
@@ -127,7 +130,9 @@ def make_options(**options: object) -> EncodeOptions:
             f"approx_method must be one of {APPROX_METHODS}, got "
             f"{values['approx_method']!r}"
         )
-    values["lambda_scale"] = _real("lambda_scale", values["lambda_scale"], 0.0, None)
+    values["lambda_scale"] = _real(
+        "lambda_scale", values["lambda_scale"], 0.0, MAX_LAMBDA_SCALE
+    )
     values["num_threads"] = resolve_num_threads(values["num_threads"])
     values["scan_order"] = _integer(
         "scan_order", values["scan_order"], 0, MAX_SCAN_ORDER

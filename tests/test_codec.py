@@ -321,6 +321,7 @@ def test_values_beyond_any_qp_are_refused():
         ({"approx_method": "kmeans"}, ValueError, "approx_method"),
         ({"sparsity": 1.5}, ValueError, "sparsity = 1.5"),
         ({"lambda_scale": float("nan")}, ValueError, "lambda_scale"),
+        ({"lambda_scale": 1e308}, ValueError, r"lambda_scale = 1e\+308 is outside"),
         ({"device_id": -1}, ValueError, "device_id = -1"),
         ({"use_dq": "yes"}, TypeError, "use_dq must be a bool"),
         ({"qpp": -32}, TypeError, "unknown encoder option.*'qpp'"),

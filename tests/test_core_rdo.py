@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -89,9 +91,22 @@ def test_rate_aware_dq_obeys_parity_and_saves_bits():
     assert not np.array_equal(q0, q1)
 
 
-def test_negative_lambda_is_rejected():
-    with pytest.raises(ValueError, match="lambda_scale must be >= 0, got -1"):
-        _core.quantize(_gaussian(4, seed=5), -32, 2, True, -1.0)
+@pytest.mark.parametrize("dq", [False, True])
+@pytest.mark.parametrize("lambda_scale, shown", [
+    (-1.0, "-1"), (-1e-300, "-1e-300"), (1e308, "1e+308"), (float("inf"), "inf"),
+    (float("nan"), "nan"),
+])
+def test_lambda_outside_0_to_1e6_is_rejected(dq, lambda_scale, shown):
+    # 1e308 used to overflow the DQ path costs ("no admissible DQ path").
+    expected = re.escape(f"lambda_scale must be in 0..1e6, got {shown}") + "$"
+    with pytest.raises(ValueError, match=expected):
+        _core.quantize(_gaussian(64, seed=5), -32, 2, dq, lambda_scale)
+
+
+def test_largest_lambda_zeroes_the_levels():
+    q = _core.quantize(_gaussian(64, seed=5), -32, 2, True, 1e6)
+
+    np.testing.assert_array_equal(q, np.zeros(64, np.int32))
 
 
 @pytest.mark.parametrize("dq,lambda_scale", [(False, 0.0), (True, 0.0), (True, 1.0),

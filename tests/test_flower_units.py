@@ -42,7 +42,7 @@ def test_options_round_trip_through_config():
         ({"struct_spars_factor": -0.5}, r"got -0.5"),
         ({"use_dq": 1}, r"use_dq must be bool, got 1"),
         ({"diff_qp": True}, r"diff_qp must be int, got True"),
-        ({"lambda_scale": -0.1}, r"lambda_scale must be >= 0 and finite, got -0.1"),
+        ({"lambda_scale": -0.1}, r"lambda_scale must lie in \[0, 1e\+06\], got -0.1"),
         ({"scan_order": 5}, r"scan_order must lie in \[0, 4\], got 5"),
         ({"scan_order": 1.0}, r"scan_order must be int, got 1.0"),
     ],
