@@ -351,8 +351,8 @@ struct ScaledRates {
 };
 
 // The rate side of the rate-aware DQ trellis: one shared rate model and its
-// lambda-scaled bit tables. Every kCommitBlock positions the survivor path
-// of the best state is taken as settled up to kCommitLag positions back,
+// lambda-scaled bit tables. Every kSettleEvery positions the survivor path
+// of the best state is taken as settled up to kSettleLag positions back,
 // and the model is adapted to those levels.
 class TrellisRates {
  public:
@@ -373,15 +373,15 @@ class TrellisRates {
     for (int c = 0; c < 6; ++c) levels[c] = int32_t(cand.level[c / 3][c % 3]);
   }
 
-  // Positions between two settle() calls (after the first) and before the
-  // first; both multiples of 8, so the rates stay fixed within any 8
-  // positions that start at a multiple of 8.
+  // settle() runs after kSettleEvery + kSettleLag positions, then every
+  // kSettleEvery; both are multiples of 8, so the rates stay fixed within
+  // any 8 positions that start at a multiple of 8.
   static constexpr size_t kSettleEvery = 256;
-  static constexpr size_t kFirstSettleAfter = 288;
-  static_assert(kSettleEvery % 8 == 0 && kFirstSettleAfter % 8 == 0);
+  static constexpr size_t kSettleLag = 32;
+  static_assert(kSettleEvery % 8 == 0 && kSettleLag % 8 == 0);
 
   // Whether settle() is due after position i.
-  bool due(size_t i) const { return i + 1 >= committed_ + kCommitBlock + kCommitLag; }
+  bool due(size_t i) const { return i + 1 >= committed_ + kSettleEvery + kSettleLag; }
 
   // After position i, with the path costs in `cost`: settle the path of the
   // cheapest state and refresh the tables.
@@ -401,7 +401,7 @@ class TrellisRates {
     }
     // The model only needs to be close to the final path, so a survivor
     // that has not yet merged with earlier commits is taken as it is.
-    const size_t end = i + 1 - kCommitLag;
+    const size_t end = i + 1 - kSettleLag;
     for (size_t p = committed_; p < end; ++p) {
       const long long k = path_levels_[p - committed_];
       model_.update(path_states_[p - committed_], committed_prev_level_, k);
@@ -422,12 +422,10 @@ class TrellisRates {
   }
 
  private:
-  static constexpr size_t kCommitBlock = kSettleEvery;
-  static constexpr size_t kCommitLag = kFirstSettleAfter - kSettleEvery;
   // Positions whose candidate levels are kept: settle() looks back at most
-  // kCommitBlock + kCommitLag.
+  // kSettleEvery + kSettleLag.
   static constexpr size_t kRecentPositions = 512;
-  static_assert(kRecentPositions >= kCommitBlock + kCommitLag);
+  static_assert(kRecentPositions >= kSettleEvery + kSettleLag);
 
   double lambda_per_bit_unit_;
   LevelRateModel model_;
