@@ -27,6 +27,13 @@ namespace {
 // (at 1e308 the trellis' path costs overflowed to infinity).
 constexpr double kMaxLambdaScale = 1e6;
 
+// A double as %g writes it (std::to_string prints -1e-300 as -0.000000).
+std::string number_str(double value) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g", value);
+  return text;
+}
+
 // Largest |x|/step accepted: the DQ trellis looks two steps beyond |x|/step.
 constexpr double kMaxScaledMagnitude = 2147483647.0 - 4.0;
 
@@ -866,10 +873,8 @@ DqPathEnds quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
 float checked_inverse_step(const float* x, size_t n, int qp, int qp_density,
                            double lambda_scale) {
   if (!(lambda_scale >= 0.0 && lambda_scale <= kMaxLambdaScale)) {
-    char number[32];
-    std::snprintf(number, sizeof(number), "%g", lambda_scale);
     throw std::invalid_argument("quantize: lambda_scale must be in 0..1e6, got " +
-                                std::string(number));
+                                number_str(lambda_scale));
   }
   const float step = step_size(qp, qp_density);
   if (step == 0.0f || !std::isfinite(step)) {
@@ -966,7 +971,7 @@ DqForwardPass dq_forward_pass(const float* x, size_t n, int qp, int qp_density,
   }
   if (!(lambda_scale > 0.0)) {
     throw std::invalid_argument("dq_forward_pass: lambda_scale must be > 0, got " +
-                                std::to_string(lambda_scale));
+                                number_str(lambda_scale));
   }
   if (avx512 && !avx512_available()) {
     throw std::invalid_argument(
