@@ -703,10 +703,10 @@ namespace {
 
 // Estimated bits (2^-15 units) of init sets 0..8 for each eco-list context,
 // in list order. vector_step: the AVX-512 step (the same sums).
-std::vector<std::array<uint64_t, kNumInitSets>> init_set_costs(const int32_t* q,
-                                                               const SegmentSpec& spec,
-                                                               int num_threads,
-                                                               bool vector_step) {
+// skip_rows: the rows the encoder skips (skip_rows_for).
+std::vector<std::array<uint64_t, kNumInitSets>> init_set_costs(
+    const int32_t* q, const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
+    int num_threads, bool vector_step) {
   const ContextLayout layout(spec.unary_len);
   // Estimating over a prefix of the tensor (SegmentSpec::eco_max_positions)
   // bounds the 9-fold work on large tensors; the init set matters most for
@@ -714,7 +714,6 @@ std::vector<std::array<uint64_t, kNumInitSets>> init_set_costs(const int32_t* q,
   const int64_t max_positions = spec.eco_max_positions > 0
                                     ? spec.eco_max_positions
                                     : std::numeric_limits<int64_t>::max();
-  const std::vector<uint8_t> skip_rows = skip_rows_for(q, spec);
 
   // NNCodec estimates codebook levels without the truncations (§2.5), so
   // the extra gt pair of the eco list sees bins there. With threads, one
@@ -745,12 +744,13 @@ std::vector<std::array<uint64_t, kNumInitSets>> init_set_costs(const int32_t* q,
   return costs;
 }
 
-}  // namespace
-
+// choose_init_sets() for the encoder, which has the skipped rows already.
 std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
+                                      const std::vector<uint8_t>& skip_rows,
                                       int num_threads) {
   std::vector<uint8_t> init_sets;
-  for (const auto& costs : init_set_costs(q, spec, num_threads, use_avx512())) {
+  for (const auto& costs :
+       init_set_costs(q, spec, skip_rows, num_threads, use_avx512())) {
     int best = 0;
     uint64_t best_cost = costs[0];
     for (int e = 1; e < kNumInitSets; ++e) {
@@ -764,6 +764,13 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
   return init_sets;
 }
 
+}  // namespace
+
+std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
+                                      int num_threads) {
+  return choose_init_sets(q, spec, skip_rows_for(q, spec), num_threads);
+}
+
 std::vector<uint64_t> eco_init_set_costs(const int32_t* q, const SegmentSpec& spec,
                                          bool avx512) {
   if (avx512 && !avx512_available()) {
@@ -771,7 +778,7 @@ std::vector<uint64_t> eco_init_set_costs(const int32_t* q, const SegmentSpec& sp
         "eco_init_set_costs: the AVX-512 step is not available on this CPU or build");
   }
   std::vector<uint64_t> flat;
-  for (const auto& costs : init_set_costs(q, spec, 1, avx512)) {
+  for (const auto& costs : init_set_costs(q, spec, skip_rows_for(q, spec), 1, avx512)) {
     flat.insert(flat.end(), costs.begin(), costs.end());
   }
   return flat;
@@ -832,7 +839,7 @@ std::vector<uint8_t> encode_segment(const int32_t* q, const SegmentSpec& spec,
       }
     }
   } else if (spec.param_opt) {
-    init_sets = choose_init_sets(q, spec, num_threads);
+    init_sets = choose_init_sets(q, spec, skip_rows, num_threads);
   } else {
     init_sets.assign(list.size(), 0);
   }
