@@ -53,16 +53,21 @@ void CabacEncoder::write_out() {
   buffered_byte_ = lead_byte & 0xff;
 }
 
-std::vector<uint8_t> CabacEncoder::finish() {
-  // Resolve the pending bytes with the final carry.
-  if ((low_ >> (32 - bits_left_)) != 0) {
+void CabacEncoder::resolve_carry() {
+  const int num_low_bits = 32 - bits_left_;
+  if ((low_ >> num_low_bits) != 0) {
     out_.push_back(static_cast<uint8_t>(buffered_byte_ + 1));
     for (; num_buffered_bytes_ > 1; --num_buffered_bytes_) out_.push_back(0x00);
-    low_ -= 1u << (32 - bits_left_);
+    low_ &= (1u << num_low_bits) - 1;
   } else {
     if (num_buffered_bytes_ > 0) out_.push_back(static_cast<uint8_t>(buffered_byte_));
     for (; num_buffered_bytes_ > 1; --num_buffered_bytes_) out_.push_back(0xff);
   }
+  num_buffered_bytes_ = 0;
+}
+
+std::vector<uint8_t> CabacEncoder::finish() {
+  resolve_carry();
 
   // Remaining low bits, then the stop bit 1, then zeros to the byte boundary.
   const int num_tail_bits = 24 - bits_left_;
@@ -78,19 +83,10 @@ std::vector<uint8_t> CabacEncoder::finish() {
 }
 
 std::vector<uint8_t> CabacEncoder::finish_exact() {
-  // Carry into the pending bytes, as finish() does.
-  const int num_low_bits = 32 - bits_left_;
-  if ((low_ >> num_low_bits) != 0) {
-    out_.push_back(static_cast<uint8_t>(buffered_byte_ + 1));
-    for (; num_buffered_bytes_ > 1; --num_buffered_bytes_) out_.push_back(0x00);
-    low_ &= (1u << num_low_bits) - 1;
-  } else {
-    if (num_buffered_bytes_ > 0) out_.push_back(static_cast<uint8_t>(buffered_byte_));
-    for (; num_buffered_bytes_ > 1; --num_buffered_bytes_) out_.push_back(0xff);
-  }
-  num_buffered_bytes_ = 0;
+  resolve_carry();
 
   // Then all num_low_bits (9..20) bits of low, left-aligned in whole bytes.
+  const int num_low_bits = 32 - bits_left_;
   const int pad_bits = (8 - num_low_bits % 8) % 8;
   const uint32_t tail = low_ << pad_bits;
   for (int shift = num_low_bits + pad_bits - 8; shift >= 0; shift -= 8) {

@@ -187,6 +187,10 @@ class CabacEncoder {
 
   void write_out();
 
+  // Write the buffered byte and the pending 0xFF bytes with the carry out of
+  // low_ added, and clear the carry from low_ (finish, finish_exact).
+  void resolve_carry();
+
   std::vector<uint8_t> out_;
   // bits_left_ sits between low_ and range_, which shift together, so that
   // the compiler updates them with scalar stores rather than one two-lane
