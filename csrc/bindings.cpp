@@ -9,6 +9,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -93,22 +94,38 @@ void check_length(const InArray<T>& array, int64_t expected, const std::string& 
   }
 }
 
-// Entry points cross the boundary as (delta_bits, offset, dq_state) tuples.
-using EntryPointTuple = std::tuple<uint64_t, uint32_t, int>;
+// Entry points cross the boundary as (delta_bits, offset, dq_state) tuples,
+// as signed integers so that a negative one gets a ValueError naming it
+// rather than nanobind's TypeError.
+using EntryPointTuple = std::tuple<int64_t, int64_t, int64_t>;
 
 std::vector<EntryPointTuple> entry_point_tuples(
     const std::vector<nnc::EntryPoint>& in) {
   std::vector<EntryPointTuple> out;
   out.reserve(in.size());
-  for (const auto& e : in) out.emplace_back(e.delta_bits, e.offset, e.dq_state);
+  for (const auto& e : in) {
+    out.emplace_back(int64_t(e.delta_bits), int64_t(e.offset), int64_t(e.dq_state));
+  }
   return out;
 }
 
+// Only the conversions are checked here; the core names values that do not
+// fit the stream (offset >= 256, DQ state outside 0..7, bits past the end).
 std::vector<nnc::EntryPoint> entry_points_from(const std::vector<EntryPointTuple>& in) {
   std::vector<nnc::EntryPoint> out;
   out.reserve(in.size());
-  for (const auto& [delta_bits, offset, dq_state] : in) {
-    out.push_back({delta_bits, offset, dq_state});
+  for (size_t i = 0; i < in.size(); ++i) {
+    const auto& [delta_bits, offset, dq_state] = in[i];
+    const auto fail = [&](const char* field, int64_t value) {
+      throw std::invalid_argument("entry point " + std::to_string(i) + ": " + field +
+                                  " " + std::to_string(value) +
+                                  " is negative or "
+                                  "too large");
+    };
+    if (delta_bits < 0) fail("delta_bits", delta_bits);
+    if (offset < 0 || offset > int64_t(UINT32_MAX)) fail("offset", offset);
+    if (dq_state < INT_MIN || dq_state > INT_MAX) fail("dq_state", dq_state);
+    out.push_back({uint64_t(delta_bits), uint32_t(offset), int(dq_state)});
   }
   return out;
 }
@@ -509,6 +526,8 @@ nb::dict tables() {
 
 NB_MODULE(_core, m) {
   m.doc() = "NNC (ISO/IEC 15938-17) DeepCABAC segment coder and quantisers.";
+
+  m.attr("MAX_LAMBDA_SCALE") = nnc::kMaxLambdaScale;
 
   m.def("step_size", &nnc::step_size, "qp"_a, "qp_density"_a,
         "Step size of qp at qp_density (float32-exact).");

@@ -22,11 +22,6 @@ namespace nnc {
 
 namespace {
 
-// Largest lambda_scale accepted: well beyond useful values, and small enough
-// that lambda times the bits of a path stays far inside the double range
-// (at 1e308 the trellis' path costs overflowed to infinity).
-constexpr double kMaxLambdaScale = 1e6;
-
 // A double as %g writes it (std::to_string prints -1e-300 as -0.000000).
 std::string number_str(double value) {
   char text[32];

@@ -17,6 +17,12 @@ float step_size(int qp, int qp_density);
 // (quantize(), and the block scans of encode_tensor()).
 constexpr size_t kDqSplitPositions = size_t(1) << 18;
 
+// Largest lambda_scale accepted: well beyond useful values, and small enough
+// that lambda times the bits of a path stays far inside the double range
+// (at 1e308 the trellis' path costs overflowed to infinity). Exported to
+// Python as _core.MAX_LAMBDA_SCALE, the options' bound.
+constexpr double kMaxLambdaScale = 1e6;
+
 // Reconstruction indices of x (n values) in q_out. URQ with lambda_scale 0:
 // round-half-away(float32(float32(1/step) * x)) (quirk Q17). DQ: Viterbi
 // search over the 8-state trellis; with lambda_scale 0 the minimum squared

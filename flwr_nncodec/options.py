@@ -8,6 +8,7 @@ import numbers
 import os
 from dataclasses import dataclass, fields
 
+from flwr_nncodec import _core
 from flwr_nncodec.base_state import BaseState
 from flwr_nncodec.hls import MAX_SCAN_ORDER
 
@@ -25,7 +26,7 @@ __all__ = [
 DEFAULT_LAMBDA_SCALE = 0.5
 # Largest lambda_scale the core accepts (far beyond useful values; larger
 # ones overflow the trellis' path costs).
-MAX_LAMBDA_SCALE = 1e6
+MAX_LAMBDA_SCALE = float(_core.MAX_LAMBDA_SCALE)
 MAX_THREADS = 1024
 
 logger = logging.getLogger(__name__)

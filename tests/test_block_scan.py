@@ -10,6 +10,7 @@ are in test_interop_nncodec.py.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -311,6 +312,30 @@ def test_entry_point_beyond_the_segment_is_refused():
     bad = with_header(stream, entry_points=tuple(entries))
     with pytest.raises(NNCFormatError, match="lies beyond"):
         nnc.decode(bad, num_threads=2)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    (0, -1, "delta_bits -1 is negative or too large"),
+    (1, -3, "offset -3 is negative or too large"),
+    (1, 2**32, "offset 4294967296 is negative or too large"),
+    (2, -2**40, "dq_state -1099511627776 is negative or too large"),
+    (1, 300, "has offset 300 and DQ state"),  # fits the type: the core names it
+    (2, 8, "and DQ state 8"),
+])
+def test_core_names_a_bad_entry_point_integer(field, value, message):
+    # Negative integers used to fail nanobind's conversion with a TypeError.
+    stream = block_scan_stream()
+    parsed = hls.parse_stream(stream)
+    unit = parsed.ndus[0]
+    height, width = matrix_shape(unit.header.dims)
+    args = segment_args(unit, parsed.mps)
+    entries = [list(e) for e in args["entry_points"]]
+    entries[1][field] = value
+    args["entry_points"] = [tuple(e) for e in entries]
+    segment = np.frombuffer(stream, np.uint8, unit.payload_size, unit.payload_offset)
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _core.decode_segment(segment, height, width, **args)
 
 
 def test_entry_point_count_must_match_the_block_rows():

@@ -103,6 +103,18 @@ def test_lambda_outside_0_to_1e6_is_rejected(dq, lambda_scale, shown):
         _core.quantize(_gaussian(64, seed=5), -32, 2, dq, lambda_scale)
 
 
+def test_options_bound_is_the_cores_bound():
+    # The options check against _core.MAX_LAMBDA_SCALE: the largest value
+    # they pass must quantise, the next double above it must be refused.
+    from flwr_nncodec.options import MAX_LAMBDA_SCALE
+
+    x = _gaussian(64, seed=5)
+    assert MAX_LAMBDA_SCALE == 1e6
+    _core.quantize(x, -32, 2, True, MAX_LAMBDA_SCALE)
+    with pytest.raises(ValueError, match="lambda_scale must be in 0..1e6"):
+        _core.quantize(x, -32, 2, True, np.nextafter(MAX_LAMBDA_SCALE, np.inf))
+
+
 def test_largest_lambda_zeroes_the_levels():
     q = _core.quantize(_gaussian(64, seed=5), -32, 2, True, 1e6)
 

@@ -22,6 +22,7 @@ def main(grid: Grid, context: Context) -> None:
         diff_qp=int(run_config["diff-qp"]),
         sparsity=float(run_config["sparsity"]),
         struct_spars_factor=float(run_config["struct-spars-factor"]),
+        scan_order=int(run_config["scan-order"]),
     )
     x_test, y_test = load_test_set()
 
