@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("output", type=Path, help=".npz, .safetensors or .pt to write")
     decode.add_argument("-f", "--force", action="store_true", help="overwrite OUTPUT")
     decode.add_argument(
+        "--dtype",
+        choices=model_io.FLOAT_DTYPES,
+        default="float32",
+        help="dtype of the float tensors written (default float32; bfloat16 "
+        "needs PyTorch and a .pt or .safetensors OUTPUT)",
+    )
+    decode.add_argument(
         "--num-threads",
         type=int,
         default=argparse.SUPPRESS,
@@ -402,7 +409,7 @@ def _size_ratio(output_bytes: int, input_bytes: int) -> str:
 
 def command_decode(args: argparse.Namespace) -> int:
     """Decode a bitstream into a parameter file in the format OUTPUT names."""
-    model_io.file_format(args.output)
+    model_io.check_float_dtype(args.output, args.dtype)
     _check_output_path(args.output, args.force)
     bitstream = model_io.read_bytes(args.input)
     decode_options = {}
@@ -426,12 +433,15 @@ def command_decode(args: argparse.Namespace) -> int:
         raise UserError(f"{args.input}: cannot decode: {error}") from None
     decode_seconds = time.perf_counter() - started
 
-    model_io.save_parameters(args.output, params, overwrite=args.force)
+    model_io.save_parameters(
+        args.output, params, overwrite=args.force, float_dtype=args.dtype
+    )
     num_params = sum(array.size for array in params.values())
     _echo(
         args,
         f"{args.output}: {len(params)} tensors, {num_params:,} parameters decoded "
-        f"from {len(bitstream):,} bytes in {decode_seconds:.2f} s",
+        f"from {len(bitstream):,} bytes in {decode_seconds:.2f} s "
+        f"(floats as {args.dtype})",
     )
     return EXIT_OK
 

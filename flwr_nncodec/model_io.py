@@ -65,29 +65,68 @@ def load_parameters(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return params
 
 
+# Float dtypes a decoded file can hold (NNC streams carry none: the coded
+# values are reconstructed as float32).
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def check_float_dtype(path: str | os.PathLike, float_dtype: str) -> str:
+    """The format of ``path`` (file_format) after checking that it can hold
+    float tensors as ``float_dtype`` here: ModelFileError naming what is
+    missing otherwise (call it before long work whose result goes there)."""
+    path = Path(path)
+    kind = file_format(path)
+    if float_dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"float_dtype must be one of {', '.join(FLOAT_DTYPES)}, got {float_dtype!r}"
+        )
+    if float_dtype == "bfloat16":
+        if kind == "npz":
+            raise ModelFileError(
+                f"{path}: .npz cannot hold bfloat16 (numpy has no such dtype); write "
+                ".pt or .safetensors, or choose float32 or float16"
+            )
+        _import_torch(path)
+        if kind == "safetensors":
+            _import_safetensors(path)
+    return kind
+
+
 def save_parameters(
     path: str | os.PathLike,
     params: Mapping[str, np.ndarray],
     *,
     overwrite: bool = False,
+    float_dtype: str = "float32",
 ) -> None:
     """Write ``params`` to ``path`` in the format its suffix names.
 
-    Refuses to replace an existing file unless ``overwrite`` is true. The file
-    is written to a temporary name first, so a failed write leaves no partial file.
+    Float arrays are stored as ``float_dtype`` (one of FLOAT_DTYPES; bfloat16
+    needs PyTorch and a .pt or .safetensors file, since numpy has no
+    bfloat16); integer arrays keep their dtype. Refuses to replace an
+    existing file unless ``overwrite`` is true. The file is written to a
+    temporary name first, so a failed write leaves no partial file.
     """
     path = Path(path)
-    kind = file_format(path)
+    kind = check_float_dtype(path, float_dtype)
     if path.exists() and not overwrite:
         raise ModelFileError(f"{path}: file exists (use --force to overwrite it)")
 
     arrays = {name: np.ascontiguousarray(value) for name, value in params.items()}
+    if float_dtype == "float16":
+        arrays = {
+            name: value.astype(np.float16) if value.dtype.kind == "f" else value
+            for name, value in arrays.items()
+        }
+    bfloat16 = float_dtype == "bfloat16"
 
     def write(handle) -> None:
         if kind == "torch":
-            _save_torch(handle, arrays, path)
+            _save_torch(handle, arrays, path, bfloat16)
         elif kind == "npz":
             _save_npz(handle, arrays)
+        elif bfloat16:
+            _save_safetensors_bfloat16(handle, arrays)
         else:
             _save_safetensors(handle, arrays, path)
 
@@ -284,10 +323,24 @@ def _torch_to_numpy(tensor) -> np.ndarray:
     return tensor.contiguous().numpy().copy()
 
 
-def _save_torch(handle, arrays: dict[str, np.ndarray], path: Path) -> None:
+def _save_torch(
+    handle, arrays: dict[str, np.ndarray], path: Path, bfloat16: bool = False
+) -> None:
     torch = _import_torch(path)
     state = {name: torch.from_numpy(array.copy()) for name, array in arrays.items()}
+    if bfloat16:
+        state = _floats_to_bfloat16(state)
     torch.save(state, handle)
+
+
+def _floats_to_bfloat16(state: dict) -> dict:
+    """Float tensors of ``state`` rounded to bfloat16; the others as they are."""
+    import torch
+
+    return {
+        name: tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
+        for name, tensor in state.items()
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -412,3 +465,13 @@ def _save_safetensors(handle, arrays: dict[str, np.ndarray], path: Path) -> None
     safetensors = _import_safetensors(path)
     metadata = {_ORDER_METADATA_KEY: json.dumps(list(arrays))}
     handle.write(safetensors.numpy.save(arrays, metadata=metadata))
+
+
+def _save_safetensors_bfloat16(handle, arrays: dict[str, np.ndarray]) -> None:
+    """.safetensors with the float tensors in bfloat16 (through PyTorch)."""
+    import safetensors.torch
+    import torch
+
+    state = {name: torch.from_numpy(array.copy()) for name, array in arrays.items()}
+    metadata = {_ORDER_METADATA_KEY: json.dumps(list(arrays))}
+    handle.write(safetensors.torch.save(_floats_to_bfloat16(state), metadata=metadata))

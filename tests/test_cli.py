@@ -508,3 +508,66 @@ def test_version_option():
     completed = _run_cli("--version")
     assert completed.returncode == 0
     assert completed.stdout.strip().startswith("flwr-nncodec 0.1.0")
+
+
+@pytest.mark.parametrize("suffix", ["pt", "safetensors", "npz"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_decode_dtype_rounds_the_floats_and_keeps_the_ints(tmp_path, suffix, dtype):
+    """--dtype stores the float tensors in that dtype, rounded from the float32
+    reconstruction; integer tensors keep int32."""
+    if dtype == "bfloat16" and suffix == "npz":
+        pytest.skip("refused, see the next test")
+    torch = pytest.importorskip("torch")
+    if suffix == "safetensors":
+        pytest.importorskip("safetensors")
+    stream = tmp_path / "m.nnc"
+    # A fine step (2^-15), so that the reconstructions need more mantissa bits
+    # than float16 or bfloat16 hold and the dtype has to round them.
+    stream.write_bytes(flwr_nncodec.encode(small_model(), qp=-60, use_dq=False))
+    reference = flwr_nncodec.decode(stream.read_bytes())
+    out = tmp_path / f"m.{suffix}"
+
+    assert cli.main(["-q", "decode", "--dtype", dtype, str(stream), str(out)]) == 0
+
+    if suffix == "pt":
+        stored = torch.load(out, weights_only=True)
+    elif suffix == "safetensors":
+        import safetensors.torch
+
+        stored = safetensors.torch.load_file(out)
+    else:
+        stored = {k: torch.from_numpy(v) for k, v in np.load(out).items()}
+    assert sorted(stored) == sorted(reference)
+    torch_dtype = getattr(torch, dtype)
+    for name, value in reference.items():
+        if value.dtype == np.int32:
+            assert stored[name].dtype == torch.int32
+            np.testing.assert_array_equal(stored[name].numpy(), value)
+            continue
+        assert stored[name].dtype == torch_dtype, name
+        expected = torch.from_numpy(value).to(torch_dtype)
+        assert torch.equal(stored[name], expected), name
+        assert not torch.equal(stored[name].float(), torch.from_numpy(value)), name
+
+
+def test_decode_bfloat16_to_npz_is_refused_before_decoding(tmp_path, capsys):
+    stream = tmp_path / "m.nnc"
+    stream.write_bytes(b"not a stream at all")  # never read: refused first
+    out = tmp_path / "m.npz"
+
+    code = cli.main(["decode", "--dtype", "bfloat16", str(stream), str(out)])
+
+    assert code != 0
+    assert ".npz cannot hold bfloat16" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_decode_float32_by_default(tmp_path):
+    stream = tmp_path / "m.nnc"
+    stream.write_bytes(flwr_nncodec.encode(small_model(), **API_OPTIONS))
+    out = tmp_path / "m.npz"
+    assert cli.main(["-q", "decode", str(stream), str(out)]) == 0
+    stored = model_io.load_parameters(out)
+    for name, value in flwr_nncodec.decode(stream.read_bytes()).items():
+        assert stored[name].dtype == value.dtype
+        np.testing.assert_array_equal(stored[name], value)
