@@ -20,6 +20,18 @@
 
 namespace nnc {
 
+bool rate_context_matches_init_set_0() {
+  static const bool matches = [] {
+    ContextModel model;
+    model.init(0);
+    const RateContext context;
+    return model.fast_shift == RateContext::kFastShift &&
+           model.slow_shift == RateContext::kSlowShift && model.fast == context.fast &&
+           model.slow == context.slow;
+  }();
+  return matches;
+}
+
 namespace {
 
 // A double as %g writes it (std::to_string prints -1e-300 as -0.000000).
@@ -192,19 +204,58 @@ int cheapest_state(const double* cost) {
   return state;
 }
 
-// Follow the back pointers from `final_state`, writing q for every value.
+// Stretches of a rate-aware trellis path that TrellisRates::settle() took
+// as settled, with their q already written to q_out: [begin, end) was
+// traced back from end_state (the state before position end) and starts in
+// start_state (the state before begin). A survivor is unique per position
+// and state, so a final path that is in end_state before `end` equals the
+// stretch on [begin, end): its traceback can jump to begin.
+struct SettledStretch {
+  size_t begin;
+  size_t end;
+  int start_state;
+  int end_state;
+};
+
+struct SettledPath {
+  int32_t* q_out = nullptr;               // where settle() writes the stretches' q
+  std::vector<SettledStretch> stretches;  // consecutive, from position 0
+};
+
+// Follow the back pointers from `final_state`, writing q for every value
+// (skipping, with `settled`, the stretches whose q is already in q_out).
 // Returns the state the path starts in (before the first value).
 int backtrack_from(const float* x, size_t n, float inverse_step,
-                   const TrellisBackPointers& back, int final_state, int32_t* q_out) {
+                   const TrellisBackPointers& back, int final_state, int32_t* q_out,
+                   const SettledPath* settled = nullptr) {
   int state = final_state;
-  for (size_t i = n; i-- > 0;) {
-    int prev = 0;
-    int candidate = 0;
-    back.get(i, state, prev, candidate);
-    const double t = double(inverse_step) * double(x[i]);
-    q_out[i] = int32_t(dq_candidate(t, prev & 1, candidate));
-    state = prev;
+  size_t i = n;
+  const auto trace_down_to = [&](size_t stop) {
+    for (; i > stop;) {
+      --i;
+      int prev = 0;
+      int candidate = 0;
+      back.get(i, state, prev, candidate);
+      const double t = double(inverse_step) * double(x[i]);
+      q_out[i] = int32_t(dq_candidate(t, prev & 1, candidate));
+      state = prev;
+    }
+  };
+
+  if (settled != nullptr) {
+    if (settled->q_out != q_out) {
+      throw std::logic_error("backtrack_from: settled q written elsewhere");
+    }
+    for (size_t k = settled->stretches.size(); k-- > 0;) {
+      const SettledStretch& stretch = settled->stretches[k];
+      trace_down_to(stretch.end);
+      if (state == stretch.end_state) {
+        i = stretch.begin;
+        state = stretch.start_state;
+      }
+    }
   }
+  trace_down_to(0);
   return state;
 }
 
@@ -212,7 +263,8 @@ int backtrack_from(const float* x, size_t n, float inverse_step,
 // cheapest final state when it is -1. Returns where the path starts and ends.
 DqPathEnds backtrack_trellis(const float* x, size_t n, float inverse_step,
                              const TrellisBackPointers& back, const double* cost,
-                             int end_state, int32_t* q_out) {
+                             int end_state, int32_t* q_out,
+                             const SettledPath* settled = nullptr) {
   DqPathEnds ends;
   ends.end_state = end_state < 0 ? cheapest_state(cost) : end_state;
   if (!(cost[ends.end_state] < std::numeric_limits<double>::infinity())) {
@@ -220,7 +272,8 @@ DqPathEnds backtrack_trellis(const float* x, size_t n, float inverse_step,
                                 std::to_string(n) + " values ends in state " +
                                 std::to_string(end_state));
   }
-  ends.start_state = backtrack_from(x, n, inverse_step, back, ends.end_state, q_out);
+  ends.start_state =
+      backtrack_from(x, n, inverse_step, back, ends.end_state, q_out, settled);
   return ends;
 }
 
@@ -358,8 +411,10 @@ struct ScaledRates {
 // and the model is adapted to those levels.
 class TrellisRates {
  public:
-  explicit TrellisRates(double lambda_per_bit_unit)
-      : lambda_per_bit_unit_(lambda_per_bit_unit) {
+  // With `settled`, every settle() also writes the settled stretch's q
+  // and records it, for the final traceback (backtrack_from).
+  explicit TrellisRates(double lambda_per_bit_unit, SettledPath* settled = nullptr)
+      : lambda_per_bit_unit_(lambda_per_bit_unit), settled_(settled) {
     rates_.refresh(model_);
     scaled_.refresh(rates_, lambda_per_bit_unit_);
   }
@@ -409,6 +464,16 @@ class TrellisRates {
       model_.update(path_states_[p - committed_], committed_prev_level_, k);
       committed_prev_level_ = k;
     }
+    if (settled_ != nullptr) {
+      // q = 2k - sgn(k) * quantiser, the inverse of dq_candidates' k.
+      for (size_t p = committed_; p < end; ++p) {
+        const long long k = path_levels_[p - committed_];
+        const long long odd = path_states_[p - committed_] & 1;
+        settled_->q_out[p] = int32_t(2 * k - odd * ((k > 0) - (k < 0)));
+      }
+      settled_->stretches.push_back(
+          {committed_, end, state, int(path_states_[end - committed_])});
+    }
     rates_.refresh(model_);
     scaled_.refresh(rates_, lambda_per_bit_unit_);
     committed_ = end;
@@ -430,6 +495,7 @@ class TrellisRates {
   static_assert(kRecentPositions >= kSettleEvery + kSettleLag);
 
   double lambda_per_bit_unit_;
+  SettledPath* settled_;
   LevelRateModel model_;
   RateSnapshot rates_;
   ScaledRates scaled_;
@@ -446,12 +512,13 @@ class TrellisRates {
 // neighbour.
 void forward_dependent_rdo_portable(const float* x, size_t n, float inverse_step,
                                     double lambda_per_bit_unit, int start_state,
-                                    TrellisBackPointers& back, double* cost) {
+                                    TrellisBackPointers& back, double* cost,
+                                    SettledPath* settled = nullptr) {
   // Neighbour class (0 zero, 1 negative, 2 positive) of each survivor's
   // last level: all the rates need of it.
   uint8_t prev_class[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   start_costs(start_state, cost);
-  TrellisRates rates(lambda_per_bit_unit);
+  TrellisRates rates(lambda_per_bit_unit, settled);
 
   DqCandidates cand;
   for (size_t i = 0; i < n; ++i) {
@@ -711,9 +778,10 @@ NNC_TARGET_AVX512 void prepare_candidates(const float* x, size_t count,
 // ties, back pointers and levels.
 NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
     const float* x, size_t n, float inverse_step, double lambda_per_bit_unit,
-    int start_state, TrellisBackPointers& back, double* cost) {
+    int start_state, TrellisBackPointers& back, double* cost,
+    SettledPath* settled = nullptr) {
   start_costs(start_state, cost);
-  TrellisRates rates(lambda_per_bit_unit);
+  TrellisRates rates(lambda_per_bit_unit, settled);
   // Per bin value and neighbour class, lambda times the significance and
   // sign bits of every state; refreshed with the rates.
   Lanes8d sig[2][3];
@@ -810,16 +878,17 @@ NNC_TARGET_AVX512 void forward_dependent_rdo_avx512(
 // use_avx512(), else the portable one (the same result).
 void forward_dependent_rdo(const float* x, size_t n, float inverse_step,
                            double lambda_per_bit_unit, int start_state,
-                           TrellisBackPointers& back, double* cost) {
+                           TrellisBackPointers& back, double* cost,
+                           SettledPath* settled) {
 #if NNC_AVX512
   if (use_avx512()) {
     forward_dependent_rdo_avx512(x, n, inverse_step, lambda_per_bit_unit, start_state,
-                                 back, cost);
+                                 back, cost, settled);
     return;
   }
 #endif
   forward_dependent_rdo_portable(x, n, inverse_step, lambda_per_bit_unit, start_state,
-                                 back, cost);
+                                 back, cost, settled);
 }
 
 // Rate-aware DQ over x[0..n) from start_state. From kDqSplitPositions values
@@ -834,9 +903,11 @@ DqPathEnds quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
   double cost[8];
   if (n < kDqSplitPositions) {
     TrellisBackPointers back(n);
+    SettledPath settled{q_out, {}};
     forward_dependent_rdo(x, n, inverse_step, lambda_per_bit_unit, start_state, back,
-                          cost);
-    return backtrack_trellis(x, n, inverse_step, back, cost, end_state, q_out);
+                          cost, &settled);
+    return backtrack_trellis(x, n, inverse_step, back, cost, end_state, q_out,
+                             &settled);
   }
 
   // The second half, which starts in any state (so every final state is
@@ -844,22 +915,24 @@ DqPathEnds quantize_dependent_rdo(const float* x, size_t n, float inverse_step,
   // state the second's path starts in.
   const size_t half = n / 2;
   TrellisBackPointers first_back(half);
+  SettledPath first_settled{q_out, {}};
   DqPathEnds second;
   run_tasks(2, num_threads > 1, [&](int64_t task) {
     if (task == 0) {
       forward_dependent_rdo(x, half, inverse_step, lambda_per_bit_unit, start_state,
-                            first_back, cost);
+                            first_back, cost, &first_settled);
     } else {
       TrellisBackPointers second_back(n - half);
+      SettledPath second_settled{q_out + half, {}};
       double second_cost[8];
       forward_dependent_rdo(x + half, n - half, inverse_step, lambda_per_bit_unit, -1,
-                            second_back, second_cost);
+                            second_back, second_cost, &second_settled);
       second = backtrack_trellis(x + half, n - half, inverse_step, second_back,
-                                 second_cost, end_state, q_out + half);
+                                 second_cost, end_state, q_out + half, &second_settled);
     }
   });
   const DqPathEnds first = backtrack_trellis(x, half, inverse_step, first_back, cost,
-                                             second.start_state, q_out);
+                                             second.start_state, q_out, &first_settled);
   return {first.start_state, second.end_state};
 }
 

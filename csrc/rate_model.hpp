@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include "cabac.hpp"
@@ -12,11 +13,60 @@
 
 namespace nnc {
 
+// A context of the rate model: ContextModel's two estimators at init set 0,
+// whose window shifts (a_F = SH0 + 4 = 5, a_S = SH1 = 4) are compile-time
+// constants here. The same integer steps, so the same states and bit
+// estimates, with shorter dependency chains: the trellis' settle updates
+// these models back to back (about 4 bins per level).
+struct RateContext {
+  static constexpr int kFastShift = 5;
+  static constexpr int kSlowShift = 4;
+  int16_t fast = 0;
+  int16_t slow = 0;
+
+  int probability() const { return slow + 16 * fast; }
+
+  // ContextModel::update with the constant shifts.
+  void update(int bin) {
+    const int16_t* curve = kAdaptationCurve;
+    if (bin) {
+      fast = static_cast<int16_t>(fast + (curve[16 + (fast >> 3)] >> kFastShift));
+      slow = static_cast<int16_t>(slow + (curve[16 + (slow >> 7)] >> kSlowShift));
+    } else {
+      fast = static_cast<int16_t>(fast - (curve[16 + ((-fast) >> 3)] >> kFastShift));
+      slow = static_cast<int16_t>(slow - (curve[16 + ((-slow) >> 7)] >> kSlowShift));
+    }
+  }
+
+  // ContextModel::update_unpredictable with the constant shifts (bin 0 or 1).
+  void update_unpredictable(int bin) {
+    const int16_t* curve = kAdaptationCurve;
+    const int flip = bin - 1;  // 0 for bin 1, -1 for bin 0
+    int fast_up = (fast ^ flip) - flip;
+    int slow_up = (slow ^ flip) - flip;
+    fast_up += curve[16 + (fast_up >> 3)] >> kFastShift;
+    slow_up += curve[16 + (slow_up >> 7)] >> kSlowShift;
+    fast = static_cast<int16_t>((fast_up ^ flip) - flip);
+    slow = static_cast<int16_t>((slow_up ^ flip) - flip);
+  }
+};
+
+// bin_cost() of a rate-model context.
+inline uint32_t bin_cost(const RateContext& model, int bin) {
+  return kBinCostTable[(512 + (model.probability() >> 3)) * 2 + bin];
+}
+
+// Whether RateContext matches ContextModel at init set 0 (the shifts and
+// the zero initial estimators); checked by LevelRateModel's constructor.
+bool rate_context_matches_init_set_0();
+
 class LevelRateModel {
  public:
   explicit LevelRateModel(int unary_len = 11)
       : layout_(unary_len), models_(size_t(layout_.count)) {
-    for (auto& model : models_) model.init(0);
+    if (!rate_context_matches_init_set_0()) {
+      throw std::logic_error("LevelRateModel: RateContext differs from init set 0");
+    }
   }
 
   // Bits (2^-15 units) of the significance bin at DQ state s.
@@ -81,7 +131,8 @@ class LevelRateModel {
   }
 
   // Adapt the models to level k as the encoder will code it.
-  void update(int state, long long prev_level, long long level) {
+  __attribute__((always_inline)) void update(int state, long long prev_level,
+                                             long long level) {
     const int neighbour = neighbour_class(prev_level);
     models_[size_t(3 * state + neighbour)].update(level != 0);
     if (level == 0) return;
@@ -104,7 +155,7 @@ class LevelRateModel {
 
  private:
   ContextLayout layout_;
-  std::vector<ContextModel> models_;
+  std::vector<RateContext> models_;
 };
 
 // Frozen bit tables of a LevelRateModel, for the DQ trellis which evaluates

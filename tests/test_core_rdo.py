@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -307,6 +308,47 @@ def test_avx512_and_portable_trellis_passes_agree(kind, n, start_state, lambda_s
     assert vector[0] == portable[0]
     assert vector[1] == portable[1]
     assert len(portable[1]) == 3 * n
+
+
+# Predecessor state per (state, edge) of the DQ trellis (nnc-format §2.3,
+# the transitions read backwards).
+_PRED_STATE = [(0, 4), (2, 6), (0, 4), (2, 6), (3, 7), (1, 5), (3, 7), (1, 5)]
+
+
+def _full_traceback(x, qp, lambda_scale):
+    """q of the cheapest path of dq_forward_pass, traced back position by
+    position in Python: the reference for quantize()'s traceback, which
+    skips the stretches its rate model already settled."""
+    costs, rows = _core.dq_forward_pass(x, qp, 2, lambda_scale, 0, False)
+    rows = np.frombuffer(rows, np.uint8).reshape(-1, 3).astype(np.uint32)
+    rows = rows[:, 0] | (rows[:, 1] << 8) | (rows[:, 2] << 16)
+    inverse_step = np.float32(1.0) / np.float32(_core.step_size(qp, 2))
+    state = int(np.argmin(costs))  # ties to the lowest state, as the core
+    q = np.zeros(len(x), np.int32)
+    for i in range(len(x) - 1, -1, -1):
+        bits = (int(rows[i]) >> (3 * state)) & 7
+        prev = _PRED_STATE[state][bits & 1]
+        quantizer, j = prev & 1, bits >> 1
+        t = float(inverse_step) * float(x[i])
+        low = 2 * math.floor((t - quantizer) * 0.5) + quantizer
+        third = 0 if quantizer or low not in (0, -2) else low
+        q[i] = [[low, low + 2, third], [low + 2, low, 0]][quantizer][j]
+        state = prev
+    return q
+
+
+@pytest.mark.parametrize("kind", ["normal", "sparse", "halves", "integers"])
+@pytest.mark.parametrize("lambda_scale", [0.05, 0.5, 4.0])
+def test_quantize_traceback_equals_the_full_traceback(kind, lambda_scale):
+    # quantize() jumps over settled stretches where its path meets them and
+    # traces the others; at these sizes both happen many times.
+    x = _trellis_input(kind, 6000, np.random.default_rng(11))
+
+    expected = _full_traceback(x, -32, lambda_scale)
+
+    np.testing.assert_array_equal(_core.quantize(x, -32, 2, True, lambda_scale),
+                                  expected)
+    assert np.count_nonzero(expected) > 1000
 
 
 @needs_avx512
