@@ -253,57 +253,100 @@ struct EncoderSink {
   }
 };
 
+// A bin list's marker for a block-row start: the estimators restart.
+constexpr uint8_t kRestartEstimators = 2;
+
 #if NNC_AVX512
 using Lanes16i = int32_t __attribute__((vector_size(64)));
+using Lanes16u = uint32_t __attribute__((vector_size(64)));
 using Lanes8u32 = uint32_t __attribute__((vector_size(32)));
 using Lanes8u64 = uint64_t __attribute__((vector_size(64)));
 
-// One bin (value 0 or 1) for the nine estimators of a context at once
-// (lanes 0-8 of AVX-512 registers, 9-15 padding): the integer steps of
-// InitSetCostSink::step, so the same costs. curve: kAdaptationCurve as
-// int32; shifts: a_F (lanes 0-15), then a_S (16-31).
-NNC_TARGET_AVX512 void step_nine_lanes(int32_t* fast, int32_t* slow, uint64_t* costs,
-                                       int value, const int32_t* curve,
-                                       const int32_t* shifts) {
-  Lanes16i fast_now, slow_now, curve_low, curve_high, fast_shift, slow_shift;
+// The bins of one context (0 or 1, or kRestartEstimators) through its nine
+// estimators at once, held in the lanes 0-8 of AVX-512 registers (9-15
+// padding) for the whole list: the integer steps of InitSetCostSink::step,
+// so the same costs. fast, slow, costs: 16 lanes each, updated in place;
+// initial_fast/slow: the estimators a restart loads; curve: kAdaptationCurve
+// as int32; shifts: a_F (lanes 0-15), then a_S (16-31). The costs add up in
+// 32-bit lanes for at most flush_every bins, then into the 64-bit sums.
+NNC_TARGET_AVX512 void estimate_nine_lanes(const uint8_t* bins, size_t count,
+                                           int32_t* fast, int32_t* slow,
+                                           uint64_t* costs, const int32_t* initial_fast,
+                                           const int32_t* initial_slow,
+                                           const int32_t* curve, const int32_t* shifts,
+                                           size_t flush_every) {
+  Lanes16i fast_now, slow_now, fast_start, slow_start, curve_low, curve_high,
+      fast_shift, slow_shift;
   __builtin_memcpy(&fast_now, fast, 64);
   __builtin_memcpy(&slow_now, slow, 64);
+  __builtin_memcpy(&fast_start, initial_fast, 64);
+  __builtin_memcpy(&slow_start, initial_slow, 64);
   __builtin_memcpy(&curve_low, curve, 64);
   __builtin_memcpy(&curve_high, curve + 16, 64);
   __builtin_memcpy(&fast_shift, shifts, 64);
   __builtin_memcpy(&slow_shift, shifts + 16, 64);
+  Lanes8u64 sum[2];
+  __builtin_memcpy(sum, costs, 128);
+  Lanes16u partial = {};
+  size_t in_partial = 0;
+  const auto flush = [&]() NNC_TARGET_AVX512 {
+    Lanes8u32 half;
+    for (int part = 0; part < 2; ++part) {
+      __builtin_memcpy(&half, reinterpret_cast<const uint32_t*>(&partial) + 8 * part,
+                       32);
+      sum[part] += __builtin_convertvector(half, Lanes8u64);
+    }
+    partial = Lanes16u{};
+    in_partial = 0;
+  };
 
-  // costs += kBinCostTable[(512 + ((slow + 16 * fast) >> 3)) * 2 + value]
-  const Lanes16i index = (512 + ((slow_now + 16 * fast_now) >> 3)) * 2 + value;
-  const Lanes16i bits = Lanes16i(
-      _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), (1 << kNumInitSets) - 1,
-                                  __m512i(index), kBinCostTable, 4));
-  Lanes8u32 half;
-  Lanes8u64 sum;
-  for (int part = 0; part < 2; ++part) {
-    __builtin_memcpy(&half, reinterpret_cast<const int32_t*>(&bits) + 8 * part, 32);
-    __builtin_memcpy(&sum, costs + 8 * part, 64);
-    sum += __builtin_convertvector(half, Lanes8u64);
-    __builtin_memcpy(costs + 8 * part, &sum, 64);
+  for (size_t i = 0; i < count; ++i) {
+    const int value = bins[i];
+    if (value == kRestartEstimators) {
+      fast_now = fast_start;
+      slow_now = slow_start;
+      continue;
+    }
+
+    // costs += kBinCostTable[(512 + ((slow + 16 * fast) >> 3)) * 2 + value]
+    const Lanes16i index = (512 + ((slow_now + 16 * fast_now) >> 3)) * 2 + value;
+    partial += Lanes16u(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(),
+                                                    (1 << kNumInitSets) - 1,
+                                                    __m512i(index), kBinCostTable, 4));
+    if (++in_partial == flush_every) flush();
+
+    // Bin 0 moves the negated estimators as bin 1 moves them.
+    const int32_t flip = value - 1;
+    Lanes16i f = (fast_now ^ flip) - flip;
+    Lanes16i s = (slow_now ^ flip) - flip;
+    f += __builtin_shuffle(curve_low, curve_high, (f >> 3) + 16) >> fast_shift;
+    s += __builtin_shuffle(curve_low, curve_high, (s >> 7) + 16) >> slow_shift;
+    fast_now = (f ^ flip) - flip;
+    slow_now = (s ^ flip) - flip;
   }
-
-  // Bin 0 moves the negated estimators as bin 1 moves them.
-  const int32_t flip = value - 1;
-  Lanes16i f = (fast_now ^ flip) - flip;
-  Lanes16i s = (slow_now ^ flip) - flip;
-  f += __builtin_shuffle(curve_low, curve_high, (f >> 3) + 16) >> fast_shift;
-  s += __builtin_shuffle(curve_low, curve_high, (s >> 7) + 16) >> slow_shift;
-  f = (f ^ flip) - flip;
-  s = (s ^ flip) - flip;
-  __builtin_memcpy(fast, &f, 64);
-  __builtin_memcpy(slow, &s, 64);
+  flush();
+  __builtin_memcpy(fast, &fast_now, 64);
+  __builtin_memcpy(slow, &slow_now, 64);
+  __builtin_memcpy(costs, sum, 128);
 }
 #endif
 
-// Sink that runs all 9 init sets of every context in parallel and adds up
-// the estimated bits of each (eco choice, §3.4), for the contexts in
-// [first_context, end_context): each context's estimators see only its own
-// bins, so sinks for disjoint ranges can run on separate threads.
+// Bins whose 32-bit cost sums cannot overflow: 2^32 - 1 over the largest
+// entry of kBinCostTable (about 7.3 bits, so 18,000 bins), at most 8192.
+size_t cost_flush_interval() {
+  static const size_t interval = [] {
+    const uint32_t largest = *std::max_element(kBinCostTable, kBinCostTable + 2048);
+    return std::min<size_t>(8192, size_t(UINT32_MAX / std::max<uint32_t>(largest, 1)));
+  }();
+  return interval;
+}
+
+// Sink for the eco estimate (§3.4): it lists every context's bins in
+// order; estimate() then runs each list through the context's 9 init sets'
+// estimators and adds up their estimated bits. A context's estimators see
+// only its own bins, so disjoint groups of contexts can be estimated on
+// separate threads, and the nine estimators stay in registers from one bin
+// of their context to the next.
 struct InitSetCostSink {
   // Shifts (a_F, a_S) of init sets 0..8 as compile-time constants, so that
   // the nine estimators of a context update as independent, unrolled chains
@@ -312,18 +355,16 @@ struct InitSetCostSink {
   static constexpr int kSlowShift[kNumInitSets] = {4, 4, 4, 5, 6, 6, 6, 5, 5};
 
   // The nine estimators and costs of one context, padded to 16 lanes for
-  // step_nine_lanes (the estimators keep int16 values).
+  // estimate_nine_lanes (the estimators keep int16 values).
   struct alignas(64) ContextEstimators {
     int32_t fast[16];
     int32_t slow[16];
     uint64_t costs[16];  // estimated bits, 2^-15 units
   };
 
-  InitSetCostSink(int num_contexts, int first_context, int end_context,
-                  bool vector_step)
-      : first_context(first_context),
-        end_context(end_context),
-        contexts(size_t(num_contexts)),
+  InitSetCostSink(int num_contexts, bool vector_step)
+      : contexts(size_t(num_contexts)),
+        bins(size_t(num_contexts)),
         vector_step(vector_step) {
     initial = ContextEstimators{};
     for (int e = 0; e < kNumInitSets; ++e) {
@@ -370,21 +411,11 @@ struct InitSetCostSink {
     step<8, kValue>(c);
   }
 
-  // One branch on the bin (0 or 1) for all nine estimators (none with the
-  // vector step).
   void bin(int ctx, int value) {
-    if (ctx < first_context || ctx >= end_context) return;
-    ContextEstimators& c = contexts[size_t(ctx)];
-#if NNC_AVX512
-    if (vector_step) {
-      step_nine_lanes(c.fast, c.slow, c.costs, value, curve, shifts);
-      return;
-    }
-#endif
-    if (value) {
-      steps<1>(c);
-    } else {
-      steps<0>(c);
+    bins[size_t(ctx)].push_back(uint8_t(value));
+    if (++num_listed == kEstimateEvery) {
+      estimate(all_contexts());
+      num_listed = 0;
     }
   }
 
@@ -394,19 +425,72 @@ struct InitSetCostSink {
   // Block scans: every block row starts again from the init sets, so the
   // estimators restart too (the costs keep adding up).
   void block_row_start(int) {
-    for (auto& context : contexts) {
-      for (int e = 0; e < kNumInitSets; ++e) {
-        context.fast[e] = initial.fast[e];
-        context.slow[e] = initial.slow[e];
+    for (auto& list : bins) list.push_back(kRestartEstimators);
+  }
+
+  std::vector<int> all_contexts() const {
+    std::vector<int> list(contexts.size());
+    for (size_t ctx = 0; ctx < list.size(); ++ctx) list[ctx] = int(ctx);
+    return list;
+  }
+
+  // The contexts in two groups with about equal numbers of listed bins
+  // (longest lists first, each to the lighter group).
+  std::array<std::vector<int>, 2> balanced_halves() const {
+    std::vector<int> order = all_contexts();
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+      return bins[size_t(a)].size() > bins[size_t(b)].size();
+    });
+    std::array<std::vector<int>, 2> halves;
+    size_t load[2] = {0, 0};
+    for (const int ctx : order) {
+      const int lighter = load[1] < load[0] ? 1 : 0;
+      halves[size_t(lighter)].push_back(ctx);
+      load[lighter] += bins[size_t(ctx)].size();
+    }
+    return halves;
+  }
+
+  // Run the listed bins of the contexts in `group` through their estimators
+  // and clear those lists. Groups on separate threads must be disjoint.
+  void estimate(const std::vector<int>& group) {
+#if NNC_AVX512
+    const size_t flush_every = cost_flush_interval();
+#endif
+    for (const int ctx : group) {
+      std::vector<uint8_t>& list = bins[size_t(ctx)];
+      ContextEstimators& c = contexts[size_t(ctx)];
+#if NNC_AVX512
+      if (vector_step) {
+        estimate_nine_lanes(list.data(), list.size(), c.fast, c.slow, c.costs,
+                            initial.fast, initial.slow, curve, shifts, flush_every);
+        list.clear();
+        continue;
       }
+#endif
+      for (const uint8_t value : list) {
+        if (value == kRestartEstimators) {
+          std::copy_n(initial.fast, kNumInitSets, c.fast);
+          std::copy_n(initial.slow, kNumInitSets, c.slow);
+        } else if (value) {
+          steps<1>(c);
+        } else {
+          steps<0>(c);
+        }
+      }
+      list.clear();
     }
   }
 
-  int first_context;
-  int end_context;
+  // Bins listed between two estimates during the walk: bounds the lists at
+  // 1 MiB (the default 2^16 positions list about 2^18 bins).
+  static constexpr size_t kEstimateEvery = size_t(1) << 20;
+
   ContextEstimators initial;  // every context's estimators at init set e
   std::vector<ContextEstimators> contexts;
-  bool vector_step;  // step_nine_lanes (AVX-512) instead of steps<>()
+  std::vector<std::vector<uint8_t>> bins;  // per context, in coding order
+  size_t num_listed = 0;
+  bool vector_step;  // estimate_nine_lanes (AVX-512) instead of steps<>()
   alignas(64) int32_t curve[32];
   alignas(64) int32_t shifts[32];
 };
@@ -716,28 +800,22 @@ std::vector<std::array<uint64_t, kNumInitSets>> init_set_costs(
                                     : std::numeric_limits<int64_t>::max();
 
   // NNCodec estimates codebook levels without the truncations (§2.5), so
-  // the extra gt pair of the eco list sees bins there. With threads, one
-  // sink takes the significance and sign contexts, the other the greater-
-  // than and Exp-Golomb ones (about 1.9 and 2.3 bins per level); both walk
-  // the levels. The costs are the same either way.
+  // the extra gt pair of the eco list sees bins there. One walk lists the
+  // bins; with threads, two groups of contexts with about equal numbers of
+  // bins are then estimated side by side. The costs are the same either way.
+  InitSetCostSink sink(layout.count, vector_step);
+  put_levels<false>(sink, layout, q, spec, skip_rows, spec.dq && !spec.eco_from_levels,
+                    max_positions);
   const int64_t walked = std::min(max_positions, spec.height * spec.width);
-  const bool split = num_threads > 1 && walked >= kParallelEcoPositions;
-  std::vector<InitSetCostSink> sinks;
-  sinks.reserve(2);
-  if (split) {
-    sinks.emplace_back(layout.count, 0, ContextLayout::gt, vector_step);
-    sinks.emplace_back(layout.count, ContextLayout::gt, layout.count, vector_step);
+  if (num_threads > 1 && walked >= kParallelEcoPositions) {
+    const std::array<std::vector<int>, 2> halves = sink.balanced_halves();
+    run_tasks(2, true, [&](int64_t task) { sink.estimate(halves[size_t(task)]); });
   } else {
-    sinks.emplace_back(layout.count, 0, layout.count, vector_step);
+    sink.estimate(sink.all_contexts());
   }
-  run_tasks(int64_t(sinks.size()), true, [&](int64_t task) {
-    put_levels<false>(sinks[size_t(task)], layout, q, spec, skip_rows,
-                      spec.dq && !spec.eco_from_levels, max_positions);
-  });
 
   std::vector<std::array<uint64_t, kNumInitSets>> costs;
   for (const int ctx : eco_context_list(spec)) {
-    const InitSetCostSink& sink = sinks[split && ctx >= ContextLayout::gt ? 1 : 0];
     std::array<uint64_t, kNumInitSets>& entry = costs.emplace_back();
     std::copy_n(sink.contexts[size_t(ctx)].costs, kNumInitSets, entry.begin());
   }
