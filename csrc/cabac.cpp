@@ -154,12 +154,13 @@ std::vector<uint8_t> ExactCodeSum::segment(uint64_t num_coded_bits) && {
   return std::move(bytes_);
 }
 
-void CabacDecoder::check_not_past_end(uint64_t bits_read, size_t num_bytes) {
-  if (bits_read > uint64_t(num_bytes) * 8) {
-    throw std::length_error("decode_segment: data ends early: needed bit " +
-                            std::to_string(bits_read - 1) + " (byte offset " +
-                            std::to_string((bits_read - 1) / 8) + ") of a " +
-                            std::to_string(num_bytes) + "-byte segment");
+void CabacDecoder::check_not_past_end() const {
+  if (num_bits_read() > uint64_t(num_bytes_) * 8) {
+    throw std::length_error(
+        "decode_segment: data ends early: needed bit " +
+        std::to_string(num_bits_read() - 1) + " (byte offset " +
+        std::to_string((num_bits_read() - 1) / 8) + ") of a " +
+        std::to_string(num_bytes_) + "-byte segment");
   }
 }
 

@@ -246,7 +246,7 @@ class CabacDecoder {
     load_byte();
     load_byte();
     shift_ = 7;  // 16 bits loaded, the first 9 form the offset
-    if (past_end_) check_not_past_end(num_bits_read(), num_bytes_);
+    if (past_end_) check_not_past_end();
   }
 
   // Decoder started at an entry point (nnc-format §3.7): range 256, the
@@ -267,7 +267,7 @@ class CabacDecoder {
     load_byte();
     value_ = (offset << bits_in_byte) | (value_ & ((1u << bits_in_byte) - 1));
     shift_ = bits_in_byte;
-    if (past_end_) check_not_past_end(num_bits_read(), num_bytes_);
+    if (past_end_) check_not_past_end();
   }
 
   // Block-row boundary (§3.5): narrow the range to 256. Returns false when
@@ -364,7 +364,7 @@ class CabacDecoder {
       load_byte();
       shift_ += 8;
     }
-    if (past_end_) check_not_past_end(num_bits_read(), num_bytes_);
+    if (past_end_) check_not_past_end();
   }
 
   void load_byte() {
@@ -378,10 +378,7 @@ class CabacDecoder {
     value_ = (value_ << 8) | byte;
   }
 
-  // Throws std::length_error when bits_read exceeds the data. Static, with
-  // the values passed in, so that no call takes the decoder's address and
-  // a decoder local to a loop can live in registers.
-  static void check_not_past_end(uint64_t bits_read, size_t num_bytes);
+  void check_not_past_end() const;
 
   const uint8_t* data_;
   size_t num_bytes_;
