@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -99,9 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
         f"{PROGRESS_MIN_PARAMS:,} parameters)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # -q after the command too (flwr-nncodec encode -q ...); SUPPRESS keeps a
+    # -q given before the command.
+    quiet_after = argparse.ArgumentParser(add_help=False)
+    quiet_after.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print nothing but errors",
+    )
 
     encode = commands.add_parser(
         "encode",
+        parents=[quiet_after],
         help="code a parameter file (.pt, .npz, .safetensors) into an NNC bitstream",
         description="Code a parameter file into an NNC bitstream. Options keep "
         "NNCodec's names (--use_dq and --use-dq both work); unset options take the "
@@ -146,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     decode = commands.add_parser(
         "decode",
+        parents=[quiet_after],
         help="decode an NNC bitstream into a parameter file",
         description="Decode an NNC bitstream; the output format follows OUTPUT's "
         "extension (.npz, .safetensors, .pt).",
@@ -182,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser(
         "info",
+        parents=[quiet_after],
         help="list the units and tensors of an NNC bitstream",
         description="List the NNR units and coded tensors of a bitstream: shape, qp, "
         "bytes and bits per parameter.",
@@ -327,10 +341,10 @@ def _corrupt_stream_message(path: Path, data: bytes, error: Exception) -> str:
 
 
 def _check_output_path(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise UserError(f"{path}: file exists (use --force to overwrite it)")
-    if path.exists() and path.is_dir():
+    if path.is_dir():
         raise UserError(f"{path}: is a directory")
+    if os.path.lexists(path) and not force:
+        raise UserError(f"{path}: file exists (use --force to overwrite it)")
     if not path.parent.exists():
         raise UserError(f"{path}: directory {path.parent} does not exist")
 
@@ -365,12 +379,13 @@ def command_encode(args: argparse.Namespace) -> int:
         )
     _check_output_path(args.output, args.force)
 
-    params = _prepare_parameters(args.input, model_io.load_parameters(args.input))
+    loaded = model_io.load_parameters(args.input)
+    input_bytes = loaded.source_nbytes  # in the file's dtypes (bf16: 2 bytes)
+    params = _prepare_parameters(args.input, loaded)
     options = {
         name: getattr(args, name) for name in _CODEC_OPTION_NAMES if hasattr(args, name)
     }
     num_params = sum(array.size for array in params.values())
-    input_bytes = sum(array.nbytes for array in params.values())
 
     codec = _codec()
     started = time.perf_counter()
@@ -390,6 +405,7 @@ def command_encode(args: argparse.Namespace) -> int:
     model_io.write_bytes(args.output, bitstream, overwrite=args.force)
 
     mse, _ = _mse_of(params, result.reconstruction)
+    _warn_zeroed_tensors(args.input, params, result.reconstruction)
     _echo(
         args,
         f"{args.output}: {len(bitstream):,} bytes for {len(params)} tensors, "
@@ -398,6 +414,27 @@ def command_encode(args: argparse.Namespace) -> int:
         f"{input_bytes:,} input bytes), MSE {mse:.4g}, {encode_seconds:.2f} s",
     )
     return EXIT_OK
+
+
+def _warn_zeroed_tensors(
+    path: Path, params: dict[str, np.ndarray], reconstruction: dict[str, np.ndarray]
+) -> None:
+    """Warn about float tensors that held non-zero values and decode to all
+    zeros: every value was below half a quantisation step (a lower --qp, or
+    --nonweight_qp for 1-D tensors, keeps them)."""
+    for name, original in params.items():
+        decoded = reconstruction.get(name)
+        if decoded is None or original.dtype.kind != "f" or not original.size:
+            continue
+        if np.any(original) and not np.any(decoded):
+            logger.warning(
+                "%s: tensor %r decodes to all zeros (max |x| = %.3g is below half "
+                "its quantisation step); use a lower --qp (--nonweight_qp for "
+                "1-D tensors) to keep it",
+                path,
+                name,
+                float(np.max(np.abs(original))),
+            )
 
 
 def _size_ratio(output_bytes: int, input_bytes: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,14 @@ KEY_KIND = "nnc.kind"
 KEY_SEGMENTS = "nnc.segments"
 KEY_CRC32 = "nnc.crc32"
 KEY_MANIFEST = "nnc.manifest"
-KEY_UP_SEQ = "nnc.up-seq"
+KEY_UP_SEQ = "nnc.up-seq"  # the uplink base tag, see up_tag()
+
+# The uplink TCA base a message refers to travels as one tag: a random id
+# the node draws for every base it starts, times 2^UP_SEQ_BITS, plus the
+# number of updates coded on that base. The count alone can repeat (after two
+# lost replies both sides are at #1 of different bases); the id cannot.
+UP_SEQ_BITS = 24
+MAX_UP_BASE_ID = (1 << 38) - 1  # tags stay below 2^62
 
 # Payload kinds. "delta": chain segments added to the node's reference;
 # "intra": one segment that decodes to the whole reference; "full": plain float
@@ -356,6 +364,24 @@ def base_state_class() -> Any:
 
 def new_base_state(device_id: int) -> Any:
     return base_state_class()(device_id=device_id)
+
+
+def new_base_id() -> int:
+    """A fresh uplink base id: random, 1 .. MAX_UP_BASE_ID."""
+    return secrets.randbelow(MAX_UP_BASE_ID) + 1
+
+
+def up_tag(base_id: int, seq: int) -> int:
+    """The KEY_UP_SEQ value of update ``seq`` on uplink base ``base_id``."""
+    return (base_id << UP_SEQ_BITS) | seq
+
+
+def split_up_tag(tag: object) -> tuple[int, int]:
+    """(base id, update count) of a KEY_UP_SEQ value; LinkError if malformed.
+    A node without base ids sends the bare count: id 0."""
+    if type(tag) is not int or not 0 <= tag < (1 << 62):
+        raise LinkError(f"{KEY_UP_SEQ} must be an int in [0, 2^62), got {tag!r}")
+    return tag >> UP_SEQ_BITS, tag & ((1 << UP_SEQ_BITS) - 1)
 
 
 def base_state_to_arrays(base: Any) -> dict[str, np.ndarray]:

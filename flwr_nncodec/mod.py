@@ -45,6 +45,7 @@ class NodeLinkState:
     chain_id: int = 0
     version: int = 0
     up_seq: int = 0
+    up_base_id: int = 0  # random id of up_base (link.up_tag)
     manifest: link.Manifest | None = None
     options: NNCOptions | None = None  # the server's codec options
     reference: dict[str, np.ndarray] | None = None
@@ -72,6 +73,8 @@ class NodeLinkState:
                 chain_id=_int(meta, "chain-id"),
                 version=_int(meta, "version"),
                 up_seq=_int(meta, "up-seq"),
+                # Absent in state an older plugin stored: 0 matches no base.
+                up_base_id=_int(meta, "up-base-id") if "up-base-id" in meta else 0,
                 manifest=manifest,
                 options=_options_from_json(meta["options"]),
                 reference=link.to_reference(
@@ -116,6 +119,7 @@ class NodeLinkState:
                 "chain-id": self.chain_id,
                 "version": self.version,
                 "up-seq": self.up_seq,
+                "up-base-id": self.up_base_id,
                 "manifest": link.manifest_to_json(self.manifest),
                 "options": json.dumps(self.options.to_config() if self.options else {}),
             }
@@ -324,7 +328,7 @@ class NNCMod:
                     else update[k]
                     for k in update
                 }
-            base, seq = self._uplink_base(config, options, state)
+            base, seq, base_id = self._uplink_base(config, options, state)
             bitstream, reconstruction, plain = link.encode_update(
                 update,
                 state.manifest,
@@ -340,6 +344,7 @@ class NNCMod:
                     if update[k].dtype == np.float32
                 }
             state.up_base, state.up_seq = base, (seq + 1 if base is not None else 0)
+            state.up_base_id = base_id
             kind = link.KIND_DELTA
         else:
             bitstream, _, plain = link.encode_update(
@@ -350,14 +355,14 @@ class NNCMod:
                 device_id=link.UPLINK_DEVICE_ID,
                 sparsify=False,
             )
-            seq, kind = 0, link.KIND_INTRA
+            seq, base_id, kind = 0, 0, link.KIND_INTRA
 
         payload, lengths, crc32 = link.payload_record([bitstream], [plain])
         content[array_keys[0]] = payload
         link_entries.update(
             {
                 link.KEY_KIND: kind,
-                link.KEY_UP_SEQ: seq,
+                link.KEY_UP_SEQ: link.up_tag(base_id, seq),
                 link.KEY_SEGMENTS: lengths,
                 link.KEY_CRC32: crc32,
             }
@@ -367,17 +372,22 @@ class NNCMod:
     @staticmethod
     def _uplink_base(
         config: ConfigRecord, options: NNCOptions, state: NodeLinkState
-    ) -> tuple[Any | None, int]:
-        # Continue on our TCA base only if the server holds the same one.
+    ) -> tuple[Any | None, int, int]:
+        # (base, up-seq, base id). Continue on our TCA base only if the
+        # server holds the same one: same id, same number of updates on it.
         if not options.tca_active:
-            return None, 0
+            return None, 0, 0
         announced = config.get(link.KEY_UP_SEQ)
-        if state.up_base is not None and announced == state.up_seq and state.up_seq > 0:
-            return state.up_base, state.up_seq
+        if (
+            state.up_base is not None
+            and 0 < state.up_seq < (1 << link.UP_SEQ_BITS) - 1
+            and announced == link.up_tag(state.up_base_id, state.up_seq)
+        ):
+            return state.up_base, state.up_seq, state.up_base_id
         if state.up_seq > 0:
             # The server lost our last update: its residual is no longer ours.
             state.residual = None
-        return link.new_base_state(link.UPLINK_DEVICE_ID), 0
+        return link.new_base_state(link.UPLINK_DEVICE_ID), 0, link.new_base_id()
 
 
 def nnc_mod(

@@ -9,6 +9,7 @@ torch and safetensors are optional; they are imported only for their formats.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -19,6 +20,16 @@ from pathlib import Path
 import numpy as np
 
 SUPPORTED_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
+
+logger = logging.getLogger(__name__)
+
+
+class LoadedParameters(dict):
+    """load_parameters()'s name -> array dict, with the tensors' size in the
+    file's own dtypes (bfloat16 and float8 tensors are widened to float32,
+    which numpy has; their arrays are larger than the file's data)."""
+
+    source_nbytes: int = 0
 
 
 class ModelFileError(Exception):
@@ -47,22 +58,29 @@ def load_parameters(path: str | os.PathLike) -> dict[str, np.ndarray]:
     extension, a corrupt file, or content that is not a flat name -> tensor map.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a directory, not a parameter file")
     kind = file_format(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
     if not path.is_file():
         raise ModelFileError(f"{path}: not a regular file")
 
+    sizes: dict[str, int] = {}
     if kind == "torch":
-        params = _load_torch(path)
+        params = _load_torch(path, sizes)
     elif kind == "npz":
         params = _load_npz(path)
     else:
-        params = _load_safetensors(path)
+        params = _load_safetensors(path, sizes)
 
     if not params:
         raise ModelFileError(f"{path}: the file holds no tensors")
-    return params
+    loaded = LoadedParameters(params)
+    loaded.source_nbytes = sum(
+        sizes.get(name, array.nbytes) for name, array in params.items()
+    )
+    return loaded
 
 
 # Float dtypes a decoded file can hold (NNC streams carry none: the coded
@@ -109,7 +127,7 @@ def save_parameters(
     """
     path = Path(path)
     kind = check_float_dtype(path, float_dtype)
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise ModelFileError(f"{path}: file exists (use --force to overwrite it)")
 
     arrays = {name: np.ascontiguousarray(value) for name, value in params.items()}
@@ -130,12 +148,14 @@ def save_parameters(
         else:
             _save_safetensors(handle, arrays, path)
 
-    _write_via_temp(path, write)
+    _write_via_temp(path, write, overwrite)
 
 
-def _write_via_temp(path: Path, write) -> None:
+def _write_via_temp(path: Path, write, overwrite: bool = True) -> None:
     """Run ``write(handle)`` on a fresh temp file beside ``path``, then move it
-    onto ``path`` (os.replace: a symlink at ``path`` is replaced, not followed).
+    onto ``path``: with ``overwrite`` by os.replace (a symlink at ``path`` is
+    replaced, not followed), without it by os.link, which refuses any
+    existing name. A failed write therefore never leaves a partial file.
 
     The temp file is made with O_EXCL (mkstemp), never at a predictable name
     a planted symlink could redirect; it is removed if anything fails.
@@ -153,14 +173,38 @@ def _write_via_temp(path: Path, write) -> None:
         os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes it 0600
         with os.fdopen(fd, "wb") as handle:
             write(handle)
-        os.replace(temp_path, path)
+        if overwrite:
+            os.replace(temp_path, path)
+        else:
+            _link_without_clobbering(temp_path, path)
+    except FileExistsError:
+        raise ModelFileError(
+            f"{path}: file exists (use --force to overwrite it)"
+        ) from None
     except OSError as error:
         raise ModelFileError(
             f"{path}: cannot write: {error.strerror or error}"
         ) from None
+    except RuntimeError as error:
+        # PyTorch's zip writer reports a full disk as a RuntimeError.
+        raise ModelFileError(f"{path}: cannot write: {error}") from None
     finally:
         if temp_path.exists():
             temp_path.unlink()
+
+
+def _link_without_clobbering(temp_path: Path, path: Path) -> None:
+    """Give the finished temp file the name ``path`` unless that name exists
+    (FileExistsError). Where the file system has no hard links, fall back to
+    a check and a rename."""
+    try:
+        os.link(temp_path, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.replace(temp_path, path)
 
 
 def _current_umask() -> int:
@@ -174,25 +218,14 @@ def write_bytes(
 ) -> None:
     """Write ``data`` to ``path``, refusing to replace a file unless ``overwrite``.
 
-    Without ``overwrite`` the file is created with O_EXCL (an existing file or
-    symlink is refused); with it, through a temp file and os.replace, so a
-    symlink at ``path`` is replaced rather than written through.
+    Written through a temp file (``_write_via_temp``): a failed write leaves
+    nothing behind, an existing file or symlink is refused without
+    ``overwrite`` and replaced, not written through, with it.
     """
     path = Path(path)
-    if overwrite:
-        _write_via_temp(path, lambda handle: handle.write(data))
-        return
-    try:
-        with open(path, "xb") as handle:
-            handle.write(data)
-    except FileExistsError:
-        raise ModelFileError(
-            f"{path}: file exists (use --force to overwrite it)"
-        ) from None
-    except OSError as error:
-        raise ModelFileError(
-            f"{path}: cannot write: {error.strerror or error}"
-        ) from None
+    if not overwrite and os.path.lexists(path):
+        raise ModelFileError(f"{path}: file exists (use --force to overwrite it)")
+    _write_via_temp(path, lambda handle: handle.write(data), overwrite)
 
 
 # Largest bitstream file read whole into memory (4 GiB).
@@ -244,7 +277,7 @@ def _import_torch(path: Path):
     return torch
 
 
-def _load_torch(path: Path) -> dict[str, np.ndarray]:
+def _load_torch(path: Path, sizes: dict[str, int]) -> dict[str, np.ndarray]:
     torch = _import_torch(path)
     if not zipfile.is_zipfile(path):
         raise ModelFileError(
@@ -289,7 +322,7 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
         problem = _torch_tensor_problem(value)
         if problem is not None:
             raise ModelFileError(f"{path}: tensor {name!r} {problem}")
-        params[name] = _torch_to_numpy(value)
+        params[name] = _torch_to_numpy(value, path, name, sizes)
     return params
 
 
@@ -314,11 +347,22 @@ def _torch_tensor_problem(tensor) -> str | None:
     return None
 
 
-def _torch_to_numpy(tensor) -> np.ndarray:
+def _torch_to_numpy(tensor, path: Path, name: str, sizes: dict[str, int]) -> np.ndarray:
+    """A torch tensor as a numpy array; bfloat16 and float8 (which numpy lacks)
+    widened to float32, exactly. ``sizes[name]``: its bytes in the file."""
     import torch
 
     tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:
+    sizes[name] = tensor.element_size() * tensor.numel()
+    if tensor.is_floating_point() and (
+        tensor.dtype == torch.bfloat16 or "float8" in str(tensor.dtype)
+    ):
+        logger.info(
+            "%s: tensor %r converted from %s to float32",
+            path,
+            name,
+            str(tensor.dtype).replace("torch.", ""),
+        )
         tensor = tensor.to(torch.float32)
     return tensor.contiguous().numpy().copy()
 
@@ -410,20 +454,21 @@ def _import_safetensors(path: Path):
     return safetensors
 
 
-def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+def _load_safetensors(path: Path, sizes: dict[str, int]) -> dict[str, np.ndarray]:
     safetensors = _import_safetensors(path)
     try:
         with safetensors.safe_open(str(path), framework="numpy") as handle:
             names = list(handle.keys())
             metadata = handle.metadata() or {}
             params = {name: handle.get_tensor(name) for name in names}
-    except TypeError as error:
-        # numpy has no bfloat16: read through torch when it is present.
-        if "bf16" not in str(error).lower() and "bfloat16" not in str(error):
+    except (TypeError, AttributeError) as error:
+        # numpy has no bfloat16 or float8: read through torch when it is present.
+        text = str(error).lower()
+        if not any(word in text for word in ("bf16", "bfloat16", "float8", "f8_")):
             raise ModelFileError(
                 f"{path}: not a valid safetensors file ({error})"
             ) from None
-        params, metadata = _load_safetensors_via_torch(path)
+        params, metadata = _load_safetensors_via_torch(path, sizes)
     except Exception as error:  # SafetensorError does not derive from a stdlib type
         raise ModelFileError(
             f"{path}: not a valid safetensors file ({error})"
@@ -444,7 +489,9 @@ def _apply_stored_order(
     return {name: params[name] for name in order}
 
 
-def _load_safetensors_via_torch(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+def _load_safetensors_via_torch(
+    path: Path, sizes: dict[str, int]
+) -> tuple[dict[str, np.ndarray], dict]:
     _import_torch(path)
     import safetensors
 
@@ -452,7 +499,8 @@ def _load_safetensors_via_torch(path: Path) -> tuple[dict[str, np.ndarray], dict
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             params = {
-                name: _torch_to_numpy(handle.get_tensor(name)) for name in handle.keys()
+                name: _torch_to_numpy(handle.get_tensor(name), path, name, sizes)
+                for name in handle.keys()
             }
     except Exception as error:
         raise ModelFileError(

@@ -49,6 +49,7 @@ class NodeLink:
 
     version: int | None = None  # chain version the node holds; None = unknown
     up_seq: int = 0  # uplink updates coded on the node's current TCA base
+    up_base_id: int = 0  # the node's random id of that base (link.up_tag)
     up_base: Any | None = None
     resyncing: bool = False  # reported out of step; cleared once it confirms
     options_sent: NNCOptions | None = None  # codec options the node was told
@@ -224,7 +225,9 @@ class NNCServerCodec:
         entries: dict[str, Any] = {}
         entries[link.KEY_CHAIN] = self.chain_id
         entries[link.KEY_VERSION] = self.version
-        entries[link.KEY_UP_SEQ] = node.up_seq if node.up_base is not None else 0
+        entries[link.KEY_UP_SEQ] = (
+            link.up_tag(node.up_base_id, node.up_seq) if node.up_base is not None else 0
+        )
         manifest_json = link.manifest_to_json(self.manifest)
 
         if not self.options.compress_downstream:
@@ -322,7 +325,7 @@ class NNCServerCodec:
             except Exception as err:  # pylint: disable=broad-exception-caught
                 # Whatever a node sends, a bad reply costs that reply, not the run.
                 traffic.decode_failures += 1
-                node.up_base, node.up_seq = None, 0
+                node.up_base, node.up_seq, node.up_base_id = None, 0, 0
                 reason = f"nnc: {phase} reply of node {node_id} dropped: {err}"
                 log(WARNING, "%s", reason)
                 error = Error(code=DECODE_ERROR_CODE, reason=reason)
@@ -331,6 +334,7 @@ class NNCServerCodec:
 
     def _forget_node(self, node: NodeLink) -> None:
         node.version, node.up_seq, node.up_base = None, 0, None
+        node.up_base_id = 0
         node.resyncing = True  # its next message carries manifest and options
 
     def _decode_reply(
@@ -406,18 +410,25 @@ class NNCServerCodec:
             expected=1,
         )
 
-        seq = link_record.get(link.KEY_UP_SEQ)
         differential = kind == link.KIND_DELTA
         use_tca = differential and self.options.tca_active
+        base_id, seq = 0, 0
+        if use_tca:
+            base_id, seq = link.split_up_tag(link_record.get(link.KEY_UP_SEQ))
+        holds_it = node.up_base is not None and (base_id, seq) == (
+            node.up_base_id,
+            node.up_seq,
+        )
         if not use_tca:
             base = None
         elif seq == 0:
             base = link.new_base_state(link.UPLINK_DEVICE_ID)
-        elif node.up_base is not None and seq == node.up_seq:
+        elif holds_it:
             base = link.copy_base_state(node.up_base)
         else:
             raise link.LinkError(
-                f"reply codes on uplink base #{seq!r}, the server holds #{node.up_seq}"
+                f"reply codes on uplink base {base_id:#x} #{seq}, the server holds "
+                f"base {node.up_base_id:#x} #{node.up_seq}"
             )
 
         update = link.decode_update(
@@ -425,6 +436,7 @@ class NNCServerCodec:
         )
         node.up_base = base
         node.up_seq = seq + 1 if base is not None else 0
+        node.up_base_id = base_id if base is not None else 0
         if not differential:
             return update
         # With error accumulation the update lands on the server's own model

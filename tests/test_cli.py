@@ -571,3 +571,102 @@ def test_decode_float32_by_default(tmp_path):
     for name, value in flwr_nncodec.decode(stream.read_bytes()).items():
         assert stored[name].dtype == value.dtype
         np.testing.assert_array_equal(stored[name], value)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc] unexpected pos"),  # torch
+])
+def test_a_failed_write_leaves_no_file(tmp_path, overwrite, failure):
+    """A full disk mid-write (OSError, or PyTorch's RuntimeError) is a one-line
+    ModelFileError, and neither the output nor a temp file stays behind."""
+    out = tmp_path / "m.nnc"
+
+    def write_then_fail(handle) -> None:
+        handle.write(b"\x00" * 4096)
+        raise failure
+
+    with pytest.raises(model_io.ModelFileError, match=r"m\.nnc: cannot write: "):
+        model_io._write_via_temp(out, write_then_fail, overwrite)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_bytes_without_force_refuses_a_name_that_appears_meanwhile(
+    tmp_path, monkeypatch
+):
+    """The temp file gets the final name by os.link, which refuses an existing
+    name, also one created between the check and the rename."""
+    out = tmp_path / "m.nnc"
+    real_write = model_io._write_via_temp
+
+    def racing_write(path, write, overwrite=True):
+        def write_and_race(handle) -> None:
+            write(handle)
+            path.write_bytes(b"someone else's")
+
+        real_write(path, write_and_race, overwrite)
+
+    monkeypatch.setattr(model_io, "_write_via_temp", racing_write)
+    with pytest.raises(model_io.ModelFileError, match="file exists"):
+        model_io.write_bytes(out, b"stream")
+    assert out.read_bytes() == b"someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nnc"]
+
+
+def test_directories_are_named_as_such(tmp_path, capsys):
+    stream = tmp_path / "m.nnc"
+    stream.write_bytes(flwr_nncodec.encode({"w": np.ones((4, 4), np.float32)}))
+    folder = tmp_path / "out.npz"
+    folder.mkdir()
+
+    assert cli.main(["decode", str(stream), str(folder)]) == 1
+    assert "out.npz: is a directory" in capsys.readouterr().err
+    assert cli.main(["encode", str(folder), str(tmp_path / "x.nnc")]) == 1
+    assert "out.npz: is a directory, not a parameter file" in capsys.readouterr().err
+    assert list(folder.iterdir()) == []
+
+
+def test_quiet_works_after_the_command_too(tmp_path, capsys):
+    source = tmp_path / "m.npz"
+    model_io.save_parameters(source, {"w": np.ones((4, 4), np.float32)})
+    assert cli.main(["encode", "-q", str(source), str(tmp_path / "a.nnc")]) == 0
+    assert cli.main(["-q", "encode", str(source), str(tmp_path / "b.nnc")]) == 0
+    assert capsys.readouterr().out == ""
+    assert cli.main(["encode", str(source), str(tmp_path / "c.nnc")]) == 0
+    assert "bits/param" in capsys.readouterr().out
+
+
+def test_a_tensor_that_quantises_to_zeros_is_warned_about(tmp_path, caplog):
+    source = tmp_path / "m.npz"
+    tiny = np.full((8, 8), 1e-6, np.float32)
+    model_io.save_parameters(source, {"tiny": tiny, "w": np.ones((8, 8), np.float32)})
+
+    with caplog.at_level("WARNING"):
+        assert cli.main(["-q", "encode", str(source), str(tmp_path / "m.nnc")]) == 0
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "tensor 'tiny' decodes to all zeros (max |x| = 1e-06" in warnings[0]
+
+
+@pytest.mark.parametrize("dtype, element_bytes", [
+    ("bfloat16", 2), ("float16", 2), ("float64", 8), ("float8_e4m3fn", 1),
+])
+def test_input_bytes_count_the_files_own_dtype(tmp_path, capsys, dtype, element_bytes):
+    """bf16 and float8 tensors are widened to float32 to code them; the
+    reported input size is still their size in the file."""
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, dtype):
+        pytest.skip(f"this torch has no {dtype}")
+    values = torch.linspace(-1, 1, 256).reshape(16, 16).to(getattr(torch, dtype))
+    source = tmp_path / "m.pt"
+    torch.save({"w": values}, source)
+    out = tmp_path / "m.nnc"
+
+    assert cli.main(["encode", str(source), str(out)]) == 0
+
+    assert f"{256 * element_bytes:,} input bytes" in capsys.readouterr().out
+    # The widened values are coded as the API codes them (exactly).
+    expected = flwr_nncodec.encode_with_reconstruction({"w": values.float().numpy()})
+    assert out.read_bytes() == bytes(expected.bitstream)

@@ -32,6 +32,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from flwr_nncodec import NNCFedAvg, NNCMod, NNCStrategy, nnc_mod
 from flwr_nncodec import flower_link as link
+from flwr_nncodec.mod import NodeLinkState
 
 NUM_FEATURES, NUM_OUTPUTS = 64, 16
 NEAR_LOSSLESS = dict(
@@ -131,6 +132,10 @@ class LoopbackGrid(Grid):
         self.errors: list[int] = []
         self.before_send: Callable[[int, Message], None] | None = None
         self.tamper_reply: Callable[[int, Message], None] | None = None
+        # Replies for which this returns True never reach the server (a node
+        # past the round timeout): the node has sent them, the server has not
+        # seen them.
+        self.lose_reply: Callable[[int, Message], bool] | None = None
         self.calls = 0
 
     def set_run(self, run) -> None:  # noqa: D102
@@ -168,6 +173,8 @@ class LoopbackGrid(Grid):
                 reply = self.app(wire, self.contexts[node_id])
             except Exception as err:  # the SuperNode turns exceptions into errors
                 reply = Message(Error(code=2, reason=repr(err)), reply_to=wire)
+            if self.lose_reply and self.lose_reply(self.calls, reply):
+                continue
             if reply.has_error():
                 errors += 1
             else:
@@ -454,6 +461,42 @@ def test_partial_participation_five_rounds_matches_fedavg():
         r["phases"]["train"]["bytes_down"] for r in strategy.codec.history()["rounds"]
     ]
     assert all(b > 0 for b in segments_sent)  # half the nodes are stale each round
+
+
+def test_two_lost_replies_in_a_row_restart_the_uplink_base_cleanly():
+    """A node whose train replies are lost in rounds 2 and 3 restarts its
+    uplink TCA base each time; its round-4 reply decodes (it used to be coded
+    on a base the server did not hold, both sides counting #1)."""
+    # Prepare
+    grid = LoopbackGrid(_make_client_app([nnc_mod]), num_nodes=3)
+    plain = LoopbackGrid(_make_client_app([]), num_nodes=3)
+    victim = 1001
+
+    def lose(call: int, reply: Message) -> bool:
+        # Calls 3 and 5: the train rounds 2 and 3.
+        return call in (3, 5) and reply.metadata.src_node_id == victim
+
+    grid.lose_reply = lose
+    plain.lose_reply = lose
+    strategy = NNCFedAvg(min_available_nodes=2, **NEAR_LOSSLESS)
+
+    # Execute
+    expected = _run(FedAvg(min_available_nodes=2), plain, num_rounds=6)
+    result = _run(strategy, grid, num_rounds=6)
+
+    # Assert
+    history = strategy.codec.history()
+    assert [r["decode_failures"] for r in history["rounds"]] == [0] * 6
+    models_up = [result.train_metrics_clientapp[r]["nnc-models-up"] for r in range(1, 7)]
+    assert models_up == [3, 2, 2, 3, 3, 3]
+    node_state = NodeLinkState.load(grid.contexts[victim].state)
+    server_view = strategy.codec.nodes[victim]
+    assert (server_view.up_base_id, server_view.up_seq) == (
+        node_state.up_base_id, node_state.up_seq)
+    assert node_state.up_base_id > 0 and node_state.up_seq == 3
+    got, want = _arrays(result.arrays), _arrays(expected.arrays)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("damage", ["flip-byte", "truncate-with-valid-crc"])
