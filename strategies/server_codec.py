@@ -410,20 +410,19 @@ class NNCServerCodec:
             expected=1,
         )
 
+        # The uplink TCA base: a fresh one (update #0), or the one this node's
+        # last decoded reply left here, named by the same (id, count) tag.
         differential = kind == link.KIND_DELTA
         use_tca = differential and self.options.tca_active
         base_id, seq = 0, 0
         if use_tca:
             base_id, seq = link.split_up_tag(link_record.get(link.KEY_UP_SEQ))
-        holds_it = node.up_base is not None and (base_id, seq) == (
-            node.up_base_id,
-            node.up_seq,
-        )
+        held_tag = (node.up_base_id, node.up_seq) if node.up_base is not None else None
         if not use_tca:
             base = None
         elif seq == 0:
             base = link.new_base_state(link.UPLINK_DEVICE_ID)
-        elif holds_it:
+        elif (base_id, seq) == held_tag:
             base = link.copy_base_state(node.up_base)
         else:
             raise link.LinkError(
