@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         version=f"%(prog)s {_package_version()} (NNC, ISO/IEC 15938-17)",
     )
     parser.add_argument(
-        "-q", "--quiet", action="store_true", help="print nothing but errors"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print nothing but warnings and errors",
     )
     parser.add_argument(
         "--progress",
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="print nothing but errors",
+        help="print nothing but warnings and errors",
     )
 
     encode = commands.add_parser(
@@ -446,8 +449,8 @@ def _size_ratio(output_bytes: int, input_bytes: int) -> str:
 
 def command_decode(args: argparse.Namespace) -> int:
     """Decode a bitstream into a parameter file in the format OUTPUT names."""
-    model_io.check_float_dtype(args.output, args.dtype)
     _check_output_path(args.output, args.force)
+    model_io.check_float_dtype(args.output, args.dtype)
     bitstream = model_io.read_bytes(args.input)
     decode_options = {}
     for name in ("num_threads", "max_elements", "max_total_elements"):

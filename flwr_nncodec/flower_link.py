@@ -23,7 +23,8 @@ from flwr_nncodec import hls
 
 # One coded payload per message travels as this Array in the ArrayRecord.
 PAYLOAD_KEY = "nnc.payload"
-PAYLOAD_STYPE = "nnc.v2"
+# v3: KEY_UP_SEQ carries an (id, count) tag; a v2 peer is refused by name.
+PAYLOAD_STYPE = "nnc.v3"
 
 # Record key of the link metadata a node adds to its reply.
 LINK_RECORD_KEY = "nnc.link"

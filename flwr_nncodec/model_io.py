@@ -129,12 +129,12 @@ def save_parameters(
     kind = check_float_dtype(path, float_dtype)
     if os.path.lexists(path) and not overwrite:
         raise ModelFileError(f"{path}: file exists (use --force to overwrite it)")
+    _refuse_special_file(path)
 
     arrays = {name: np.ascontiguousarray(value) for name, value in params.items()}
     if float_dtype == "float16":
         arrays = {
-            name: value.astype(np.float16) if value.dtype.kind == "f" else value
-            for name, value in arrays.items()
+            name: _to_float16(path, name, value) for name, value in arrays.items()
         }
     bfloat16 = float_dtype == "bfloat16"
 
@@ -151,6 +151,19 @@ def save_parameters(
     _write_via_temp(path, write, overwrite)
 
 
+def _to_float16(path: Path, name: str, value: np.ndarray) -> np.ndarray:
+    """A float array as float16; ModelFileError if a finite value does not fit."""
+    if value.dtype.kind != "f":
+        return value
+    largest = float(np.max(np.abs(value))) if value.size else 0.0
+    if largest > float(np.finfo(np.float16).max):
+        raise ModelFileError(
+            f"{path}: tensor {name!r} holds values up to {largest:.4g}, beyond "
+            "float16's 65504; choose float32 or bfloat16"
+        )
+    return value.astype(np.float16)
+
+
 def _write_via_temp(path: Path, write, overwrite: bool = True) -> None:
     """Run ``write(handle)`` on a fresh temp file beside ``path``, then move it
     onto ``path``: with ``overwrite`` by os.replace (a symlink at ``path`` is
@@ -161,8 +174,9 @@ def _write_via_temp(path: Path, write, overwrite: bool = True) -> None:
     a planted symlink could redirect; it is removed if anything fails.
     """
     try:
+        # The name's first 64 characters keep the temp name within NAME_MAX.
         fd, temp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
+            dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".partial"
         )
     except OSError as error:
         raise ModelFileError(
@@ -225,7 +239,38 @@ def write_bytes(
     path = Path(path)
     if not overwrite and os.path.lexists(path):
         raise ModelFileError(f"{path}: file exists (use --force to overwrite it)")
+    if overwrite and _is_stream_device(path):
+        # /dev/null, a terminal, a FIFO: write into it; never replace the node.
+        try:
+            with open(path, "wb") as handle:
+                handle.write(data)
+        except OSError as error:
+            raise ModelFileError(
+                f"{path}: cannot write: {error.strerror or error}"
+            ) from None
+        return
+    _refuse_special_file(path)
     _write_via_temp(path, lambda handle: handle.write(data), overwrite)
+
+
+def _is_stream_device(path: Path) -> bool:
+    """Whether ``path`` is a character device or a FIFO (symlinks followed)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def _refuse_special_file(path: Path) -> None:
+    """ModelFileError when ``path`` exists but is neither a regular file nor a
+    symlink (a block device, a socket): replacing it is never what was meant."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise ModelFileError(f"{path}: not a regular file; refusing to replace it")
 
 
 # Largest bitstream file read whole into memory (4 GiB).
@@ -239,6 +284,8 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_BITSTREAM_BYTES) ->
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a directory, not a bitstream file")
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer before the
         # check below refuses it (reads of a regular file are unaffected).
@@ -311,6 +358,7 @@ def _load_torch(path: Path, sizes: dict[str, int]) -> dict[str, np.ndarray]:
         )
 
     params: dict[str, np.ndarray] = {}
+    widened: dict[str, list[str]] = {}
     for name, value in state.items():
         if not isinstance(name, str):
             raise ModelFileError(f"{path}: key {name!r} is not a string")
@@ -322,7 +370,8 @@ def _load_torch(path: Path, sizes: dict[str, int]) -> dict[str, np.ndarray]:
         problem = _torch_tensor_problem(value)
         if problem is not None:
             raise ModelFileError(f"{path}: tensor {name!r} {problem}")
-        params[name] = _torch_to_numpy(value, path, name, sizes)
+        params[name] = _torch_to_numpy(value, name, sizes, widened)
+    _log_widened(path, widened)
     return params
 
 
@@ -347,9 +396,12 @@ def _torch_tensor_problem(tensor) -> str | None:
     return None
 
 
-def _torch_to_numpy(tensor, path: Path, name: str, sizes: dict[str, int]) -> np.ndarray:
+def _torch_to_numpy(
+    tensor, name: str, sizes: dict[str, int], widened: dict[str, list[str]]
+) -> np.ndarray:
     """A torch tensor as a numpy array; bfloat16 and float8 (which numpy lacks)
-    widened to float32, exactly. ``sizes[name]``: its bytes in the file."""
+    widened to float32, exactly, and listed in ``widened`` by dtype.
+    ``sizes[name]``: its bytes in the file."""
     import torch
 
     tensor = tensor.detach().cpu()
@@ -357,14 +409,24 @@ def _torch_to_numpy(tensor, path: Path, name: str, sizes: dict[str, int]) -> np.
     if tensor.is_floating_point() and (
         tensor.dtype == torch.bfloat16 or "float8" in str(tensor.dtype)
     ):
-        logger.info(
-            "%s: tensor %r converted from %s to float32",
-            path,
-            name,
-            str(tensor.dtype).replace("torch.", ""),
-        )
+        widened.setdefault(str(tensor.dtype).replace("torch.", ""), []).append(name)
         tensor = tensor.to(torch.float32)
     return tensor.contiguous().numpy().copy()
+
+
+def _log_widened(path: Path, widened: dict[str, list[str]]) -> None:
+    """One info line per dtype that _torch_to_numpy widened to float32."""
+    for dtype, names in widened.items():
+        shown = ", ".join(repr(n) for n in names[:3]) + (
+            ", ..." if len(names) > 3 else ""
+        )
+        logger.info(
+            "%s: %d %s tensor(s) converted to float32 (%s)",
+            path,
+            len(names),
+            dtype,
+            shown,
+        )
 
 
 def _save_torch(
@@ -495,17 +557,19 @@ def _load_safetensors_via_torch(
     _import_torch(path)
     import safetensors
 
+    widened: dict[str, list[str]] = {}
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             params = {
-                name: _torch_to_numpy(handle.get_tensor(name), path, name, sizes)
+                name: _torch_to_numpy(handle.get_tensor(name), name, sizes, widened)
                 for name in handle.keys()
             }
     except Exception as error:
         raise ModelFileError(
             f"{path}: not a valid safetensors file ({error})"
         ) from None
+    _log_widened(path, widened)
     return params, metadata
 
 

@@ -249,7 +249,10 @@ def test_user_errors_exit_1_with_one_line_and_no_traceback(tmp_path):
             ["out.bin", "unsupported file extension '.bin'"],
         ),
         (["info", "/dev/zero"], ["/dev/zero: not a regular file"]),
-        (["decode", str(tmp_path), str(tmp_path / "f.npz")], ["Is a directory"]),
+        (
+            ["decode", str(tmp_path), str(tmp_path / "f.npz")],
+            [str(tmp_path), "is a directory, not a bitstream file"],
+        ),
     ]
     for args, fragments in cases:
         completed = _run_cli(*args)
@@ -670,3 +673,68 @@ def test_input_bytes_count_the_files_own_dtype(tmp_path, capsys, dtype, element_
     # The widened values are coded as the API codes them (exactly).
     expected = flwr_nncodec.encode_with_reconstruction({"w": values.float().numpy()})
     assert out.read_bytes() == bytes(expected.bitstream)
+
+
+def test_force_writes_into_a_fifo_without_replacing_it(tmp_path):
+    """A character device or FIFO output (/dev/null, a pipe) is written into;
+    its node stays (before, --force replaced it by a regular file)."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+
+    model_io.write_bytes(fifo, b"an nnc stream", overwrite=True)
+    reader.join(timeout=10)
+
+    assert received == [b"an nnc stream"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    # A parameter file is never written into a pipe: it is refused.
+    model_fifo = tmp_path / "m.npz"
+    os.mkfifo(model_fifo)
+    with pytest.raises(model_io.ModelFileError, match="not a regular file"):
+        model_io.save_parameters(model_fifo, {"w": np.ones(2, np.float32)},
+                                 overwrite=True)
+    assert stat.S_ISFIFO(os.lstat(model_fifo).st_mode)
+
+
+def test_a_long_output_name_is_written(tmp_path):
+    out = tmp_path / ("a" * 245 + ".nnc")  # 249 bytes: NAME_MAX is 255
+    model_io.write_bytes(out, b"stream")
+    assert out.read_bytes() == b"stream"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_float16_output_refuses_values_it_cannot_hold(tmp_path, capsys):
+    stream = tmp_path / "m.nnc"
+    values = np.array([[1e6, -7e4], [1.0, 0.5]], np.float32)
+    stream.write_bytes(flwr_nncodec.encode({"big": values}, qp=-60))
+    out = tmp_path / "m.npz"
+
+    assert cli.main(["decode", "--dtype", "float16", str(stream), str(out)]) == 1
+
+    error = capsys.readouterr().err
+    assert "tensor 'big' holds values up to 1e+06, beyond float16's 65504" in error
+    assert not out.exists()
+
+
+def test_widened_tensors_get_one_line_per_dtype(tmp_path, caplog):
+    torch = pytest.importorskip("torch")
+    bf16 = torch.ones(4, 4, dtype=torch.bfloat16)
+    state = {f"layer{i}.weight": bf16.clone() for i in range(50)}
+    state["head"] = torch.ones(2, 2)
+    source = tmp_path / "m.pt"
+    torch.save(state, source)
+
+    with caplog.at_level("INFO"):
+        loaded = model_io.load_parameters(source)
+
+    lines = [r.getMessage() for r in caplog.records if "converted" in r.getMessage()]
+    assert lines == [
+        f"{source}: 50 bfloat16 tensor(s) converted to float32 "
+        "('layer0.weight', 'layer1.weight', 'layer2.weight', ...)"
+    ]
+    assert loaded.source_nbytes == 50 * 16 * 2 + 4 * 4
