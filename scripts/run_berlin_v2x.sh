@@ -35,6 +35,26 @@ results_dir="$(cd "$results_dir" && pwd)"
 run_config="preset=\"$preset\" mode=\"$mode\" results-dir=\"$results_dir\""
 for item in "${overrides[@]}"; do run_config+=" $item"; done
 
+# Check the run config before Flower starts: a bad preset, mode or value is
+# refused in a second, with the app's own message, not 20 s later inside the
+# ServerApp. One TOML line per key (paths may hold spaces).
+config_lines=("preset=\"$preset\"" "mode=\"$mode\"" "results-dir=\"$results_dir\"")
+config_lines+=("${overrides[@]}")
+if ! PYTHONPATH="$REPO/simulations/berlin_v2x" "$PYTHON" - "${config_lines[@]}" <<'PYEOF'
+import sys
+import tomllib
+
+from berlin_v2x.config import resolve
+
+try:
+    resolve(tomllib.loads("\n".join(sys.argv[1:])))
+except (ValueError, TypeError, tomllib.TOMLDecodeError) as error:
+    sys.exit(f"run_berlin_v2x.sh: {error}")
+PYEOF
+then
+  exit 2
+fi
+
 federation="num-supernodes=5"
 if "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   federation+=" client-resources-num-gpus=0.2"

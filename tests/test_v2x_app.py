@@ -59,3 +59,27 @@ def test_smoke_run_compares_fedavg_and_nncfedavg(tmp_path):
     history = json.loads((tmp_path / "nnc" / "history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [1, 2]
     assert '"finished:completed"' in (tmp_path / "flwr_ls.json").read_text()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--preset", "bogus"],
+     "run config 'preset' must be one of ['cpu', 'paper', 'smoke'], got 'bogus'"),
+    (["--mode", "both"], "run config 'mode' must be one of"),
+    (["lr=5.0"], "run config 'lr' must lie in (0, 1), got 5.0"),
+    (["qp="], "Invalid value"),
+])
+def test_a_bad_run_config_is_refused_before_flower_starts(tmp_path, arguments, message):
+    """The script checks the run config with the app's own resolve() first:
+    exit 2 and the app's message, no Flower process, no results."""
+    results = tmp_path / "results"
+    result = subprocess.run(
+        [str(SCRIPT), *arguments, "--results-dir", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "flwr" not in result.stdout.lower()
+    assert list(results.iterdir()) == []
