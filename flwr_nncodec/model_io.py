@@ -127,9 +127,7 @@ def save_parameters(
     """
     path = Path(path)
     kind = check_float_dtype(path, float_dtype)
-    if os.path.lexists(path) and not overwrite:
-        raise ModelFileError(f"{path}: file exists (use --force to overwrite it)")
-    _refuse_special_file(path)
+    _check_replaceable(path, overwrite)
 
     arrays = {name: np.ascontiguousarray(value) for name, value in params.items()}
     if float_dtype == "float16":
@@ -173,6 +171,7 @@ def _write_via_temp(path: Path, write, overwrite: bool = True) -> None:
     The temp file is made with O_EXCL (mkstemp), never at a predictable name
     a planted symlink could redirect; it is removed if anything fails.
     """
+    _check_replaceable(path, overwrite)
     try:
         # The name's first 64 characters keep the temp name within NAME_MAX.
         fd, temp_name = tempfile.mkstemp(
@@ -237,8 +236,6 @@ def write_bytes(
     ``overwrite`` and replaced, not written through, with it.
     """
     path = Path(path)
-    if not overwrite and os.path.lexists(path):
-        raise ModelFileError(f"{path}: file exists (use --force to overwrite it)")
     if overwrite and _is_stream_device(path):
         # /dev/null, a terminal, a FIFO: write into it; never replace the node.
         try:
@@ -249,7 +246,6 @@ def write_bytes(
                 f"{path}: cannot write: {error.strerror or error}"
             ) from None
         return
-    _refuse_special_file(path)
     _write_via_temp(path, lambda handle: handle.write(data), overwrite)
 
 
@@ -262,13 +258,16 @@ def _is_stream_device(path: Path) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
-def _refuse_special_file(path: Path) -> None:
-    """ModelFileError when ``path`` exists but is neither a regular file nor a
-    symlink (a block device, a socket): replacing it is never what was meant."""
+def _check_replaceable(path: Path, overwrite: bool) -> None:
+    """ModelFileError when ``path`` exists and ``overwrite`` is false, or when
+    it exists as neither a regular file nor a symlink (a device, a FIFO, a
+    socket): replacing such a node is never what was meant."""
     try:
         mode = os.lstat(path).st_mode
     except OSError:
-        return
+        return  # nothing there (yet)
+    if not overwrite:
+        raise ModelFileError(f"{path}: file exists (use --force to overwrite it)")
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
         raise ModelFileError(f"{path}: not a regular file; refusing to replace it")
 
