@@ -376,14 +376,17 @@ std::tuple<nb::bytes, OutArray<int32_t>> encode_tensor(
   return {nb::bytes(job.segment.data(), job.segment.size()), to_numpy(std::move(q), n)};
 }
 
-std::vector<std::tuple<nb::bytes, OutArray<int32_t>, std::vector<EntryPointTuple>>>
-encode_tensors(std::vector<nb::object> x_objects,
-               std::vector<std::pair<int64_t, int64_t>> shapes, std::vector<int> qps,
-               int qp_density, bool dq, double lambda_scale, bool hdsp_flag_present,
-               bool row_skipping, bool param_opt,
-               std::optional<std::vector<nb::object>> base_objects, int unary_len,
-               int64_t eco_max_positions, bool eco_from_levels, int num_threads,
-               std::optional<std::vector<int>> scan_orders) {
+using EncodedTuple =
+    std::tuple<nb::bytes, OutArray<int32_t>, std::vector<EntryPointTuple>,
+               std::optional<OutArray<float>>>;
+
+std::vector<EncodedTuple> encode_tensors(
+    std::vector<nb::object> x_objects, std::vector<std::pair<int64_t, int64_t>> shapes,
+    std::vector<int> qps, int qp_density, bool dq, double lambda_scale,
+    bool hdsp_flag_present, bool row_skipping, bool param_opt,
+    std::optional<std::vector<nb::object>> base_objects, int unary_len,
+    int64_t eco_max_positions, bool eco_from_levels, int num_threads,
+    std::optional<std::vector<int>> scan_orders, bool reconstruct) {
   const std::vector<InArray<float>> xs =
       strict_arrays<float>(x_objects, "xs", "float32");
   const std::optional<std::vector<OptionalBase>> tca_bases = strict_bases(base_objects);
@@ -404,6 +407,7 @@ encode_tensors(std::vector<nb::object> x_objects,
                               unary_len,         eco_max_positions, eco_from_levels};
   std::vector<nnc::TensorJob> jobs;
   std::vector<std::unique_ptr<int32_t[]>> q_buffers;
+  std::vector<std::unique_ptr<float[]>> recon_buffers(count);
   jobs.reserve(count);
   q_buffers.reserve(count);
   const OptionalBase no_base;
@@ -415,19 +419,24 @@ encode_tensors(std::vector<nb::object> x_objects,
                             scan_orders ? (*scan_orders)[i] : 0));
     q_buffers.emplace_back(new int32_t[size_t(height * width)]);
     jobs.back().q_out = q_buffers.back().get();
+    if (reconstruct) {
+      recon_buffers[i].reset(new float[size_t(height * width)]);
+      jobs.back().recon_out = recon_buffers[i].get();
+    }
   }
   {
     nb::gil_scoped_release release;
     nnc::encode_tensors(jobs, num_threads);
   }
-  std::vector<std::tuple<nb::bytes, OutArray<int32_t>, std::vector<EntryPointTuple>>>
-      results;
+  std::vector<EncodedTuple> results;
   results.reserve(count);
   for (size_t i = 0; i < count; ++i) {
     const size_t n = size_t(jobs[i].spec.height * jobs[i].spec.width);
+    std::optional<OutArray<float>> recon;
+    if (reconstruct) recon = to_numpy(std::move(recon_buffers[i]), n);
     results.emplace_back(nb::bytes(jobs[i].segment.data(), jobs[i].segment.size()),
                          to_numpy(std::move(q_buffers[i]), n),
-                         entry_point_tuples(jobs[i].entry_points));
+                         entry_point_tuples(jobs[i].entry_points), std::move(recon));
   }
   return results;
 }
@@ -441,16 +450,19 @@ void check_count(const std::vector<T>& values, size_t count, const char* name) {
   }
 }
 
-std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> decode_segments(
+using DecodedTuple = std::tuple<OutArray<int32_t>, std::optional<int>, size_t,
+                                std::optional<OutArray<float>>>;
+
+std::vector<DecodedTuple> decode_segments(
     std::vector<nb::object> data_objects,
-    std::vector<std::pair<int64_t, int64_t>> shapes,
-    std::vector<bool> has_qp, std::vector<bool> dq, int qp_density,
-    std::vector<bool> hdsp_flag_present,
+    std::vector<std::pair<int64_t, int64_t>> shapes, std::vector<bool> has_qp,
+    std::vector<bool> dq, int qp_density, std::vector<bool> hdsp_flag_present,
     std::optional<std::vector<nb::object>> base_objects,
     std::optional<std::vector<int64_t>> codebook_sizes,
     std::optional<std::vector<int64_t>> codebook_zero_offsets, int unary_len,
     int num_threads, std::optional<std::vector<int>> scan_orders,
-    std::optional<std::vector<std::vector<EntryPointTuple>>> entry_points) {
+    std::optional<std::vector<std::vector<EntryPointTuple>>> entry_points,
+    std::optional<int64_t> dequantize_qp_offset) {
   const std::vector<InArray<uint8_t>> datas =
       strict_arrays<uint8_t>(data_objects, "datas", "uint8 (bytes-like)");
   const std::optional<std::vector<OptionalBase>> tca_bases = strict_bases(base_objects);
@@ -469,6 +481,7 @@ std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> decode_se
 
   std::vector<nnc::SegmentJob> jobs(count);
   std::vector<std::unique_ptr<int32_t[]>> q_buffers;
+  std::vector<std::unique_ptr<float[]>> recon_buffers(count);
   q_buffers.reserve(count);
   const OptionalBase no_base;
   for (size_t i = 0; i < count; ++i) {
@@ -483,21 +496,29 @@ std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> decode_se
     jobs[i].data = datas[i].data();
     jobs[i].num_bytes = datas[i].shape(0);
     nnc::check_decodable_size(jobs[i].spec, jobs[i].num_bytes);
-    q_buffers.emplace_back(new int32_t[size_t(shapes[i].first * shapes[i].second)]);
+    const size_t n = size_t(shapes[i].first * shapes[i].second);
+    q_buffers.emplace_back(new int32_t[n]);
     jobs[i].q_out = q_buffers.back().get();
+    if (dequantize_qp_offset && has_qp[i] && jobs[i].spec.codebook_size == 0) {
+      recon_buffers[i].reset(new float[n]);
+      jobs[i].recon_out = recon_buffers[i].get();
+      jobs[i].qp_offset = *dequantize_qp_offset;
+    }
   }
   {
     nb::gil_scoped_release release;
     nnc::decode_segments(jobs, num_threads);
   }
-  std::vector<std::tuple<OutArray<int32_t>, std::optional<int>, size_t>> results;
+  std::vector<DecodedTuple> results;
   results.reserve(count);
   for (size_t i = 0; i < count; ++i) {
     const size_t n = size_t(jobs[i].spec.height * jobs[i].spec.width);
     std::optional<int> qp;
     if (has_qp[i]) qp = jobs[i].result.qp;
+    std::optional<OutArray<float>> recon;
+    if (jobs[i].recon_ok) recon = to_numpy(std::move(recon_buffers[i]), n);
     results.emplace_back(to_numpy(std::move(q_buffers[i]), n), qp,
-                         jobs[i].result.consumed_bytes);
+                         jobs[i].result.consumed_bytes, std::move(recon));
   }
   return results;
 }
@@ -628,29 +649,34 @@ NB_MODULE(_core, m) {
 
   m.def("encode_tensors", &encode_tensors, "xs"_a, "shapes"_a, "qps"_a, nb::kw_only(),
         "qp_density"_a, "dq"_a, "lambda_scale"_a, "hdsp_flag_present"_a,
-        "row_skipping"_a, "param_opt"_a, "tca_bases"_a = nb::none(),
-        "unary_len"_a = 11, "eco_max_positions"_a = 65536,
-        "eco_from_levels"_a = false, "num_threads"_a = 0, "scan_orders"_a = nb::none(),
+        "row_skipping"_a, "param_opt"_a, "tca_bases"_a = nb::none(), "unary_len"_a = 11,
+        "eco_max_positions"_a = 65536, "eco_from_levels"_a = false, "num_threads"_a = 0,
+        "scan_orders"_a = nb::none(), "reconstruct"_a = false,
         "encode_tensor() for several tensors on num_threads threads (0: one "
         "per hardware thread). xs: float32 arrays; shapes: (height, width) "
         "pairs; qps: one qp per tensor; tca_bases: None or one int32 array or "
         "None per tensor; scan_orders: None (raster) or one per tensor. "
-        "Returns [(segment bytes, q, entry points)] in input order. Errors "
-        "name the tensor index. Releases the GIL while coding.");
+        "Returns [(segment bytes, q, entry points, x_hat or None)] in input "
+        "order; x_hat = dequantize(q, qp), computed by the quantising threads, "
+        "when reconstruct is true. Errors name the tensor index. Releases the "
+        "GIL while coding.");
 
   m.def("decode_segments", &decode_segments, "datas"_a, "shapes"_a, nb::kw_only(),
         "has_qp"_a, "dq"_a, "qp_density"_a, "hdsp_flag_present"_a,
         "tca_bases"_a = nb::none(), "codebook_sizes"_a = nb::none(),
-        "codebook_zero_offsets"_a = nb::none(), "unary_len"_a = 11,
-        "num_threads"_a = 0, "scan_orders"_a = nb::none(),
-        "entry_points"_a = nb::none(),
+        "codebook_zero_offsets"_a = nb::none(), "unary_len"_a = 11, "num_threads"_a = 0,
+        "scan_orders"_a = nb::none(), "entry_points"_a = nb::none(),
+        "dequantize_qp_offset"_a = nb::none(),
         "decode_segment() for several segments on num_threads threads (0: one "
         "per hardware thread). Per-segment lists: datas (bytes-like), shapes "
         "((height, width)), has_qp, dq, hdsp_flag_present, and optionally "
         "tca_bases, codebook_sizes, codebook_zero_offsets, scan_orders, "
-        "entry_points. Returns [(q, qp or "
-        "None, consumed_bytes)] in input order; errors name the segment index. "
-        "Releases the GIL while decoding.");
+        "entry_points. Returns [(q, qp or None, consumed_bytes, x_hat or "
+        "None)] in input order; errors name the segment index. With "
+        "dequantize_qp_offset, x_hat = dequantize(q, qp + dequantize_qp_offset) "
+        "for segments with a qp and no codebook, computed by the decoding "
+        "threads, or None when a step or value is not finite. Releases the "
+        "GIL while decoding.");
 
   m.def("decode_eco_init_sets", &decode_eco_init_sets, "data"_a.noconvert(),
         "height"_a, "width"_a, nb::kw_only(), "has_qp"_a, "qp_density"_a, "dq"_a,

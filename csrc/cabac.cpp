@@ -1,6 +1,7 @@
 // Out-of-line parts of the arithmetic coder (cabac.hpp).
 #include "cabac.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 
@@ -119,17 +120,35 @@ void ExactCodeSum::add(const std::vector<uint8_t>& code, uint64_t num_bits,
                            " does not fit the sum");
   }
 
-  // Byte j of the code shifted right by `shift`, from the last byte up,
-  // added with the carry running towards the start of the segment.
-  uint32_t carry = 0;
-  for (size_t j = num_bytes; j-- > 0;) {
+  // Byte j of the code shifted right by `shift`.
+  const auto shifted = [&](size_t j) {
     const uint32_t high = j < num_code_bytes ? uint32_t(code[j]) >> shift : 0u;
     const bool spill = shift > 0 && j >= 1 && j - 1 < num_code_bytes;
     const uint32_t low = spill ? (uint32_t(code[j - 1]) << (8 - shift)) & 0xffu : 0u;
-    const uint32_t sum = uint32_t(bytes_[first_byte + j]) + (high | low) + carry;
+    return high | low;
+  };
+
+  // Where the sum is still zero (from nonzero_end_ on) adding is copying:
+  // no byte sum exceeds 255, so no carry arises there. Below it, add from
+  // the last byte up with the carry running towards the segment start.
+  const size_t copy_from = std::clamp(nonzero_end_, first_byte, first_byte + num_bytes);
+  const size_t copy_begin = copy_from - first_byte;
+  const size_t inner_begin = std::max<size_t>(copy_begin, 1);
+  const size_t inner_end = std::max(inner_begin, std::min(num_bytes, num_code_bytes));
+  uint8_t* out = bytes_.data() + first_byte;
+  for (size_t j = copy_begin; j < inner_begin; ++j) out[j] = uint8_t(shifted(j));
+  for (size_t j = inner_begin; j < inner_end; ++j) {  // both code bytes exist
+    out[j] = uint8_t((uint32_t(code[j]) >> shift) |
+                     ((uint32_t(code[j - 1]) << (8 - shift)) & 0xffu));
+  }
+  for (size_t j = inner_end; j < num_bytes; ++j) out[j] = uint8_t(shifted(j));
+  uint32_t carry = 0;
+  for (size_t j = copy_from - first_byte; j-- > 0;) {
+    const uint32_t sum = uint32_t(bytes_[first_byte + j]) + shifted(j) + carry;
     bytes_[first_byte + j] = uint8_t(sum & 0xff);
     carry = sum >> 8;
   }
+  nonzero_end_ = std::max(nonzero_end_, first_byte + num_bytes);
   for (size_t j = first_byte; carry != 0 && j-- > 0;) {
     const uint32_t sum = uint32_t(bytes_[j]) + carry;
     bytes_[j] = uint8_t(sum & 0xff);
@@ -175,8 +194,12 @@ size_t CabacDecoder::finish() {
         " (byte offset " + std::to_string(last_bit / 8) + ") is 0, expected 1");
   }
 
-  // The look-ahead bits are the rest of the stop bit's byte: the padding.
-  if ((value_ & ((1u << shift_) - 1)) != 0) {
+  // The padding is the rest of the stop bit's byte: the first
+  // (-bits_read) mod 8 look-ahead bits.
+  const int num_padding_bits = int((8 - bits_read % 8) % 8);
+  const uint64_t padding =
+      (value_ >> (shift_ - num_padding_bits)) & ((uint64_t(1) << num_padding_bits) - 1);
+  if (padding != 0) {
     throw std::invalid_argument(
         "decode_segment: bad alignment after the stop bit at byte offset " +
         std::to_string(last_bit / 8) + ": padding bits are not zero");

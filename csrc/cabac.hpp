@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -230,15 +231,18 @@ class ExactCodeSum {
 
  private:
   std::vector<uint8_t> bytes_;
+  size_t nonzero_end_ = 0;  // bytes_ is zero from here on
 };
 
-// Arithmetic decoder. The 9-bit offset register of the spec is kept scaled:
-// value = offset * 2^shift + the next `shift` bits of the segment (0..7 bits
-// of look-ahead), so comparing offset with range is comparing value with
-// range << shift, and moving n bits into the offset is shift -= n; a byte is
-// loaded whenever shift drops below 0. Consuming a bit past the end of the
-// data throws std::length_error naming the byte offset; the decoder never
-// reads the input out of bounds.
+// Arithmetic decoder. The 9-bit offset register of the spec is kept scaled
+// in 64 bits: value = offset * 2^shift + the next `shift` bits of the segment
+// (0..54 bits of look-ahead), so comparing offset with range is comparing
+// value with range << shift, and moving n bits into the offset is
+// shift -= n. When shift drops below 0, six bytes are loaded at once, so
+// the refill branch is taken once per 48 bits rather than once per byte.
+// Consuming a bit past the end of the data throws std::length_error naming
+// the byte offset; the decoder never reads the input out of bounds (bytes
+// past the end load as 0).
 class CabacDecoder {
  public:
   CabacDecoder(const uint8_t* data, size_t num_bytes)
@@ -247,6 +251,7 @@ class CabacDecoder {
     load_byte();
     shift_ = 7;  // 16 bits loaded, the first 9 form the offset
     if (past_end_) check_not_past_end();
+    refill();
   }
 
   // Decoder started at an entry point (nnc-format §3.7): range 256, the
@@ -265,26 +270,28 @@ class CabacDecoder {
     pos_ = size_t(next_bit / 8);
     const int bits_in_byte = 8 - int(next_bit % 8);  // 1..8 look-ahead bits
     load_byte();
-    value_ = (offset << bits_in_byte) | (value_ & ((1u << bits_in_byte) - 1));
+    value_ = (uint64_t(offset) << bits_in_byte) |
+             (value_ & ((uint64_t(1) << bits_in_byte) - 1));
     shift_ = bits_in_byte;
     if (past_end_) check_not_past_end();
+    refill();
   }
 
   // Block-row boundary (§3.5): narrow the range to 256. Returns false when
   // the offset does not fit below 256 (the stream is corrupt).
   bool force_range_256() {
     range_ = 256;
-    return value_ < (256u << shift_);
+    return value_ < (uint64_t(256) << shift_);
   }
 
   // Start of the 9-bit offset window in the segment, and the offset itself.
   uint64_t window_position() const { return num_bits_read() - 9; }
-  uint32_t offset() const { return value_ >> shift_; }
+  uint32_t offset() const { return uint32_t(value_ >> shift_); }
 
   __attribute__((always_inline)) int decode_bin(ContextModel& model) {
     const uint32_t lps = model.range_lps(range_);
     range_ -= lps;
-    const uint32_t scaled_range = range_ << shift_;
+    const uint64_t scaled_range = uint64_t(range_) << shift_;
     int bin;
     if (value_ >= scaled_range) {
       bin = 1 - model.mps();
@@ -308,10 +315,10 @@ class CabacDecoder {
   __attribute__((always_inline)) int decode_bin_unpredictable(ContextModel& model) {
     const uint32_t lps = model.range_lps(range_);
     const uint32_t mps_range = range_ - lps;
-    const uint32_t scaled_range = mps_range << shift_;
+    const uint64_t scaled_range = uint64_t(mps_range) << shift_;
     const uint32_t is_lps = value_ >= scaled_range ? 1u : 0u;
     const uint32_t lps_mask = 0u - is_lps;
-    value_ -= scaled_range & lps_mask;
+    value_ -= scaled_range & (uint64_t(0) - is_lps);
     const uint32_t new_range = mps_range ^ ((mps_range ^ lps) & lps_mask);
     const int renorm = __builtin_clz(new_range) - 23;
     range_ = new_range << renorm;
@@ -323,7 +330,7 @@ class CabacDecoder {
 
   int decode_bypass() {
     consume(1);
-    const uint32_t scaled_range = range_ << shift_;
+    const uint64_t scaled_range = uint64_t(range_) << shift_;
     if (value_ >= scaled_range) {
       value_ -= scaled_range;
       return 1;
@@ -340,7 +347,7 @@ class CabacDecoder {
 
   int decode_terminate() {
     range_ -= 2;
-    if (value_ >= (range_ << shift_)) return 1;
+    if (value_ >= (uint64_t(range_) << shift_)) return 1;
     if (range_ < 256) {
       range_ <<= 1;
       consume(1);
@@ -357,18 +364,36 @@ class CabacDecoder {
   uint64_t num_bits_read() const { return uint64_t(pos_) * 8 - uint64_t(shift_); }
 
  private:
-  // Move n <= 8 look-ahead bits into the offset, loading a byte if needed.
+  // Move n <= 8 look-ahead bits into the offset, refilling if needed.
   __attribute__((always_inline)) void consume(int n) {
     shift_ -= n;
-    if (shift_ < 0) {
-      load_byte();
-      shift_ += 8;
-    }
+    if (shift_ < 0) refill();
     if (past_end_) check_not_past_end();
   }
 
+  // Load whole bytes while they fit. The register holds at most 10 + shift
+  // significant bits (9 for the offset, one more between a bypass bin's
+  // consume and its comparison), so shift stays <= 54: from shift -8..-1
+  // that is six bytes, read as one big-endian word while eight bytes remain
+  // in the data.
+  void refill() {
+    if (shift_ < 0 && pos_ + 8 <= num_bytes_) {
+      uint64_t word;
+      std::memcpy(&word, data_ + pos_, sizeof(word));
+      word = __builtin_bswap64(word);
+      value_ = (value_ << 48) | (word >> 16);
+      pos_ += 6;
+      shift_ += 48;
+      return;
+    }
+    while (shift_ + 8 <= 54) {
+      load_byte();
+      shift_ += 8;
+    }
+  }
+
   void load_byte() {
-    uint32_t byte = 0;
+    uint64_t byte = 0;
     if (pos_ < num_bytes_) {
       byte = data_[pos_];
     } else {
@@ -383,7 +408,7 @@ class CabacDecoder {
   const uint8_t* data_;
   size_t num_bytes_;
   size_t pos_ = 0;  // bytes loaded into value_ (may exceed num_bytes_)
-  uint32_t value_ = 0;
+  uint64_t value_ = 0;
   int shift_ = 0;
   bool past_end_ = false;
   uint32_t range_ = 510;

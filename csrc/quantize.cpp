@@ -1065,4 +1065,16 @@ void dequantize(const int32_t* q, size_t n, int qp, int qp_density, float* x_out
   for (size_t i = 0; i < n; ++i) x_out[i] = step * static_cast<float>(q[i]);
 }
 
+bool dequantize_finite(const int32_t* q, size_t n, float step, float* x_out) {
+  int32_t q_min = 0;
+  int32_t q_max = 0;
+  for (size_t i = 0; i < n; ++i) {
+    x_out[i] = step * static_cast<float>(q[i]);
+    q_min = std::min(q_min, q[i]);
+    q_max = std::max(q_max, q[i]);
+  }
+  return std::isfinite(step * static_cast<float>(q_min)) &&
+         std::isfinite(step * static_cast<float>(q_max));
+}
+
 }  // namespace nnc

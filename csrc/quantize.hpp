@@ -73,4 +73,8 @@ DqForwardPass dq_forward_pass(const float* x, size_t n, int qp, int qp_density,
 // x_hat = float32(step * float32(q)).
 void dequantize(const int32_t* q, size_t n, int qp, int qp_density, float* x_out);
 
+// dequantize() with the step given; returns whether every x_hat is finite
+// (x_hat is monotone in q, so the extreme q decide).
+bool dequantize_finite(const int32_t* q, size_t n, float step, float* x_out);
+
 }  // namespace nnc

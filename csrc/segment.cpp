@@ -1170,8 +1170,8 @@ std::vector<AbsoluteEntryPoint> absolute_entry_points(CabacDecoder& decoder,
 }  // namespace
 
 DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
-                              const SegmentSpec& spec, int32_t* q_out,
-                              int num_threads) {
+                              const SegmentSpec& spec, int32_t* q_out, int num_threads,
+                              const RowsDecoded* rows_decoded) {
   check_decodable_size(spec, num_bytes);
   const ContextLayout layout(spec.unary_len);
   std::vector<ContextModel> models(size_t(layout.count));
@@ -1262,6 +1262,11 @@ DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
     decode_rows(*group_decoder, group_models, initial_models, layout, spec, geometry,
                 skip_rows, entries, first, end, state, q_out);
     if (group == num_groups - 1) finish_levels(*group_decoder, result);
+    if (rows_decoded != nullptr) {
+      const int64_t row_begin = std::min(spec.height, first * geometry.block_height);
+      const int64_t row_end = std::min(spec.height, end * geometry.block_height);
+      (*rows_decoded)(row_begin, row_end, result.qp);
+    }
   });
   return result;
 }

@@ -2,9 +2,10 @@
 // carries after its header's byte_alignment. Knows nothing about NNR units.
 #pragma once
 
-#include <cstddef>
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace nnc {
@@ -147,8 +148,15 @@ struct DecodedSegment {
 // data ends early, a value overflows int32, termination is malformed or an
 // entry point does not match the stream. With a block scan the block rows
 // are decoded from their entry points on up to num_threads threads.
+//
+// rows_decoded, when given, is called once per group of block rows, on the
+// thread that decoded it, as soon as matrix rows [row_begin, row_end) of
+// q_out hold their final values; segment_qp is the decoded qp offset.
+using RowsDecoded =
+    std::function<void(int64_t row_begin, int64_t row_end, int segment_qp)>;
 DecodedSegment decode_segment(const uint8_t* data, size_t num_bytes,
                               const SegmentSpec& spec, int32_t* q_out,
-                              int num_threads = 1);
+                              int num_threads = 1,
+                              const RowsDecoded* rows_decoded = nullptr);
 
 }  // namespace nnc

@@ -3,11 +3,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <exception>
 #include <future>
 #include <stdexcept>
 #include <thread>
 
+#include "parallel.hpp"
 #include "quantize.hpp"
 
 namespace nnc {
@@ -25,6 +27,7 @@ DqPathEnds quantize_block_rows(const TensorJob& job, const ScanGeometry& geometr
                                int end_state, int num_threads,
                                std::vector<uint8_t>& row_start_states) {
   const SegmentSpec& spec = job.spec;
+  const float step = step_size(spec.qp, spec.qp_density);
   const size_t max_block_row = size_t(geometry.block_height * spec.width);
   std::vector<float> x_scan(max_block_row);
   std::vector<int32_t> q_scan(max_block_row);
@@ -50,8 +53,17 @@ DqPathEnds quantize_block_rows(const TensorJob& job, const ScanGeometry& geometr
                q_scan.data());
     }
     count = 0;
-    walk_block_row(spec, geometry, block_row, no_skipped_rows, unused_state,
-                   [&](int64_t pos) { job.q_out[pos] = q_scan[count++]; });
+    if (job.recon_out == nullptr) {
+      walk_block_row(spec, geometry, block_row, no_skipped_rows, unused_state,
+                     [&](int64_t pos) { job.q_out[pos] = q_scan[count++]; });
+    } else {
+      walk_block_row(spec, geometry, block_row, no_skipped_rows, unused_state,
+                     [&](int64_t pos) {
+                       const int32_t q = q_scan[count++];
+                       job.q_out[pos] = q;
+                       job.recon_out[pos] = step * static_cast<float>(q);
+                     });
+    }
   }
   path.end_state = state;
   return path;
@@ -125,6 +137,19 @@ void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry,
   if (second_error) std::rethrow_exception(second_error);
 }
 
+// job.recon_out from job.q_out, in up to job.num_threads slices.
+void dequantize_on_threads(TensorJob& job, int64_t num_elements) {
+  constexpr int64_t kMinSlice = int64_t(1) << 17;
+  const int64_t num_slices =
+      std::clamp<int64_t>(num_elements / kMinSlice, 1, std::max(job.num_threads, 1));
+  run_tasks(num_slices, true, [&](int64_t slice) {
+    const int64_t begin = num_elements * slice / num_slices;
+    const int64_t end = num_elements * (slice + 1) / num_slices;
+    dequantize(job.q_out + begin, size_t(end - begin), job.spec.qp, job.spec.qp_density,
+               job.recon_out + begin);
+  });
+}
+
 }  // namespace
 
 void encode_tensor(TensorJob& job) {
@@ -145,6 +170,7 @@ void encode_tensor(TensorJob& job) {
   if (!geometry.block_scan) {
     quantize(job.x, size_t(num_elements), job.spec.qp, job.spec.qp_density,
              job.spec.dq, job.lambda_scale, job.q_out, 0, job.num_threads);
+    if (job.recon_out != nullptr) dequantize_on_threads(job, num_elements);
     job.segment =
         encode_segment(job.q_out, job.spec, &job.entry_points, job.num_threads);
     return;
@@ -236,7 +262,33 @@ void decode_segments(std::vector<SegmentJob>& jobs, int num_threads) {
   run_jobs(jobs, num_threads, [per_job](SegmentJob& job) {
     job.spec.entry_points = job.entry_points.data();
     job.spec.num_entry_points = job.entry_points.size();
-    job.result = decode_segment(job.data, job.num_bytes, job.spec, job.q_out, per_job);
+    if (job.recon_out == nullptr || !job.spec.has_qp) {
+      job.result =
+          decode_segment(job.data, job.num_bytes, job.spec, job.q_out, per_job);
+      return;
+    }
+
+    // Dequantise each group of rows on its own thread, right after decoding.
+    std::atomic<bool> all_finite{true};
+    std::atomic<int64_t> num_rows_done{0};
+    const RowsDecoded dequantize_rows = [&](int64_t row_begin, int64_t row_end,
+                                            int segment_qp) {
+      const int64_t qp = int64_t(segment_qp) + job.qp_offset;
+      const int64_t max_qp_magnitude = int64_t(1) << 20;
+      const float step = (qp >= -max_qp_magnitude && qp <= max_qp_magnitude)
+                             ? step_size(int(qp), job.spec.qp_density)
+                             : 0.0f;
+      const size_t begin = size_t(row_begin * job.spec.width);
+      const size_t count = size_t((row_end - row_begin) * job.spec.width);
+      if (!(step > 0.0f && std::isfinite(step)) ||
+          !dequantize_finite(job.q_out + begin, count, step, job.recon_out + begin)) {
+        all_finite = false;
+      }
+      num_rows_done += row_end - row_begin;
+    };
+    job.result = decode_segment(job.data, job.num_bytes, job.spec, job.q_out, per_job,
+                                &dequantize_rows);
+    job.recon_ok = all_finite && num_rows_done == job.spec.height;
   });
 }
 

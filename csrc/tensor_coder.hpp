@@ -20,6 +20,9 @@ struct TensorJob {
   int num_threads = 1;  // for the runs of a large trellis or block scan
   std::vector<uint8_t> segment;  // output
   std::vector<EntryPoint> entry_points;  // output (block scan)
+  // Optional: height*width values x_hat = dequantize(q, qp) (output),
+  // written by the threads that quantise.
+  float* recon_out = nullptr;
 };
 
 // Quantise job.x with job.spec.qp into job.q_out and code the segment.
@@ -45,6 +48,13 @@ struct SegmentJob {
   int32_t* q_out = nullptr;  // height*width values (output)
   std::vector<EntryPoint> entry_points;  // block scan: the NDU's entry points
   DecodedSegment result;     // output
+  // Optional dequantisation (float segments): recon_out receives
+  // height*width values at qp = decoded qp offset + qp_offset, dequantised
+  // by the threads that decode the rows. recon_ok (output) says that the
+  // step size and every value came out finite; if not, recon_out is unused.
+  float* recon_out = nullptr;
+  int64_t qp_offset = 0;
+  bool recon_ok = false;
 };
 
 // decode_segment for every job on num_threads workers, errors as above.

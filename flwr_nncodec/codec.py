@@ -200,6 +200,7 @@ def _encode(
         planned.append((name, coded, header, tca_base))
 
     segments: dict[int, bytes] = {}
+    batch_reconstructions: dict[int, np.ndarray] = {}  # the core's x_hat
     if batch:
         coded_batch = _core.encode_tensors(
             [planned[i][1].values for i in batch],
@@ -215,11 +216,14 @@ def _encode(
             unary_len=hls.NNCODEC_UNARY_LENGTH_MINUS1 + 1,
             num_threads=opts.num_threads,
             scan_orders=[planned[i][2].scan_order for i in batch],
+            reconstruct=with_reconstruction,
         )
-        for index, (segment, q, entry_points) in zip(batch, coded_batch):
+        for index, (segment, q, entry_points, x_hat) in zip(batch, coded_batch):
             name, coded, header, tca_base = planned[index]
             coded.values = q  # the float input is replaced by q
             segments[index] = segment
+            if x_hat is not None:
+                batch_reconstructions[index] = x_hat
             if entry_points:
                 header = replace(header, entry_points=tuple(entry_points))
                 planned[index] = (name, coded, header, tca_base)
@@ -243,7 +247,10 @@ def _encode(
         shape = coded.dims
         level = base_levels(coded)
         if with_reconstruction:
-            reconstruction[name] = reconstruct(coded)[0].reshape(shape)
+            x_hat = batch_reconstructions.get(index)
+            if x_hat is None:
+                x_hat = reconstruct(coded)[0]
+            reconstruction[name] = x_hat.reshape(shape)
         levels[name] = level.reshape(shape)
         if coded.qp is not None:
             qps[name] = coded.qp
@@ -642,6 +649,7 @@ def _decode_ndus_batched(
             num_threads=num_threads,
             scan_orders=[h.scan_order for h in headers],
             entry_points=[list(h.entry_points) for h in headers],
+            dequantize_qp_offset=parsed.mps.quantization_parameter,
         )
         segments = {u.index: result for u, result in zip(coded, results)}
 
@@ -651,9 +659,11 @@ def _decode_ndus_batched(
         if header.payload_type == hls.PT_RAW_FLOAT:
             decoded.append(_decode_raw_float(data, unit, header))
         else:
-            q, segment_qp, consumed = segments[unit.index]
+            q, segment_qp, consumed, recon = segments[unit.index]
             decoded.append(
-                _finish_segment(unit, header, parsed.mps, q, segment_qp, consumed)
+                _finish_segment(
+                    unit, header, parsed.mps, q, segment_qp, consumed, recon
+                )
             )
     return decoded
 
@@ -722,8 +732,11 @@ def _finish_segment(
     q: np.ndarray,
     segment_qp: int | None,
     consumed: int,
+    recon: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(array, base levels) from a decoded segment: checks and dequantises."""
+    """(array, base levels) from a decoded segment: checks and dequantises.
+    ``recon``: the core's dequantisation of ``q`` at this qp, known finite,
+    when it made one (no codebook)."""
     if consumed != unit.payload_size:
         raise NNCFormatError(
             f"CABAC segment ends after {consumed} bytes but the unit holds "
@@ -749,9 +762,12 @@ def _finish_segment(
         )
     if header.codebook is not None:
         recon, levels = reconstruct_codebook(q, header.codebook, qp, mps.qp_density)
-    else:
+        _check_finite(unit, recon, f"qp {qp}")
+    elif recon is None:
         recon, levels = _core.dequantize(q, qp, mps.qp_density), q
-    _check_finite(unit, recon, f"qp {qp}")
+        _check_finite(unit, recon, f"qp {qp}")
+    else:
+        levels = q
     return recon.reshape(header.dims), levels.reshape(header.dims)
 
 

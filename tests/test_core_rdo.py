@@ -161,13 +161,40 @@ def test_encode_tensors_matches_serial_encoding(num_threads):
                                    num_threads=num_threads, **options)
 
     assert len(results) == len(xs)
-    for x, (h, w), qp, base, (segment, q, entry_points) in zip(
+    for x, (h, w), qp, base, (segment, q, entry_points, x_hat) in zip(
         xs, shapes, qps, bases, results
     ):
         expected = _core.encode_tensor(x, h, w, qp=qp, tca_base=base, **options)
         assert segment == expected[0]
         np.testing.assert_array_equal(q, expected[1])
         assert entry_points == []  # raster scan
+        assert x_hat is None  # not asked for
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+@pytest.mark.parametrize("scan_order", [0, 2])
+def test_encode_tensors_reconstruction_is_the_dequantised_levels(num_threads,
+                                                                 scan_order):
+    # Large enough for the trellis halves and the sliced dequantisation.
+    shapes = [(300, 1000), (1, 7), (129, 33)]
+    xs = [_gaussian(h * w, seed=40 + i, scale=0.02) for i, (h, w) in enumerate(shapes)]
+    qps = [-32, -40, -28]
+    options = dict(OPTIONS, dq=True, lambda_scale=0.5)
+
+    results = _core.encode_tensors(xs, shapes, qps, num_threads=num_threads,
+                                   scan_orders=[scan_order] * 3, reconstruct=True,
+                                   **options)
+    plain = _core.encode_tensors(xs, shapes, qps, num_threads=num_threads,
+                                 scan_orders=[scan_order] * 3, **options)
+
+    for (segment, q, entry_points, x_hat), (segment_0, q_0, _, _), qp in zip(
+            results, plain, qps):
+        assert segment == segment_0
+        np.testing.assert_array_equal(q, q_0)
+        assert x_hat.dtype == np.float32
+        np.testing.assert_array_equal(x_hat, _core.dequantize(q, qp, 2))
+        step = np.float32(_core.step_size(qp, 2))
+        np.testing.assert_array_equal(x_hat, step * q.astype(np.float32))
 
 
 def test_encode_tensors_errors_name_the_tensor():
@@ -211,11 +238,62 @@ def test_decode_segments_matches_single_decodes(num_threads):
         codebook_zero_offsets=[0, 0, 0, 2], num_threads=num_threads)
 
     # Assert
-    for (q, qp, consumed), expected_q, expected_qp, segment in zip(
+    for (q, qp, consumed, recon), expected_q, expected_qp, segment in zip(
             results, [w, b, ints, cb], [-32, -75, None, -20], segments):
         np.testing.assert_array_equal(q, expected_q)
         assert qp == expected_qp
         assert consumed == len(segment)
+        assert recon is None  # not asked for
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+@pytest.mark.parametrize("scan_order", [0, 1])
+def test_decode_segments_dequantises_on_the_decoding_threads(num_threads, scan_order):
+    # A block-scanned DQ weight (block rows on several threads), a URQ bias,
+    # an INT tensor and a codebook tensor (neither is dequantised).
+    x = _gaussian(70 * 45, seed=50, scale=0.02)
+    (w_segment, w, w_entries, _), = _core.encode_tensors(
+        [x], [(70, 45)], [-30], scan_orders=[scan_order], num_threads=2,
+        **dict(OPTIONS, dq=True, lambda_scale=0.5))
+    b = _core.quantize(_gaussian(50, seed=51), -75, 2, False)
+    ints = np.arange(-6, 6, dtype=np.int32)
+    cb = np.random.default_rng(52).integers(0, 5, 24).astype(np.int32)
+    segments = [
+        w_segment,
+        _core.encode_segment(b, 1, 50, qp=-75, dq=False, **OPTIONS),
+        _core.encode_segment(ints, 3, 4, qp=None, dq=False, **OPTIONS),
+        _core.encode_segment(cb, 4, 6, qp=-20, dq=False, codebook_size=5,
+                             codebook_zero_offset=2, **OPTIONS),
+    ]
+    kwargs = dict(has_qp=[True, True, False, True], dq=[True, False, False, False],
+                  qp_density=2, hdsp_flag_present=[False] * 4,
+                  codebook_sizes=[0, 0, 0, 5], codebook_zero_offsets=[0, 0, 0, 2],
+                  scan_orders=[scan_order, 0, 0, 0],
+                  entry_points=[w_entries, [], [], []], num_threads=num_threads)
+
+    # The MPS qp (here +3) adds to each segment's qp offset.
+    results = _core.decode_segments(segments, [(70, 45), (1, 50), (3, 4), (4, 6)],
+                                    dequantize_qp_offset=3, **kwargs)
+
+    (q_w, qp_w, _, x_w), (q_b, qp_b, _, x_b), ints_out, cb_out = results
+    np.testing.assert_array_equal(q_w, w)
+    np.testing.assert_array_equal(x_w, _core.dequantize(w, qp_w + 3, 2))
+    np.testing.assert_array_equal(x_b, _core.dequantize(b, qp_b + 3, 2))
+    assert ints_out[3] is None and cb_out[3] is None
+    # A step size beyond float32 gives no x_hat (the caller reports it).
+    huge = _core.decode_segments(segments[:2], [(70, 45), (1, 50)],
+                                 dequantize_qp_offset=4000,
+                                 **{k: v[:2] if isinstance(v, list) else v
+                                    for k, v in kwargs.items()})
+    assert [r[3] for r in huge] == [None, None]
+    # Values that overflow float32 give none either: q * step > 3.4e38.
+    overflow = _core.decode_segments(segments[1:2], [(1, 50)],
+                                     dequantize_qp_offset=75 + 500,
+                                     **{k: v[1:2] if isinstance(v, list) else v
+                                        for k, v in kwargs.items()})
+    step = _core.step_size(qp_b + 75 + 500, 2)
+    assert np.isfinite(step) and np.abs(b).max() * float(step) > 3.4028235e38
+    assert overflow[0][3] is None
 
 
 def test_decode_segments_errors_name_the_segment():
@@ -255,7 +333,7 @@ def test_large_rate_aware_trellis_in_halves_is_one_path_on_any_thread_count():
     options = dict(OPTIONS, dq=True, lambda_scale=0.5)
     one = _core.encode_tensors([x], [(height, width)], [-32], num_threads=1, **options)
     two = _core.encode_tensors([x], [(height, width)], [-32], num_threads=2, **options)
-    (segment, q, _), (segment_2, q_2, _) = one[0], two[0]
+    (segment, q, _, _), (segment_2, q_2, _, _) = one[0], two[0]
     assert segment == segment_2
     np.testing.assert_array_equal(q, q_2)
     np.testing.assert_array_equal(q, _core.quantize(x, -32, 2, True, 0.5))
