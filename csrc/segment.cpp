@@ -258,88 +258,81 @@ constexpr uint8_t kRestartEstimators = 2;
 
 #if NNC_AVX512
 using Lanes16i = int32_t __attribute__((vector_size(64)));
-using Lanes16u = uint32_t __attribute__((vector_size(64)));
-using Lanes8u32 = uint32_t __attribute__((vector_size(32)));
-using Lanes8u64 = uint64_t __attribute__((vector_size(64)));
 
-// The bins of one context (0 or 1, or kRestartEstimators) through its nine
-// estimators at once, held in the lanes 0-8 of AVX-512 registers (9-15
-// padding) for the whole list: the integer steps of InitSetCostSink::step,
-// so the same costs. fast, slow, costs: 16 lanes each, updated in place;
-// initial_fast/slow: the estimators a restart loads; curve: kAdaptationCurve
-// as int32; shifts: a_F (lanes 0-15), then a_S (16-31). The costs add up in
-// 32-bit lanes for at most flush_every bins, then into the 64-bit sums.
-NNC_TARGET_AVX512 void estimate_nine_lanes(const uint8_t* bins, size_t count,
-                                           int32_t* fast, int32_t* slow,
-                                           uint64_t* costs, const int32_t* initial_fast,
-                                           const int32_t* initial_slow,
-                                           const int32_t* curve, const int32_t* shifts,
-                                           size_t flush_every) {
-  Lanes16i fast_now, slow_now, fast_start, slow_start, curve_low, curve_high,
-      fast_shift, slow_shift;
-  __builtin_memcpy(&fast_now, fast, 64);
-  __builtin_memcpy(&slow_now, slow, 64);
-  __builtin_memcpy(&fast_start, initial_fast, 64);
-  __builtin_memcpy(&slow_start, initial_slow, 64);
-  __builtin_memcpy(&curve_low, curve, 64);
-  __builtin_memcpy(&curve_high, curve + 16, 64);
-  __builtin_memcpy(&fast_shift, shifts, 64);
-  __builtin_memcpy(&slow_shift, shifts + 16, 64);
-  Lanes8u64 sum[2];
-  __builtin_memcpy(sum, costs, 128);
-  Lanes16u partial = {};
-  size_t in_partial = 0;
-  const auto flush = [&]() NNC_TARGET_AVX512 {
-    Lanes8u32 half;
-    for (int part = 0; part < 2; ++part) {
-      __builtin_memcpy(&half, reinterpret_cast<const uint32_t*>(&partial) + 8 * part,
-                       32);
-      sum[part] += __builtin_convertvector(half, Lanes8u64);
-    }
-    partial = Lanes16u{};
-    in_partial = 0;
-  };
+// The nine estimators of one context in lanes 0-8 of AVX-512 registers
+// (9-15 padding), with their nine cost sums.
+struct NineLanes {
+  Lanes16i fast, slow;
+  uint64_t sum[kNumInitSets];
+};
 
-  for (size_t i = 0; i < count; ++i) {
-    const int value = bins[i];
-    if (value == kRestartEstimators) {
-      fast_now = fast_start;
-      slow_now = slow_start;
-      continue;
-    }
+// What every context shares: the restart estimators, kAdaptationCurve as
+// int32 (two registers) and the shifts a_F, a_S per lane.
+struct NineLaneConstants {
+  Lanes16i fast_start, slow_start, curve_low, curve_high, fast_shift, slow_shift;
+};
 
-    // costs += kBinCostTable[(512 + ((slow + 16 * fast) >> 3)) * 2 + value]
-    const Lanes16i index = (512 + ((slow_now + 16 * fast_now) >> 3)) * 2 + value;
-    partial += Lanes16u(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(),
-                                                    (1 << kNumInitSets) - 1,
-                                                    __m512i(index), kBinCostTable, 4));
-    if (++in_partial == flush_every) flush();
-
-    // Bin 0 moves the negated estimators as bin 1 moves them.
-    const int32_t flip = value - 1;
-    Lanes16i f = (fast_now ^ flip) - flip;
-    Lanes16i s = (slow_now ^ flip) - flip;
-    f += __builtin_shuffle(curve_low, curve_high, (f >> 3) + 16) >> fast_shift;
-    s += __builtin_shuffle(curve_low, curve_high, (s >> 7) + 16) >> slow_shift;
-    fast_now = (f ^ flip) - flip;
-    slow_now = (s ^ flip) - flip;
+// One bin (0 or 1, or kRestartEstimators) through the nine estimators: the
+// integer steps of InitSetCostSink::step, so the same costs. The nine
+// cost-table reads are scalar loads: a gather was the loop's bottleneck.
+NNC_TARGET_AVX512 inline __attribute__((always_inline)) void nine_lane_step(
+    NineLanes& lanes, int value, const NineLaneConstants& k) {
+  if (value == kRestartEstimators) {
+    lanes.fast = k.fast_start;
+    lanes.slow = k.slow_start;
+    return;
   }
-  flush();
-  __builtin_memcpy(fast, &fast_now, 64);
-  __builtin_memcpy(slow, &slow_now, 64);
-  __builtin_memcpy(costs, sum, 128);
+
+  // costs += kBinCostTable[(512 + ((slow + 16 * fast) >> 3)) * 2 + value]
+  const Lanes16i index = (512 + ((lanes.slow + 16 * lanes.fast) >> 3)) * 2 + value;
+  alignas(64) int32_t lane_index[16];
+  __builtin_memcpy(lane_index, &index, 64);
+  for (int e = 0; e < kNumInitSets; ++e) lanes.sum[e] += kBinCostTable[lane_index[e]];
+
+  // Bin 0 moves the negated estimators as bin 1 moves them.
+  const int32_t flip = value - 1;
+  Lanes16i f = (lanes.fast ^ flip) - flip;
+  Lanes16i s = (lanes.slow ^ flip) - flip;
+  f += __builtin_shuffle(k.curve_low, k.curve_high, (f >> 3) + 16) >> k.fast_shift;
+  s += __builtin_shuffle(k.curve_low, k.curve_high, (s >> 7) + 16) >> k.slow_shift;
+  lanes.fast = (f ^ flip) - flip;
+  lanes.slow = (s ^ flip) - flip;
+}
+
+// The bin lists of two contexts (b may be empty) through their estimators,
+// interleaved so that the two dependency chains overlap. fast, slow: 16
+// lanes per context, costs: 9 sums, all updated in place.
+NNC_TARGET_AVX512 void estimate_two_contexts(const std::vector<uint8_t>& bins_a,
+                                             int32_t* fast_a, int32_t* slow_a,
+                                             uint64_t* costs_a,
+                                             const std::vector<uint8_t>& bins_b,
+                                             int32_t* fast_b, int32_t* slow_b,
+                                             uint64_t* costs_b,
+                                             const NineLaneConstants& k) {
+  NineLanes a, b;
+  __builtin_memcpy(&a.fast, fast_a, 64);
+  __builtin_memcpy(&a.slow, slow_a, 64);
+  std::copy_n(costs_a, kNumInitSets, a.sum);
+  __builtin_memcpy(&b.fast, fast_b, 64);
+  __builtin_memcpy(&b.slow, slow_b, 64);
+  std::copy_n(costs_b, kNumInitSets, b.sum);
+
+  const size_t both = std::min(bins_a.size(), bins_b.size());
+  for (size_t i = 0; i < both; ++i) {
+    nine_lane_step(a, bins_a[i], k);
+    nine_lane_step(b, bins_b[i], k);
+  }
+  for (size_t i = both; i < bins_a.size(); ++i) nine_lane_step(a, bins_a[i], k);
+  for (size_t i = both; i < bins_b.size(); ++i) nine_lane_step(b, bins_b[i], k);
+
+  __builtin_memcpy(fast_a, &a.fast, 64);
+  __builtin_memcpy(slow_a, &a.slow, 64);
+  std::copy_n(a.sum, kNumInitSets, costs_a);
+  __builtin_memcpy(fast_b, &b.fast, 64);
+  __builtin_memcpy(slow_b, &b.slow, 64);
+  std::copy_n(b.sum, kNumInitSets, costs_b);
 }
 #endif
-
-// Bins whose 32-bit cost sums cannot overflow: 2^32 - 1 over the largest
-// entry of kBinCostTable (about 7.3 bits, so 18,000 bins), at most 8192.
-size_t cost_flush_interval() {
-  static const size_t interval = [] {
-    const uint32_t largest = *std::max_element(kBinCostTable, kBinCostTable + 2048);
-    return std::min<size_t>(8192, size_t(UINT32_MAX / std::max<uint32_t>(largest, 1)));
-  }();
-  return interval;
-}
 
 // Sink for the eco estimate (§3.4): it lists every context's bins in
 // order; estimate() then runs each list through the context's 9 init sets'
@@ -455,19 +448,14 @@ struct InitSetCostSink {
   // and clear those lists. Groups on separate threads must be disjoint.
   void estimate(const std::vector<int>& group) {
 #if NNC_AVX512
-    const size_t flush_every = cost_flush_interval();
+    if (vector_step) {
+      estimate_in_pairs(group);
+      return;
+    }
 #endif
     for (const int ctx : group) {
       std::vector<uint8_t>& list = bins[size_t(ctx)];
       ContextEstimators& c = contexts[size_t(ctx)];
-#if NNC_AVX512
-      if (vector_step) {
-        estimate_nine_lanes(list.data(), list.size(), c.fast, c.slow, c.costs,
-                            initial.fast, initial.slow, curve, shifts, flush_every);
-        list.clear();
-        continue;
-      }
-#endif
       for (const uint8_t value : list) {
         if (value == kRestartEstimators) {
           std::copy_n(initial.fast, kNumInitSets, c.fast);
@@ -481,6 +469,36 @@ struct InitSetCostSink {
       list.clear();
     }
   }
+
+#if NNC_AVX512
+  // estimate() on the AVX-512 kernel: contexts of similar list lengths in
+  // pairs (longest first), each pair's two chains interleaved.
+  NNC_TARGET_AVX512 void estimate_in_pairs(const std::vector<int>& group) {
+    NineLaneConstants k;
+    __builtin_memcpy(&k.fast_start, initial.fast, 64);
+    __builtin_memcpy(&k.slow_start, initial.slow, 64);
+    __builtin_memcpy(&k.curve_low, curve, 64);
+    __builtin_memcpy(&k.curve_high, curve + 16, 64);
+    __builtin_memcpy(&k.fast_shift, shifts, 64);
+    __builtin_memcpy(&k.slow_shift, shifts + 16, 64);
+
+    std::vector<int> order = group;
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+      return bins[size_t(a)].size() > bins[size_t(b)].size();
+    });
+    ContextEstimators unused = initial;
+    const std::vector<uint8_t> no_bins;
+    for (size_t i = 0; i < order.size(); i += 2) {
+      ContextEstimators& a = contexts[size_t(order[i])];
+      const bool paired = i + 1 < order.size();
+      ContextEstimators& b = paired ? contexts[size_t(order[i + 1])] : unused;
+      const std::vector<uint8_t>& bins_b = paired ? bins[size_t(order[i + 1])] : no_bins;
+      estimate_two_contexts(bins[size_t(order[i])], a.fast, a.slow, a.costs, bins_b,
+                            b.fast, b.slow, b.costs, k);
+    }
+    for (const int ctx : group) bins[size_t(ctx)].clear();
+  }
+#endif
 
   // Bins listed between two estimates during the walk: bounds the lists at
   // 1 MiB (the default 2^16 positions list about 2^18 bins).
