@@ -302,13 +302,10 @@ NNC_TARGET_AVX512 inline __attribute__((always_inline)) void nine_lane_step(
 // The bin lists of two contexts (b may be empty) through their estimators,
 // interleaved so that the two dependency chains overlap. fast, slow: 16
 // lanes per context, costs: 9 sums, all updated in place.
-NNC_TARGET_AVX512 void estimate_two_contexts(const std::vector<uint8_t>& bins_a,
-                                             int32_t* fast_a, int32_t* slow_a,
-                                             uint64_t* costs_a,
-                                             const std::vector<uint8_t>& bins_b,
-                                             int32_t* fast_b, int32_t* slow_b,
-                                             uint64_t* costs_b,
-                                             const NineLaneConstants& k) {
+NNC_TARGET_AVX512 void estimate_two_contexts(
+    const std::vector<uint8_t>& bins_a, int32_t* fast_a, int32_t* slow_a,
+    uint64_t* costs_a, const std::vector<uint8_t>& bins_b, int32_t* fast_b,
+    int32_t* slow_b, uint64_t* costs_b, const NineLaneConstants& k) {
   NineLanes a, b;
   __builtin_memcpy(&a.fast, fast_a, 64);
   __builtin_memcpy(&a.slow, slow_a, 64);
@@ -492,7 +489,8 @@ struct InitSetCostSink {
       ContextEstimators& a = contexts[size_t(order[i])];
       const bool paired = i + 1 < order.size();
       ContextEstimators& b = paired ? contexts[size_t(order[i + 1])] : unused;
-      const std::vector<uint8_t>& bins_b = paired ? bins[size_t(order[i + 1])] : no_bins;
+      const std::vector<uint8_t>& bins_b =
+          paired ? bins[size_t(order[i + 1])] : no_bins;
       estimate_two_contexts(bins[size_t(order[i])], a.fast, a.slow, a.costs, bins_b,
                             b.fast, b.slow, b.costs, k);
     }
