@@ -258,10 +258,10 @@ std::vector<int> choose_eco_init_sets(InArray<int32_t> q, int64_t height, int64_
                                       int64_t codebook_size,
                                       int64_t codebook_zero_offset, int unary_len,
                                       int64_t eco_max_positions, bool eco_from_levels,
-                                      int num_threads) {
+                                      int num_threads, int scan_order) {
   const SpecArgs args{height, width, 2, dq, false, codebook_size, codebook_zero_offset,
                       unary_len};
-  nnc::SegmentSpec spec = make_spec(args, tca_base, "choose_eco_init_sets");
+  nnc::SegmentSpec spec = make_spec(args, tca_base, "choose_eco_init_sets", scan_order);
   check_length(q, height * width, "q");
   spec.row_skipping = row_skipping;
   spec.eco_max_positions = eco_max_positions;
@@ -690,10 +690,10 @@ NB_MODULE(_core, m) {
         "width"_a, nb::kw_only(), "dq"_a, "row_skipping"_a,
         "tca_base"_a.noconvert() = nb::none(), "codebook_size"_a = 0,
         "codebook_zero_offset"_a = 0, "unary_len"_a = 11, "eco_max_positions"_a = 65536,
-        "eco_from_levels"_a = false, "num_threads"_a = 1,
+        "eco_from_levels"_a = false, "num_threads"_a = 1, "scan_order"_a = 0,
         "Init set per eco-list entry that param_opt=True would signal for q "
-        "(num_threads > 1: estimated on two threads from 2^15 positions, the "
-        "same choice).");
+        "in scan_order (num_threads > 1: estimated on two threads from 2^15 "
+        "positions, the same choice).");
 
   m.def("tables", &tables,
         "The constant tables compiled into the core (rLPS, adaptation curve, "

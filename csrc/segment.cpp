@@ -801,29 +801,39 @@ std::vector<int> eco_context_list(const SegmentSpec& spec) {
 
 namespace {
 
-// Estimated bits (2^-15 units) of init sets 0..8 for each eco-list context,
-// in list order. vector_step: the AVX-512 step (the same sums).
-// skip_rows: the rows the encoder skips (skip_rows_for).
-std::vector<std::array<uint64_t, kNumInitSets>> init_set_costs(
-    const int32_t* q, const SegmentSpec& spec, const std::vector<uint8_t>& skip_rows,
-    int num_threads, bool vector_step) {
-  const ContextLayout layout(spec.unary_len);
-  // Estimating over a prefix of the tensor (SegmentSpec::eco_max_positions)
-  // bounds the 9-fold work on large tensors; the init set matters most for
-  // the first bins of each context.
-  const int64_t max_positions = spec.eco_max_positions > 0
-                                    ? spec.eco_max_positions
-                                    : std::numeric_limits<int64_t>::max();
+// The first step of the eco estimate: every context's bins of the prefix
+// (SegmentSpec::eco_max_positions), listed in one walk; vector_step: the
+// AVX-512 estimate (the same sums). skip_rows: the rows the encoder skips
+// (skip_rows_for); `rows` limits the walk to some block rows.
+struct EcoBins {
+  EcoBins(const int32_t* q, const SegmentSpec& spec,
+          const std::vector<uint8_t>& skip_rows, bool vector_step,
+          const BlockRowRange& rows = {})
+      : sink(ContextLayout(spec.unary_len).count, vector_step) {
+    // Estimating over a prefix of the tensor bounds the 9-fold work on
+    // large tensors; the init set matters most for the first bins of each
+    // context. NNCodec estimates codebook levels without the truncations
+    // (§2.5), so the extra gt pair of the eco list sees bins there.
+    const int64_t max_positions = spec.eco_max_positions > 0
+                                      ? spec.eco_max_positions
+                                      : std::numeric_limits<int64_t>::max();
+    put_levels<false>(sink, ContextLayout(spec.unary_len), q, spec, skip_rows,
+                      spec.dq && !spec.eco_from_levels, max_positions, rows);
+    walked = std::min(max_positions, spec.height * spec.width);
+  }
 
-  // NNCodec estimates codebook levels without the truncations (§2.5), so
-  // the extra gt pair of the eco list sees bins there. One walk lists the
-  // bins; with threads, two groups of contexts with about equal numbers of
-  // bins are then estimated side by side. The costs are the same either way.
-  InitSetCostSink sink(layout.count, vector_step);
-  put_levels<false>(sink, layout, q, spec, skip_rows, spec.dq && !spec.eco_from_levels,
-                    max_positions);
-  const int64_t walked = std::min(max_positions, spec.height * spec.width);
-  if (num_threads > 1 && walked >= kParallelEcoPositions) {
+  InitSetCostSink sink;
+  int64_t walked = 0;
+};
+
+// The second step: estimated bits of init sets 0..8 for each eco-list
+// context, in list order. With threads, two groups of contexts with about
+// equal numbers of bins are estimated side by side (the same sums).
+std::vector<std::array<uint64_t, kNumInitSets>> init_set_costs(EcoBins& bins,
+                                                               const SegmentSpec& spec,
+                                                               int num_threads) {
+  InitSetCostSink& sink = bins.sink;
+  if (num_threads > 1 && bins.walked >= kParallelEcoPositions) {
     const std::array<std::vector<int>, 2> halves = sink.balanced_halves();
     run_tasks(2, true, [&](int64_t task) { sink.estimate(halves[size_t(task)]); });
   } else {
@@ -838,13 +848,11 @@ std::vector<std::array<uint64_t, kNumInitSets>> init_set_costs(
   return costs;
 }
 
-// choose_init_sets() for the encoder, which has the skipped rows already.
-std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
-                                      const std::vector<uint8_t>& skip_rows,
-                                      int num_threads) {
+// The cheapest init set per eco-list entry, e != 0 paying kInitSetPenalty.
+std::vector<uint8_t> cheapest_init_sets(
+    const std::vector<std::array<uint64_t, kNumInitSets>>& all_costs) {
   std::vector<uint8_t> init_sets;
-  for (const auto& costs :
-       init_set_costs(q, spec, skip_rows, num_threads, use_avx512())) {
+  for (const auto& costs : all_costs) {
     int best = 0;
     uint64_t best_cost = costs[0];
     for (int e = 1; e < kNumInitSets; ++e) {
@@ -858,11 +866,60 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
   return init_sets;
 }
 
+// choose_init_sets() for the encoder, which has the skipped rows already.
+std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
+                                      const std::vector<uint8_t>& skip_rows,
+                                      int num_threads) {
+  EcoBins bins(q, spec, skip_rows, use_avx512());
+  return cheapest_init_sets(init_set_costs(bins, spec, num_threads));
+}
+
 }  // namespace
 
 std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
                                       int num_threads) {
   return choose_init_sets(q, spec, skip_rows_for(q, spec), num_threads);
+}
+
+struct EcoListing {
+  EcoBins bins;
+};
+
+void EcoListingDeleter::operator()(EcoListing* listing) const { delete listing; }
+
+EcoListingPtr list_eco_bins(const int32_t* q, const SegmentSpec& spec,
+                            int64_t num_known_block_rows) {
+  const ScanGeometry geometry = scan_geometry(spec);
+  if (!geometry.block_scan || spec.eco_max_positions <= 0 ||
+      num_known_block_rows <= 0 || num_known_block_rows > geometry.num_block_rows) {
+    return nullptr;
+  }
+
+  // Row-skip flags of the known rows only (a flag depends on its row alone).
+  const int64_t num_known_rows =
+      std::min(spec.height, num_known_block_rows * geometry.block_height);
+  std::vector<uint8_t> skip_rows;
+  if (row_skip_syntax_coded(spec) && spec.row_skipping) {
+    SegmentSpec known = spec;
+    known.height = num_known_rows;
+    skip_rows = rows_to_skip(q, known);
+    skip_rows.resize(size_t(spec.height), 0);
+  }
+
+  // The whole walk's prefix must end within the known block rows.
+  int64_t num_coded = 0;
+  for (int64_t row = 0; row < num_known_rows; ++row) {
+    if (skip_rows.empty() || !skip_rows[size_t(row)]) num_coded += spec.width;
+  }
+  if (num_coded < spec.eco_max_positions) return nullptr;
+
+  return EcoListingPtr(new EcoListing{EcoBins(q, spec, skip_rows, use_avx512(),
+                                              BlockRowRange{0, num_known_block_rows})});
+}
+
+std::vector<uint8_t> choose_listed_init_sets(EcoListing& listing,
+                                             const SegmentSpec& spec, int num_threads) {
+  return cheapest_init_sets(init_set_costs(listing.bins, spec, num_threads));
 }
 
 std::vector<uint64_t> eco_init_set_costs(const int32_t* q, const SegmentSpec& spec,
@@ -872,7 +929,8 @@ std::vector<uint64_t> eco_init_set_costs(const int32_t* q, const SegmentSpec& sp
         "eco_init_set_costs: the AVX-512 step is not available on this CPU or build");
   }
   std::vector<uint64_t> flat;
-  for (const auto& costs : init_set_costs(q, spec, skip_rows_for(q, spec), 1, avx512)) {
+  EcoBins bins(q, spec, skip_rows_for(q, spec), avx512);
+  for (const auto& costs : init_set_costs(bins, spec, 1)) {
     flat.insert(flat.end(), costs.begin(), costs.end());
   }
   return flat;

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 namespace nnc {
@@ -118,6 +119,23 @@ std::vector<int> eco_context_list(const SegmentSpec& spec);
 // threads (the same choice).
 std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
                                       int num_threads = 1);
+
+// choose_init_sets() in two steps, for a block-scan encoder that knows the
+// levels of the first block rows before the others: list_eco_bins() walks
+// the levels of block rows [0, num_known_block_rows) only (with their
+// row-skip flags) and returns null unless the estimate's prefix (the first
+// eco_max_positions coded positions) ends within them; then
+// choose_listed_init_sets() estimates on up to num_threads threads. The
+// result is choose_init_sets()'s.
+struct EcoListing;
+struct EcoListingDeleter {
+  void operator()(EcoListing* listing) const;
+};
+using EcoListingPtr = std::unique_ptr<EcoListing, EcoListingDeleter>;
+EcoListingPtr list_eco_bins(const int32_t* q, const SegmentSpec& spec,
+                            int64_t num_known_block_rows);
+std::vector<uint8_t> choose_listed_init_sets(EcoListing& listing,
+                                             const SegmentSpec& spec, int num_threads);
 
 // The estimated bits (2^-15 units) behind that choice: 9 per eco-list
 // entry, init sets 0..8, from the portable step or (avx512) the AVX-512

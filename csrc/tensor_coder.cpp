@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <exception>
+#include <functional>
 #include <future>
 #include <stdexcept>
 #include <thread>
@@ -74,8 +75,11 @@ DqPathEnds quantize_block_rows(const TensorJob& job, const ScanGeometry& geometr
 // block rows: the second starts in any state, and the last block row of
 // the first ends in the state where the second's path starts. The runs go
 // on two threads when num_threads > 1; the levels do not depend on that.
+// On two threads, the second then calls after_second_run(n) (if given) once
+// the first run's block rows [0, n) hold their final levels, n >= 1.
 void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry,
-                            std::vector<uint8_t>& states) {
+                            std::vector<uint8_t>& states,
+                            const std::function<void(int64_t)>* after_second_run) {
   const int64_t num_elements = job.spec.height * job.spec.width;
   const int64_t num_block_rows = geometry.num_block_rows;
   states.assign(size_t(num_block_rows), 0);
@@ -102,9 +106,13 @@ void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry,
   }
 
   // The first run waits for the second's start state only before its last
-  // block row; the second publishes it after its first block row.
+  // block row; the second publishes it after its first block row. The first
+  // says when its block rows before that one are final (false: it failed).
   std::promise<int> second_start;
   std::future<int> second_start_ready = second_start.get_future();
+  std::promise<bool> lead_rows;
+  std::future<bool> lead_rows_final = lead_rows.get_future();
+  bool lead_rows_said = false;
   std::exception_ptr second_error;
   std::thread second_thread([&] {
     bool published = false;
@@ -115,6 +123,9 @@ void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry,
       published = true;
       quantize_block_rows(job, geometry, middle + 1, num_block_rows, head.end_state, -1,
                           1, states);
+      if (after_second_run != nullptr && middle > 1 && lead_rows_final.get()) {
+        (*after_second_run)(middle - 1);
+      }
     } catch (...) {
       if (published) {
         second_error = std::current_exception();
@@ -126,10 +137,13 @@ void quantize_in_block_scan(TensorJob& job, const ScanGeometry& geometry,
   try {
     const DqPathEnds lead =
         quantize_block_rows(job, geometry, 0, middle - 1, 0, -1, 1, states);
+    lead_rows.set_value(true);
+    lead_rows_said = true;
     const int join_state = second_start_ready.get();
     quantize_block_rows(job, geometry, middle - 1, middle, lead.end_state, join_state,
                         1, states);
   } catch (...) {
+    if (!lead_rows_said) lead_rows.set_value(false);
     second_thread.join();
     throw;
   }
@@ -175,12 +189,30 @@ void encode_tensor(TensorJob& job) {
         encode_segment(job.q_out, job.spec, &job.entry_points, job.num_threads);
     return;
   }
+  // On two threads, the second trellis run usually ends first (the first
+  // has the larger half and the join): it then lists the bins of the eco
+  // estimate, whose prefix lies in the first block rows, while the first
+  // run finishes. The estimate itself runs on both threads afterwards.
+  EcoListingPtr eco_listing;
+  const std::function<void(int64_t)> list_eco = [&](int64_t num_known_block_rows) {
+    eco_listing = list_eco_bins(job.q_out, job.spec, num_known_block_rows);
+  };
+  const bool list_eco_early =
+      job.num_threads > 1 && job.spec.param_opt && job.spec.forced_init_sets == nullptr;
+
   // The block rows' DQ start states, known from the trellis, spare the
   // level runs a walk over the levels before them.
   std::vector<uint8_t> block_row_start_states;
-  quantize_in_block_scan(job, geometry, block_row_start_states);
+  quantize_in_block_scan(job, geometry, block_row_start_states,
+                         list_eco_early ? &list_eco : nullptr);
   SegmentSpec spec = job.spec;
   spec.block_row_start_states = block_row_start_states.data();
+  std::vector<uint8_t> init_sets;
+  if (eco_listing != nullptr) {
+    init_sets = choose_listed_init_sets(*eco_listing, spec, job.num_threads);
+    spec.forced_init_sets = init_sets.data();
+    spec.num_forced_init_sets = init_sets.size();
+  }
   job.segment = encode_segment(job.q_out, spec, &job.entry_points, job.num_threads);
 }
 

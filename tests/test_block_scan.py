@@ -178,6 +178,35 @@ def test_large_rate_aware_block_scan_in_two_runs_is_one_path(shape, scan_order):
     assert len(result.bitstream) < len(min_mse.bitstream)
 
 
+@pytest.mark.parametrize("zero_rows", [0, 200, 300, 999])
+def test_eco_listed_during_the_trellis_gives_the_serial_choice(zero_rows):
+    # On two threads the second trellis run lists the eco estimate's bins
+    # while the first finishes, if the estimate's 65,536 coded positions lie
+    # in the first run's block rows 0..6 (448 rows of 300 here). Leading
+    # zero rows are skipped and push the prefix down: 200 zero rows leave
+    # 74,400 coded positions there, 300 leave 44,400 (listed afterwards, as
+    # on one thread), 999 leave none. Init sets and bytes must not change.
+    x = gaussian((1000, 300), seed=7, std=0.02)
+    x[:zero_rows] = 0.0
+    options = {"qp": -32, "lambda_scale": 0.5, "scan_order": 4}
+
+    one = nnc.encode_with_reconstruction({"w": x}, num_threads=1, **options)
+    two = nnc.encode({"w": x}, num_threads=2, **options)
+
+    assert two == one.bitstream
+    unit = hls.parse_stream(two).ndus[0]
+    header = unit.header
+    q = one.levels["w"].reshape(-1)
+    segment = np.frombuffer(two, np.uint8, unit.payload_size, unit.payload_offset)
+    signalled = _core.decode_eco_init_sets(
+        segment, 1000, 300, has_qp=True, qp_density=2, dq=True,
+        hdsp_flag_present=False, scan_order=4, entry_points=list(header.entry_points))
+    chosen = _core.choose_eco_init_sets(q, 1000, 300, dq=True, row_skipping=True,
+                                        scan_order=4)
+    assert list(signalled) == list(chosen)
+    assert any(chosen)  # the choice is not trivially all init set 0
+
+
 @pytest.mark.parametrize(
     "shape,scan_order,dq,zero_rows,tca,codebook_size",
     [
