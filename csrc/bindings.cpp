@@ -7,11 +7,14 @@
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <new>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -78,10 +81,38 @@ std::optional<std::vector<OptionalBase>> strict_bases(
 }
 
 // Hand a heap buffer of n values to NumPy without copying it.
+// Buffers for output arrays. From 4 MiB on they are 2 MiB-aligned and
+// offered to transparent huge pages, as numpy does with its own arrays:
+// filling a 4 MiB array then takes two page faults instead of 1,024.
+struct FreeDeleter {
+  void operator()(void* p) const noexcept { std::free(p); }
+};
 template <class T>
-OutArray<T> to_numpy(std::unique_ptr<T[]> data, size_t n) {
+using Buffer = std::unique_ptr<T[], FreeDeleter>;
+
+template <class T>
+Buffer<T> new_buffer(size_t n) {
+  constexpr size_t kHugePageBytes = size_t(1) << 21;
+  const size_t num_bytes = std::max<size_t>(n, 1) * sizeof(T);
+  void* raw = nullptr;
+  if (num_bytes >= 2 * kHugePageBytes) {
+    const size_t rounded =
+        (num_bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+    raw = std::aligned_alloc(kHugePageBytes, rounded);
+#ifdef MADV_HUGEPAGE
+    if (raw != nullptr) madvise(raw, rounded, MADV_HUGEPAGE);  // a hint only
+#endif
+  } else {
+    raw = std::malloc(num_bytes);
+  }
+  if (raw == nullptr) throw std::bad_alloc();
+  return Buffer<T>(static_cast<T*>(raw));
+}
+
+template <class T>
+OutArray<T> to_numpy(Buffer<T> data, size_t n) {
   T* raw = data.release();
-  nb::capsule owner(raw, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  nb::capsule owner(raw, [](void* p) noexcept { std::free(p); });
   return OutArray<T>(raw, {n}, owner);
 }
 
@@ -226,7 +257,7 @@ std::tuple<OutArray<int32_t>, std::optional<int>, size_t> decode_segment(
   const nnc::SegmentSpec spec = make_spec(args, tca_base, "decode_segment", scan_order);
   nnc::check_decodable_size(spec, data.shape(0));  // before allocating
   const size_t n = size_t(height * width);
-  std::unique_ptr<int32_t[]> q(new int32_t[n]);
+  Buffer<int32_t> q = new_buffer<int32_t>(n);
   const nnc::DecodedSegment result =
       decode_into(data, args, has_qp, tca_base, q.get(), scan_order,
                   entry_points_from(entry_points), std::max(1, num_threads));
@@ -307,7 +338,7 @@ std::pair<std::vector<double>, nb::bytes> dq_forward_pass(InArray<float> x, int 
 OutArray<int32_t> quantize(InArray<float> x, int qp, int qp_density, bool dq,
                            double lambda_scale) {
   const size_t n = x.shape(0);
-  std::unique_ptr<int32_t[]> q(new int32_t[n]);
+  Buffer<int32_t> q = new_buffer<int32_t>(n);
   {
     nb::gil_scoped_release release;
     nnc::quantize(x.data(), n, qp, qp_density, dq, lambda_scale, q.get());
@@ -317,7 +348,7 @@ OutArray<int32_t> quantize(InArray<float> x, int qp, int qp_density, bool dq,
 
 OutArray<float> dequantize(InArray<int32_t> q, int qp, int qp_density) {
   const size_t n = q.shape(0);
-  std::unique_ptr<float[]> x(new float[n]);
+  Buffer<float> x = new_buffer<float>(n);
   {
     nb::gil_scoped_release release;
     nnc::dequantize(q.data(), n, qp, qp_density, x.get());
@@ -367,7 +398,7 @@ std::tuple<nb::bytes, OutArray<int32_t>> encode_tensor(
                               unary_len,         eco_max_positions, eco_from_levels};
   nnc::TensorJob job = make_job(x, height, width, qp, tca_base, options, "x");
   const size_t n = size_t(height * width);
-  std::unique_ptr<int32_t[]> q(new int32_t[n]);
+  Buffer<int32_t> q = new_buffer<int32_t>(n);
   job.q_out = q.get();
   {
     nb::gil_scoped_release release;
@@ -406,8 +437,8 @@ std::vector<EncodedTuple> encode_tensors(
                               hdsp_flag_present, row_skipping, param_opt,
                               unary_len,         eco_max_positions, eco_from_levels};
   std::vector<nnc::TensorJob> jobs;
-  std::vector<std::unique_ptr<int32_t[]>> q_buffers;
-  std::vector<std::unique_ptr<float[]>> recon_buffers(count);
+  std::vector<Buffer<int32_t>> q_buffers;
+  std::vector<Buffer<float>> recon_buffers(count);
   jobs.reserve(count);
   q_buffers.reserve(count);
   const OptionalBase no_base;
@@ -417,10 +448,10 @@ std::vector<EncodedTuple> encode_tensors(
     jobs.push_back(make_job(xs[i], height, width, qps[i], base, options,
                             "xs[" + std::to_string(i) + "]",
                             scan_orders ? (*scan_orders)[i] : 0));
-    q_buffers.emplace_back(new int32_t[size_t(height * width)]);
+    q_buffers.push_back(new_buffer<int32_t>(size_t(height * width)));
     jobs.back().q_out = q_buffers.back().get();
     if (reconstruct) {
-      recon_buffers[i].reset(new float[size_t(height * width)]);
+      recon_buffers[i] = new_buffer<float>(size_t(height * width));
       jobs.back().recon_out = recon_buffers[i].get();
     }
   }
@@ -480,8 +511,8 @@ std::vector<DecodedTuple> decode_segments(
   if (entry_points) check_count(*entry_points, count, "entry_points");
 
   std::vector<nnc::SegmentJob> jobs(count);
-  std::vector<std::unique_ptr<int32_t[]>> q_buffers;
-  std::vector<std::unique_ptr<float[]>> recon_buffers(count);
+  std::vector<Buffer<int32_t>> q_buffers;
+  std::vector<Buffer<float>> recon_buffers(count);
   q_buffers.reserve(count);
   const OptionalBase no_base;
   for (size_t i = 0; i < count; ++i) {
@@ -497,10 +528,10 @@ std::vector<DecodedTuple> decode_segments(
     jobs[i].num_bytes = datas[i].shape(0);
     nnc::check_decodable_size(jobs[i].spec, jobs[i].num_bytes);
     const size_t n = size_t(shapes[i].first * shapes[i].second);
-    q_buffers.emplace_back(new int32_t[n]);
+    q_buffers.push_back(new_buffer<int32_t>(n));
     jobs[i].q_out = q_buffers.back().get();
     if (dequantize_qp_offset && has_qp[i] && jobs[i].spec.codebook_size == 0) {
-      recon_buffers[i].reset(new float[n]);
+      recon_buffers[i] = new_buffer<float>(n);
       jobs[i].recon_out = recon_buffers[i].get();
       jobs[i].qp_offset = *dequantize_qp_offset;
     }

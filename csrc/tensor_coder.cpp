@@ -305,11 +305,16 @@ void decode_segments(std::vector<SegmentJob>& jobs, int num_threads) {
     std::atomic<int64_t> num_rows_done{0};
     const RowsDecoded dequantize_rows = [&](int64_t row_begin, int64_t row_end,
                                             int segment_qp) {
-      const int64_t qp = int64_t(segment_qp) + job.qp_offset;
+      // |segment_qp| < 2^31: the sum cannot overflow once the offset is
+      // bounded; beyond 2^20 the step is not a float32 anyway.
       const int64_t max_qp_magnitude = int64_t(1) << 20;
-      const float step = (qp >= -max_qp_magnitude && qp <= max_qp_magnitude)
-                             ? step_size(int(qp), job.spec.qp_density)
-                             : 0.0f;
+      const bool offset_fits =
+          job.qp_offset >= -max_qp_magnitude && job.qp_offset <= max_qp_magnitude;
+      const int64_t qp = offset_fits ? int64_t(segment_qp) + job.qp_offset : 0;
+      const float step =
+          offset_fits && qp >= -max_qp_magnitude && qp <= max_qp_magnitude
+              ? step_size(int(qp), job.spec.qp_density)
+              : 0.0f;
       const size_t begin = size_t(row_begin * job.spec.width);
       const size_t count = size_t((row_end - row_begin) * job.spec.width);
       if (!(step > 0.0f && std::isfinite(step)) ||

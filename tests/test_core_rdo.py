@@ -286,6 +286,13 @@ def test_decode_segments_dequantises_on_the_decoding_threads(num_threads, scan_o
                                  **{k: v[:2] if isinstance(v, list) else v
                                     for k, v in kwargs.items()})
     assert [r[3] for r in huge] == [None, None]
+    # An offset near the int64 limits gives none either (and no overflow).
+    for offset in (-2**63, 2**63 - 1):
+        extreme = _core.decode_segments(segments[1:2], [(1, 50)],
+                                        dequantize_qp_offset=offset,
+                                        **{k: v[1:2] if isinstance(v, list) else v
+                                           for k, v in kwargs.items()})
+        assert extreme[0][3] is None
     # Values that overflow float32 give none either: q * step > 3.4e38.
     overflow = _core.decode_segments(segments[1:2], [(1, 50)],
                                      dequantize_qp_offset=75 + 500,
