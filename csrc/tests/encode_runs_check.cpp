@@ -51,11 +51,15 @@ int main(int argc, char** argv) {
 
   for (int trial = 0; trial < num_trials; ++trial) {
     // 8,000..250,000 values: both sides of the 2^16 and 2^18 thresholds.
+    // Every fifth trial is a rate-aware DQ tensor of 2^18 values or more
+    // with leading zero rows: the trellis runs in two halves and the second
+    // thread lists the eco bins early, or (many zero rows) cannot.
+    const bool split = trial % 5 == 4;
     nnc::SegmentSpec spec;
-    spec.height = 50 + rng() % 450;
-    spec.width = 160 + rng() % 400;
+    spec.height = split ? 520 + rng() % 200 : 50 + rng() % 450;
+    spec.width = split ? 512 + rng() % 64 : 160 + rng() % 400;
     spec.scan_order = 1 + int(rng() % 4);
-    spec.dq = trial % 2 == 0;
+    spec.dq = split || trial % 2 == 0;
     spec.row_skipping = true;
     spec.param_opt = true;
     spec.qp = -32;
@@ -66,6 +70,10 @@ int main(int argc, char** argv) {
     for (int64_t row = trial % 7; row < spec.height; row += 7) {
       std::fill_n(x.begin() + row * spec.width, spec.width, 0.0f);  // skipped rows
     }
+    if (split) {
+      const int64_t leading_zero_rows = int64_t(rng() % 400);
+      std::fill_n(x.begin(), leading_zero_rows * spec.width, 0.0f);
+    }
 
     // Serial reference: quantise in scan order and code on one thread.
     std::vector<int32_t> q(n);
@@ -73,7 +81,7 @@ int main(int argc, char** argv) {
     job.x = x.data();
     job.q_out = q.data();
     job.spec = spec;
-    job.lambda_scale = trial % 3 == 0 ? 0.0 : 0.5;
+    job.lambda_scale = trial % 3 == 0 && !split ? 0.0 : 0.5;
     job.num_threads = 1;
     nnc::encode_tensor(job);
 
