@@ -799,16 +799,14 @@ std::vector<int> eco_context_list(const SegmentSpec& spec) {
   return list;
 }
 
-namespace {
-
 // The first step of the eco estimate: every context's bins of the prefix
 // (SegmentSpec::eco_max_positions), listed in one walk; vector_step: the
 // AVX-512 estimate (the same sums). skip_rows: the rows the encoder skips
 // (skip_rows_for); `rows` limits the walk to some block rows.
-struct EcoBins {
-  EcoBins(const int32_t* q, const SegmentSpec& spec,
-          const std::vector<uint8_t>& skip_rows, bool vector_step,
-          const BlockRowRange& rows = {})
+struct EcoListing {
+  EcoListing(const int32_t* q, const SegmentSpec& spec,
+             const std::vector<uint8_t>& skip_rows, bool vector_step,
+             const BlockRowRange& rows = {})
       : sink(ContextLayout(spec.unary_len).count, vector_step) {
     // Estimating over a prefix of the tensor bounds the 9-fold work on
     // large tensors; the init set matters most for the first bins of each
@@ -826,14 +824,16 @@ struct EcoBins {
   int64_t walked = 0;
 };
 
+namespace {
+
 // The second step: estimated bits of init sets 0..8 for each eco-list
 // context, in list order. With threads, two groups of contexts with about
 // equal numbers of bins are estimated side by side (the same sums).
-std::vector<std::array<uint64_t, kNumInitSets>> init_set_costs(EcoBins& bins,
+std::vector<std::array<uint64_t, kNumInitSets>> init_set_costs(EcoListing& listing,
                                                                const SegmentSpec& spec,
                                                                int num_threads) {
-  InitSetCostSink& sink = bins.sink;
-  if (num_threads > 1 && bins.walked >= kParallelEcoPositions) {
+  InitSetCostSink& sink = listing.sink;
+  if (num_threads > 1 && listing.walked >= kParallelEcoPositions) {
     const std::array<std::vector<int>, 2> halves = sink.balanced_halves();
     run_tasks(2, true, [&](int64_t task) { sink.estimate(halves[size_t(task)]); });
   } else {
@@ -870,8 +870,8 @@ std::vector<uint8_t> cheapest_init_sets(
 std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
                                       const std::vector<uint8_t>& skip_rows,
                                       int num_threads) {
-  EcoBins bins(q, spec, skip_rows, use_avx512());
-  return cheapest_init_sets(init_set_costs(bins, spec, num_threads));
+  EcoListing listing(q, spec, skip_rows, use_avx512());
+  return cheapest_init_sets(init_set_costs(listing, spec, num_threads));
 }
 
 }  // namespace
@@ -880,10 +880,6 @@ std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
                                       int num_threads) {
   return choose_init_sets(q, spec, skip_rows_for(q, spec), num_threads);
 }
-
-struct EcoListing {
-  EcoBins bins;
-};
 
 void EcoListingDeleter::operator()(EcoListing* listing) const { delete listing; }
 
@@ -913,13 +909,13 @@ EcoListingPtr list_eco_bins(const int32_t* q, const SegmentSpec& spec,
   }
   if (num_coded < spec.eco_max_positions) return nullptr;
 
-  return EcoListingPtr(new EcoListing{EcoBins(q, spec, skip_rows, use_avx512(),
-                                              BlockRowRange{0, num_known_block_rows})});
+  return EcoListingPtr(new EcoListing(q, spec, skip_rows, use_avx512(),
+                                      BlockRowRange{0, num_known_block_rows}));
 }
 
 std::vector<uint8_t> choose_listed_init_sets(EcoListing& listing,
                                              const SegmentSpec& spec, int num_threads) {
-  return cheapest_init_sets(init_set_costs(listing.bins, spec, num_threads));
+  return cheapest_init_sets(init_set_costs(listing, spec, num_threads));
 }
 
 std::vector<uint64_t> eco_init_set_costs(const int32_t* q, const SegmentSpec& spec,
@@ -929,8 +925,8 @@ std::vector<uint64_t> eco_init_set_costs(const int32_t* q, const SegmentSpec& sp
         "eco_init_set_costs: the AVX-512 step is not available on this CPU or build");
   }
   std::vector<uint64_t> flat;
-  EcoBins bins(q, spec, skip_rows_for(q, spec), avx512);
-  for (const auto& costs : init_set_costs(bins, spec, 1)) {
+  EcoListing listing(q, spec, skip_rows_for(q, spec), avx512);
+  for (const auto& costs : init_set_costs(listing, spec, 1)) {
     flat.insert(flat.end(), costs.begin(), costs.end());
   }
   return flat;
