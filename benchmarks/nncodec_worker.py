@@ -8,6 +8,17 @@ job's output folder: ``<id>.nnc`` bitstreams, ``<id>.rec.npz`` reconstructions
 and ``results.json`` (sizes, seconds, errors). Only numpy files and JSON cross
 the process boundary; nothing is pickled.
 
+    /opt/nncref/bin/python benchmarks/nncodec_worker.py --serve
+
+serves timed calls one at a time for paired speed rounds: each line on stdin
+is one JSON request, each answered by one JSON line on stdout:
+
+    {"op": "load", "input": "x.npz", "args": {"qp": -32}}  -> {"ok": true}
+    {"op": "encode"}  -> {"encode_s": 0.46, "bytes": 444029}
+    {"op": "decode"}  -> {"decode_s": 0.06}  (the last encode's stream)
+
+A failed request is answered {"error": "..."}; end of input ends the worker.
+
 This file must run with NNCodec's numpy 1.26 and must not import flwr_nncodec.
 """
 
@@ -161,5 +172,69 @@ def main(job_path: str) -> int:
     return 0
 
 
+class SpeedServer:
+    """The state of --serve: the loaded input and the last encoded stream."""
+
+    def __init__(self, nn, scratch_dir):
+        self.nn = nn
+        self.scratch_dir = scratch_dir
+        self.params = None
+        self.args = None
+        self.bitstream = None
+
+    def handle(self, request):
+        op = request.get("op")
+        if op == "load":
+            self.params = _load_npz(request["input"])
+            self.args = {
+                **request.get("args", {}),
+                "results": self.scratch_dir,
+                "verbose": False,
+            }
+            self.bitstream = None
+            return {"ok": True}
+        if op == "encode":
+            if self.params is None:
+                return {"error": "encode before load"}
+            started = time.perf_counter()
+            self.bitstream = _quiet_call(self.nn.encode, self.params, args=self.args)
+            return {
+                "encode_s": time.perf_counter() - started,
+                "bytes": len(self.bitstream),
+            }
+        if op == "decode":
+            if self.bitstream is None:
+                return {"error": "decode before encode"}
+            started = time.perf_counter()
+            _quiet_call(self.nn.decode, bytearray(self.bitstream))
+            return {"decode_s": time.perf_counter() - started}
+        return {"error": f"unknown op {op!r}"}
+
+
+def serve() -> int:
+    """--serve: answer timed requests from stdin until it ends."""
+    # Replies go to the original stdout; anything NNCodec or torch prints
+    # goes to stderr, so it cannot corrupt a reply line.
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    nn, _ = import_nncodec()
+    with tempfile.TemporaryDirectory(prefix="nncodec-results-") as scratch_dir:
+        server = SpeedServer(nn, scratch_dir)
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            try:
+                reply = server.handle(json.loads(line))
+            except Exception as error:
+                reply = {"error": f"{type(error).__name__}: {error}"[:500]}
+            replies.write(json.dumps(reply) + "\n")
+            replies.flush()
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve"]:
+        sys.exit(serve())
     sys.exit(main(sys.argv[1]))

@@ -395,6 +395,148 @@ def run_nncodec_worker(
     return json.loads((Path(job["out"]) / "results.json").read_text())
 
 
+class NNCodecSpeedServer:
+    """benchmarks/nncodec_worker.py --serve under NNCodec's interpreter: one
+    timed encode or decode per request, for rounds paired with ours."""
+
+    def __init__(self, python: str, work_dir: Path):
+        self.log_path = work_dir / "nncodec_serve.log"
+        self._log = self.log_path.open("w")
+        # Idle OpenMP threads of torch sleep at once instead of spinning on a
+        # core while ours run (passive waiting does not change how many
+        # threads NNCodec's own calls use).
+        environment = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONWARNINGS": "ignore",
+            "OMP_WAIT_POLICY": "PASSIVE",
+        }
+        self._process = subprocess.Popen(
+            [python, str(BENCH_DIR / "nncodec_worker.py"), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=environment,
+            cwd=work_dir,
+        )
+
+    def request(self, **request: Any) -> dict[str, Any]:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line:
+            self._log.flush()
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(
+                f"NNCodec speed server ended during {request.get('op')!r}: "
+                + " | ".join(tail)
+            )
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"NNCodec speed server, {request}: {reply['error']}")
+        return reply
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._log.close()
+
+
+def paired_ratios(reference_s: list[float], ours_s: list[float]) -> dict[str, Any]:
+    """Speed-ups of rounds that timed both coders back to back: the ratio of
+    each round, and their median (the figure the speed targets read)."""
+    if len(reference_s) != len(ours_s) or not ours_s:
+        raise ValueError(
+            f"paired rounds need equal, non-empty lists "
+            f"(got {len(reference_s)} and {len(ours_s)})"
+        )
+    ratios = [reference / ours for reference, ours in zip(reference_s, ours_s)]
+    return {"ratios": ratios, "median": statistics.median(ratios)}
+
+
+def paired_speed_rounds(
+    case: Case,
+    our_options: dict[str, dict[str, Any]],
+    nncodec_python: str,
+    rounds: int,
+    work_dir: Path,
+) -> dict[str, Any]:
+    """Time NNCodec and each of our option sets in rounds, back to back.
+
+    Within a round every coder encodes once, then every coder decodes the
+    stream it wrote; the order flips from round to round. A slow spell of
+    the host then lands on both sides of most ratios, where timing each coder
+    in its own phase would credit it to one of them. Everything runs once,
+    untimed, before the first round.
+    """
+    import flwr_nncodec
+
+    input_path = work_dir / "speed_input.npz"
+    np.savez(input_path, **case.params)
+    server = NNCodecSpeedServer(nncodec_python, work_dir)
+    try:
+        server.request(
+            op="load", input=str(input_path), args={"qp": SPEED_QP, "use_dq": True}
+        )
+
+        def encode(coder: str) -> tuple[float, Any]:
+            if coder == "nncodec":
+                return server.request(op="encode")["encode_s"], None
+            started = time.perf_counter()
+            result = flwr_nncodec.encode_with_reconstruction(
+                case.params, qp=SPEED_QP, **our_options[coder]
+            )
+            return time.perf_counter() - started, bytes(result.bitstream)
+
+        def decode(coder: str, bitstream: Any) -> float:
+            if coder == "nncodec":
+                return server.request(op="decode")["decode_s"]
+            threads = {
+                k: v for k, v in our_options[coder].items() if k == "num_threads"
+            }
+            started = time.perf_counter()
+            flwr_nncodec.decode(bitstream, **threads)
+            return time.perf_counter() - started
+
+        coders = ["nncodec", *our_options]
+        seconds = {c: {"encode_s": [], "decode_s": []} for c in coders}
+        for round_index in range(rounds + 1):  # round 0 warms up, untimed
+            order = coders if round_index % 2 == 0 else coders[::-1]
+            streams = {}
+            encode_s = {}
+            for coder in order:
+                encode_s[coder], streams[coder] = encode(coder)
+            decode_s = {coder: decode(coder, streams[coder]) for coder in order}
+            if round_index == 0:
+                continue
+            for coder in coders:
+                seconds[coder]["encode_s"].append(encode_s[coder])
+                seconds[coder]["decode_s"].append(decode_s[coder])
+            logger.info(
+                "paired speed round %d/%d: encode %s",
+                round_index,
+                rounds,
+                ", ".join(f"{c} {encode_s[c]:.3f} s" for c in coders),
+            )
+    finally:
+        server.close()
+
+    result: dict[str, Any] = {"rounds": rounds, "seconds": seconds}
+    for coder in our_options:
+        for key in ("encode_s", "decode_s"):
+            result[f"{coder}_{key[:-2]}_speedup"] = paired_ratios(
+                seconds["nncodec"][key], seconds[coder][key]
+            )
+    return result
+
+
 def _load_npz(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as archive:
         return {name: archive[name] for name in archive.files}
@@ -699,6 +841,23 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
         with_levels=False,
         repeat=speed_repeat,
     )
+    # The speed case again, in rounds that time NNCodec and ours back to back.
+    paired_rounds = 3 if args.quick else 9
+    logger.info("paired speed rounds: %d, NNCodec and ours back to back", paired_rounds)
+    paired = paired_speed_rounds(
+        cases[0],
+        {
+            "raster": {**ours_options, "use_dq": True},
+            "block_scan": {
+                **ours_options,
+                "use_dq": True,
+                "scan_order": BLOCK_SCAN_ORDER,
+            },
+        },
+        args.nncodec_python,
+        paired_rounds,
+        work_dir,
+    )
     sweeps, variant_rows = run_our_sweeps(cases, ours_options, variants, args, work_dir)
     our_rows = [r for sweep in sweeps.values() for r in sweep] + variant_rows
     our_rows += [speed_ours, speed_block_scan]
@@ -727,7 +886,7 @@ def run_benchmark(args: argparse.Namespace, work_dir: Path, codec) -> dict[str, 
             for name, sweep in sweeps.items()
         },
         "speed": speed_summary(
-            cases[0], speed_ours, nncodec, speed_repeat, speed_block_scan
+            cases[0], speed_ours, nncodec, speed_repeat, speed_block_scan, paired
         ),
         "threads": threads,
         "memory": memory,
@@ -1023,9 +1182,11 @@ def speed_summary(
     nncodec: dict[str, Any],
     repeat: int,
     speed_block_scan: dict[str, Any] | None = None,
+    paired: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The speed case of issue 5, ours against NNCodec (and ours in block
-    scans, whose block rows decode in parallel)."""
+    scans, whose block rows decode in parallel): medians of each coder's own
+    repeats, and the paired rounds' median ratios (paired_speed_rounds)."""
     speed_nnc = nncodec["encode"]["nnc_speed"]
     speed = {
         "input": f"{case.name} {SYNTHETIC_SHAPE}, qp {SPEED_QP}, use_dq True",
@@ -1049,6 +1210,8 @@ def speed_summary(
         speed["block_scan_decode_speedup"] = (
             speed["nncodec_decode_s"] / speed_block_scan["decode_s"]
         )
+    if paired is not None:
+        speed["paired"] = paired
     return speed
 
 
@@ -1286,6 +1449,16 @@ def format_report(report: dict[str, Any]) -> str:
             f"{speed['ours_block_scan_decode_s']:.3f} s "
             f"({speed['block_scan_decode_speedup']:.2f}x); bytes "
             f"{speed['ours_block_scan_bytes']:,}."
+        )
+    paired = speed.get("paired")
+    if paired is not None:
+        parts.append(
+            f"Speed in {paired['rounds']} paired rounds (NNCodec and ours back to "
+            "back, median of the rounds' ratios): raster encode "
+            f"{paired['raster_encode_speedup']['median']:.2f}x, decode "
+            f"{paired['raster_decode_speedup']['median']:.2f}x; block scans encode "
+            f"{paired['block_scan_encode_speedup']['median']:.2f}x, decode "
+            f"{paired['block_scan_decode_speedup']['median']:.2f}x."
         )
     threads = report["threads"]
     if threads.get("available"):

@@ -21,6 +21,7 @@ from entropy import (  # noqa: E402
     entropy_bits,
     levels_entropy_bytes,
 )
+from nncodec_worker import SpeedServer  # noqa: E402
 from rd_bound import (  # noqa: E402
     SourceDensity,
     entropy_power,
@@ -33,6 +34,7 @@ from rd_bound import (  # noqa: E402
 from run import (  # noqa: E402
     equal_mse_bytes,
     format_rd_verdict,
+    paired_ratios,
     rd_bound_row,
     rd_bound_verdicts,
     synthetic_cases,
@@ -241,3 +243,47 @@ def test_synthetic_densities_describe_the_arrays():
     for case in cases.values():
         if case.density is not None:
             assert case.density.counts.sum() == case.num_params
+
+
+def test_paired_ratios_take_the_median_of_the_rounds():
+    # Round 2 was slow for NNCodec only: its ratio is an outlier, not the median.
+    result = paired_ratios([0.50, 0.90, 0.40], [0.05, 0.05, 0.05])
+    assert result["ratios"] == pytest.approx([10.0, 18.0, 8.0])
+    assert result["median"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="got 2 and 1"):
+        paired_ratios([0.5, 0.4], [0.05])
+
+
+class _FakeNNCodec:
+    """Stands in for nncodec.nn: records the args, 'codes' one byte per value."""
+
+    def __init__(self):
+        self.encode_args = None
+        self.decoded = []
+
+    def encode(self, params, args):
+        self.encode_args = args
+        return bytearray(sum(v.size for v in params.values()))
+
+    def decode(self, bitstream):
+        self.decoded.append(len(bitstream))
+        return {}
+
+
+def test_speed_server_protocol(tmp_path):
+    nn = _FakeNNCodec()
+    server = SpeedServer(nn, str(tmp_path))
+    assert server.handle({"op": "encode"}) == {"error": "encode before load"}
+
+    np.savez(tmp_path / "x.npz", w=np.zeros((3, 5), np.float32))
+    load = {"op": "load", "input": str(tmp_path / "x.npz"), "args": {"qp": -32}}
+    assert server.handle(load) == {"ok": True}
+    assert server.handle({"op": "decode"}) == {"error": "decode before encode"}
+    assert nn.encode_args is None
+
+    encoded = server.handle({"op": "encode"})
+    assert encoded["bytes"] == 15 and encoded["encode_s"] >= 0
+    assert nn.encode_args == {"qp": -32, "results": str(tmp_path), "verbose": False}
+    assert set(server.handle({"op": "decode"})) == {"decode_s"}
+    assert nn.decoded == [15]
+    assert server.handle({"op": "stop"}) == {"error": "unknown op 'stop'"}
