@@ -57,7 +57,7 @@ void check_range(const float* x, size_t n, float inverse_step, int qp) {
                                 std::to_string(qp) + ")");
   }
   if (double(max_abs) * double(inverse_step) > kMaxScaledMagnitude) {
-    throw std::invalid_argument("quantize: max|x| = " + std::to_string(max_abs) +
+    throw std::invalid_argument("quantize: max|x| = " + number_str(max_abs) +
                                 " divided by the step of qp " + std::to_string(qp) +
                                 " does not fit int32; use a larger qp");
   }
