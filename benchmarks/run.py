@@ -423,9 +423,12 @@ class NNCodecSpeedServer:
 
     def request(self, **request: Any) -> dict[str, Any]:
         assert self._process.stdin is not None and self._process.stdout is not None
-        self._process.stdin.write(json.dumps(request) + "\n")
-        self._process.stdin.flush()
-        line = self._process.stdout.readline()
+        try:
+            self._process.stdin.write(json.dumps(request) + "\n")
+            self._process.stdin.flush()
+            line = self._process.stdout.readline()
+        except OSError:  # BrokenPipeError: the server has gone
+            line = ""
         if not line:
             self._log.flush()
             tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
@@ -440,7 +443,10 @@ class NNCodecSpeedServer:
 
     def close(self) -> None:
         if self._process.stdin is not None:
-            self._process.stdin.close()
+            try:
+                self._process.stdin.close()
+            except OSError:  # a server that has gone leaves a broken pipe
+                pass
         try:
             self._process.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -32,6 +32,7 @@ from rd_bound import (  # noqa: E402
     water_level,
 )
 from run import (  # noqa: E402
+    NNCodecSpeedServer,
     equal_mse_bytes,
     format_rd_verdict,
     paired_ratios,
@@ -287,3 +288,15 @@ def test_speed_server_protocol(tmp_path):
     assert set(server.handle({"op": "decode"})) == {"decode_s"}
     assert nn.decoded == [15]
     assert server.handle({"op": "stop"}) == {"error": "unknown op 'stop'"}
+
+
+def test_speed_server_that_cannot_start_is_named(tmp_path):
+    # This venv has no nncodec: the server dies on import, and the first
+    # request says so with the end of its log instead of hanging.
+    server = NNCodecSpeedServer(sys.executable, tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="ended during 'load'.*No module named"):
+            server.request(op="load", input="x.npz")
+    finally:
+        server.close()
+    assert server.log_path.read_text().strip()
