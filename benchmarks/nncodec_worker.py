@@ -227,7 +227,9 @@ def serve() -> int:
                 continue
             try:
                 reply = server.handle(json.loads(line))
-            except Exception as error:
+            except BaseException as error:  # NNCodec may assert or exit
+                if isinstance(error, KeyboardInterrupt):
+                    raise
                 reply = {"error": f"{type(error).__name__}: {error}"[:500]}
             replies.write(json.dumps(reply) + "\n")
             replies.flush()
