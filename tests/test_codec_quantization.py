@@ -66,18 +66,6 @@ def test_overflow_guard_follows_nncodecs_formula():
         overflow_safe_qp("w", np.array([3e38], np.float32), -32, 2, dq=False)
 
 
-@pytest.mark.parametrize("dq", [False, True])
-def test_core_names_the_value_that_does_not_fit_its_qp(dq):
-    # The core's own guard (callers below encode()): max|x| in %g form.
-    x = np.array([1.0, -3e38], dtype=np.float32)
-    with pytest.raises(
-        ValueError, match=r"^quantize: max\|x\| = 3e\+38 divided by the step of qp -32"
-    ):
-        _core.quantize(x, -32, 2, dq, 0.0)
-    with pytest.raises(ValueError, match=r"NaN or infinity \(qp -32\)"):
-        _core.quantize(np.array([np.inf], np.float32), -32, 2, dq, 0.0)
-
-
 def test_bitdepth_qp_maps_the_percentile_to_the_largest_integer():
     signed = np.linspace(-1, 1, 10001, dtype=np.float32)
     # P99.95(|x|) = 0.9999 over 127 levels -> step 0.00787 -> qp -28 (2**-7)

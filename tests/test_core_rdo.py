@@ -201,7 +201,9 @@ def test_encode_tensors_errors_name_the_tensor():
     xs = [_gaussian(4, seed=20), np.full(4, 1.0e9, dtype=np.float32)]
     options = dict(OPTIONS, dq=False, lambda_scale=0.0)
 
-    with pytest.raises(ValueError, match=r"tensor #1: quantize: max\|x\| = 1000000000"):
+    with pytest.raises(
+        ValueError, match=r"tensor #1: quantize: max\|x\| = 1e\+09 divided .* qp -128"
+    ):
         _core.encode_tensors(xs, [(2, 2), (2, 2)], [-32, -128], **options)
     with pytest.raises(ValueError,
                        match=r"xs\[1\] has 4 elements, expected height\*width = 6"):
