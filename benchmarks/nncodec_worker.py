@@ -144,13 +144,19 @@ def main(job_path: str) -> int:
         "decode": {},
     }
     # NNCodec writes a .nnc file into args["results"] on every encode call.
-    with tempfile.TemporaryDirectory(prefix="nncodec-results-") as scratch_dir:
+    # The scratch folder sits in the working folder (run.py's work folder),
+    # so it goes with that folder even when this process is killed.
+    with tempfile.TemporaryDirectory(
+        prefix="nncodec-results-", dir=os.getcwd()
+    ) as scratch_dir:
         for encode_job in job.get("encode", []):
             try:
                 results["encode"][encode_job["id"]] = run_encode_job(
                     nn, encode_job, out_dir, scratch_dir
                 )
-            except Exception as error:
+            except BaseException as error:  # NNCodec may exit on bad input
+                if isinstance(error, KeyboardInterrupt):
+                    raise
                 results["encode"][encode_job["id"]] = {
                     "error": f"{type(error).__name__}: {error}"[:500],
                     "traceback": traceback.format_exc()[-2000:],
@@ -185,6 +191,8 @@ class SpeedServer:
     def handle(self, request):
         op = request.get("op")
         if op == "load":
+            # A failed load leaves nothing loaded: no encode of the old input.
+            self.params = self.args = self.bitstream = None
             self.params = _load_npz(request["input"])
             self.args = {
                 **request.get("args", {}),
@@ -220,7 +228,10 @@ def serve() -> int:
     sys.stdout = sys.stderr
 
     nn, _ = import_nncodec()
-    with tempfile.TemporaryDirectory(prefix="nncodec-results-") as scratch_dir:
+    # The scratch folder sits in the working folder, as in main().
+    with tempfile.TemporaryDirectory(
+        prefix="nncodec-results-", dir=os.getcwd()
+    ) as scratch_dir:
         server = SpeedServer(nn, scratch_dir)
         for line in sys.stdin:
             if not line.strip():

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import platform
+import select
 import shutil
 import signal
 import statistics
@@ -52,6 +53,11 @@ from rd_bound import (  # noqa: E402
 )
 
 logger = logging.getLogger("benchmarks")
+
+
+class BenchmarkError(RuntimeError):
+    """NNCodec's side of the run failed part-way (worker or speed server)."""
+
 
 SEED = 20251204
 BLOCK_SCAN_ORDER = 4  # the speed case again in 64x64 blocks with entry points
@@ -378,17 +384,22 @@ def run_nncodec_worker(
     job_path.write_text(json.dumps(job))
     command = [python, str(BENCH_DIR / "nncodec_worker.py"), str(job_path)]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    completed = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=environment,
-        cwd=work_dir,
-    )
+    try:
+        completed = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=environment,
+            cwd=work_dir,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchmarkError(
+            f"NNCodec worker did not finish within {timeout_s:.0f} s"
+        ) from None
     if completed.returncode != 0:
         lines = [line for line in completed.stderr.splitlines() if line.strip()]
-        raise RuntimeError(
+        raise BenchmarkError(
             f"NNCodec worker failed ({completed.returncode}): "
             + " | ".join(line[:300] for line in lines[-8:])
         )
@@ -397,11 +408,15 @@ def run_nncodec_worker(
 
 class NNCodecSpeedServer:
     """benchmarks/nncodec_worker.py --serve under NNCodec's interpreter: one
-    timed encode or decode per request, for rounds paired with ours."""
+    timed encode or decode per request, for rounds paired with ours. Every
+    failure (the server exits, hangs, or answers garbage) raises
+    BenchmarkError naming the request and the end of the server's log."""
 
-    def __init__(self, python: str, work_dir: Path):
+    def __init__(self, python: str, work_dir: Path, reply_timeout_s: float = 120.0):
         self.log_path = work_dir / "nncodec_serve.log"
+        self.reply_timeout_s = reply_timeout_s
         self._log = self.log_path.open("w")
+        self._unread = b""
         # Idle OpenMP threads of torch sleep at once instead of spinning on a
         # core while ours run (passive waiting does not change how many
         # threads NNCodec's own calls use).
@@ -416,42 +431,77 @@ class NNCodecSpeedServer:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            text=True,
             env=environment,
             cwd=work_dir,
         )
 
     def request(self, **request: Any) -> dict[str, Any]:
-        assert self._process.stdin is not None and self._process.stdout is not None
+        assert self._process.stdin is not None
         try:
-            self._process.stdin.write(json.dumps(request) + "\n")
+            self._process.stdin.write(json.dumps(request).encode() + b"\n")
             self._process.stdin.flush()
-            line = self._process.stdout.readline()
         except OSError:  # BrokenPipeError: the server has gone
-            line = ""
-        if not line:
-            self._log.flush()
-            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError(
-                f"NNCodec speed server ended during {request.get('op')!r}: "
-                + " | ".join(tail)
-            )
-        reply = json.loads(line)
+            pass
+        line = self._read_line(request)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise self._failure(request, f"replied {line[:200]!r}, not JSON") from None
+        if not isinstance(reply, dict):
+            raise self._failure(request, f"replied {line[:200]!r}, not an object")
         if "error" in reply:
-            raise RuntimeError(f"NNCodec speed server, {request}: {reply['error']}")
+            raise self._failure(request, f"answered: {reply['error']}")
         return reply
 
+    def _read_line(self, request: dict[str, Any]) -> bytes:
+        """The next reply line, within reply_timeout_s."""
+        assert self._process.stdout is not None
+        descriptor = self._process.stdout.fileno()
+        deadline = time.monotonic() + self.reply_timeout_s
+        while b"\n" not in self._unread:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._failure(
+                    request, f"gave no reply within {self.reply_timeout_s:.0f} s"
+                )
+            ready, _, _ = select.select([descriptor], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(descriptor, 1 << 16)
+            if not chunk:
+                try:
+                    status = self._process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    raise self._failure(
+                        request, "closed its output but is still running"
+                    ) from None
+                raise self._failure(request, f"ended (exit status {status})")
+            self._unread += chunk
+        line, _, self._unread = self._unread.partition(b"\n")
+        return line
+
+    def _failure(self, request: dict[str, Any], what: str) -> BenchmarkError:
+        self._log.flush()
+        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        log = f"; its log ends: {' | '.join(tail)}" if tail else "; its log is empty"
+        return BenchmarkError(
+            f"NNCodec speed server, request {request.get('op')!r}: {what}{log}"
+        )
+
     def close(self) -> None:
+        """End the server: close its input, give it 10 s, then kill it."""
         if self._process.stdin is not None:
             try:
                 self._process.stdin.close()
             except OSError:  # a server that has gone leaves a broken pipe
                 pass
         try:
-            self._process.wait(timeout=60)
+            self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
         self._log.close()
 
 
@@ -526,10 +576,11 @@ def paired_speed_rounds(
                 seconds[coder]["encode_s"].append(encode_s[coder])
                 seconds[coder]["decode_s"].append(decode_s[coder])
             logger.info(
-                "paired speed round %d/%d: encode %s",
+                "paired speed round %d/%d: encode %s; decode %s",
                 round_index,
                 rounds,
                 ", ".join(f"{c} {encode_s[c]:.3f} s" for c in coders),
+                ", ".join(f"{c} {decode_s[c]:.4f} s" for c in coders),
             )
     finally:
         server.close()
@@ -755,7 +806,8 @@ def check_setup(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 all checks passed, 1 a cross-check failed, 2 the run
-    could not start (bad options or set-up)."""
+    could not start (bad options or set-up), 3 NNCodec's side failed
+    part-way (its worker or speed server exited, hung or answered garbage)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[bench] %(message)s")
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -774,6 +826,9 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="nnc-bench-"))
     try:
         report = run_benchmark(args, work_dir, flwr_nncodec)
+    except BenchmarkError as error:
+        logger.error("%s", error)
+        return 3
     finally:
         if args.keep_work_dir:
             logger.info("work folder kept: %s", work_dir)

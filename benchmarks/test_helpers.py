@@ -32,6 +32,7 @@ from rd_bound import (  # noqa: E402
     water_level,
 )
 from run import (  # noqa: E402
+    BenchmarkError,
     NNCodecSpeedServer,
     equal_mse_bytes,
     format_rd_verdict,
@@ -289,14 +290,53 @@ def test_speed_server_protocol(tmp_path):
     assert nn.decoded == [15]
     assert server.handle({"op": "stop"}) == {"error": "unknown op 'stop'"}
 
+    # A load that fails leaves nothing loaded (the serve loop answers the
+    # exception as an error).
+    with pytest.raises(FileNotFoundError):
+        server.handle({"op": "load", "input": str(tmp_path / "missing.npz")})
+    assert server.handle({"op": "encode"}) == {"error": "encode before load"}
+
 
 def test_speed_server_that_cannot_start_is_named(tmp_path):
     # This venv has no nncodec: the server dies on import, and the first
-    # request says so with the end of its log instead of hanging.
+    # request says so with its exit status and the end of its log.
     server = NNCodecSpeedServer(sys.executable, tmp_path)
     try:
-        with pytest.raises(RuntimeError, match="ended during 'load'.*No module named"):
+        with pytest.raises(
+            BenchmarkError,
+            match=r"request 'load': ended \(exit status 1\); its log ends: .*"
+            "No module named",
+        ):
             server.request(op="load", input="x.npz")
     finally:
         server.close()
-    assert server.log_path.read_text().strip()
+
+
+def _fake_server(tmp_path, body: str) -> str:
+    """An executable standing in for NNCodec's python (its arguments ignored)."""
+    path = tmp_path / "fake_python.sh"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("cat > /dev/null", r"request 'encode': gave no reply within 1 s"),
+        ("while read line; do echo hello; done", r"replied b'hello', not JSON"),
+        ("while read line; do echo '[1]'; done", r"replied b'\[1\]', not an object"),
+        ("echo oops >&2; exit 7", r"ended \(exit status 7\); its log ends: oops"),
+    ],
+    ids=["hangs", "not-json", "not-an-object", "exits"],
+)
+def test_speed_server_failures_are_benchmark_errors(tmp_path, body, message):
+    server = NNCodecSpeedServer(
+        _fake_server(tmp_path, body), tmp_path, reply_timeout_s=1.0
+    )
+    try:
+        with pytest.raises(BenchmarkError, match=message):
+            server.request(op="encode")
+    finally:
+        server.close()
+    assert server._process.returncode is not None
