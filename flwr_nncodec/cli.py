@@ -177,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         "needs PyTorch and a .pt or .safetensors OUTPUT)",
     )
     decode.add_argument(
+        "--like",
+        type=Path,
+        metavar="REFERENCE",
+        help="a parameter file of the same model (.npz, .safetensors, .pt): give "
+        "each tensor the reference's shape, and integer tensors its integer dtype "
+        "(NNC sends a scalar as shape (1,) and integers as int32)",
+    )
+    decode.add_argument(
         "--num-threads",
         type=int,
         default=argparse.SUPPRESS,
@@ -457,6 +465,9 @@ def command_decode(args: argparse.Namespace) -> int:
         if hasattr(args, name):
             decode_options[name] = getattr(args, name)
 
+    # The reference is read first: a bad one fails before the decoding work.
+    like = None if args.like is None else model_io.load_parameters(args.like)
+
     codec = _codec()
     started = time.perf_counter()
     try:
@@ -472,6 +483,8 @@ def command_decode(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UserError(f"{args.input}: cannot decode: {error}") from None
     decode_seconds = time.perf_counter() - started
+    if like is not None:
+        params = restore_like(params, like, args.like)
 
     model_io.save_parameters(
         args.output, params, overwrite=args.force, float_dtype=args.dtype
@@ -484,6 +497,63 @@ def command_decode(args: argparse.Namespace) -> int:
         f"(floats as {args.dtype})",
     )
     return EXIT_OK
+
+
+def restore_like(
+    decoded: dict[str, np.ndarray], reference: dict[str, np.ndarray], label: Path
+) -> dict[str, np.ndarray]:
+    """Decoded tensors in the shapes of `reference`, integer tensors in its
+    integer dtypes (bool included). UserError when a tensor is missing from
+    the reference, has another number of values, or holds a value that the
+    reference's dtype cannot."""
+    missing = [name for name in decoded if name not in reference]
+    if missing:
+        shown = ", ".join(repr(name) for name in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UserError(
+            f"--like {label}: has no tensor {shown}{more} of the stream; "
+            "is it the same model?"
+        )
+
+    restored: dict[str, np.ndarray] = {}
+    for name, array in decoded.items():
+        like = reference[name]
+        if array.size != like.size:
+            raise UserError(
+                f"--like {label}: tensor {name!r} has shape {like.shape}, the "
+                f"stream's has {array.shape} ({array.size:,} values)"
+            )
+        array = array.reshape(like.shape)
+        if array.dtype.kind in "iu" and like.dtype.kind in "iub":
+            array = _cast_integers(array, like.dtype, name, label)
+        restored[name] = array
+
+    left_out = [name for name in reference if name not in decoded]
+    if left_out:
+        logger.info(
+            "--like %s: %d tensor(s) not in the stream, not written (%s)",
+            label,
+            len(left_out),
+            ", ".join(repr(name) for name in left_out[:3])
+            + (", ..." if len(left_out) > 3 else ""),
+        )
+    return restored
+
+
+def _cast_integers(
+    array: np.ndarray, dtype: np.dtype, name: str, label: Path
+) -> np.ndarray:
+    """array as dtype, after checking that every value fits it."""
+    if dtype.kind == "b":
+        low, high = 0, 1
+    else:
+        low, high = int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
+    if array.size and (array.min() < low or array.max() > high):
+        raise UserError(
+            f"--like {label}: tensor {name!r} holds values in "
+            f"[{array.min()}, {array.max()}], outside {dtype}'s [{low}, {high}]"
+        )
+    return array.astype(dtype)
 
 
 def describe_bitstream(bitstream: bytes) -> dict[str, Any]:

@@ -129,7 +129,9 @@ def save_parameters(
     kind = check_float_dtype(path, float_dtype)
     _check_replaceable(path, overwrite)
 
-    arrays = {name: np.ascontiguousarray(value) for name, value in params.items()}
+    # np.asarray(order="C") keeps 0-d arrays 0-d (np.ascontiguousarray
+    # would write them as shape (1,)).
+    arrays = {name: np.asarray(value, order="C") for name, value in params.items()}
     if float_dtype == "float16":
         arrays = {
             name: _to_float16(path, name, value) for name, value in arrays.items()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -738,3 +739,120 @@ def test_widened_tensors_get_one_line_per_dtype(tmp_path, caplog):
         "('layer0.weight', 'layer1.weight', 'layer2.weight', ...)"
     ]
     assert loaded.source_nbytes == 50 * 16 * 2 + 4 * 4
+
+
+def _model_with_integer_buffers() -> dict[str, np.ndarray]:
+    """small_model() with a torch-style 0-d int64 counter and a uint8 mask."""
+    model = {k: v for k, v in small_model().items() if "num_batches" not in k}
+    model["bn.num_batches_tracked"] = np.array(12, dtype=np.int64)
+    model["mask"] = np.array([[0, 1, 255]], dtype=np.uint8)
+    return model
+
+
+@pytest.mark.parametrize("suffix", ["npz", "safetensors", "pt"])
+def test_decode_like_restores_scalar_shapes_and_integer_dtypes(tmp_path, suffix):
+    if suffix == "pt":
+        pytest.importorskip("torch")
+    if suffix == "safetensors":
+        pytest.importorskip("safetensors")
+    model = _model_with_integer_buffers()
+    source = tmp_path / f"m.{suffix}"
+    model_io.save_parameters(source, model)
+    stream = tmp_path / "m.nnc"
+    assert cli.main(["-q", "encode", str(source), str(stream), *ENCODE_OPTIONS]) == 0
+
+    # Without a reference: NNC's scalar shape (1,) and int32.
+    plain = tmp_path / f"plain.{suffix}"
+    assert cli.main(["-q", "decode", str(stream), str(plain)]) == 0
+    stored = model_io.load_parameters(plain)
+    assert stored["bn.num_batches_tracked"].shape == (1,)
+    assert stored["mask"].dtype == np.int32
+
+    restored_path = tmp_path / f"restored.{suffix}"
+    like = ["--like", str(source)]
+    assert cli.main(["-q", "decode", *like, str(stream), str(restored_path)]) == 0
+    restored = model_io.load_parameters(restored_path)
+    assert list(restored) == list(model)
+    for name, array in model.items():
+        assert restored[name].shape == array.shape, name
+        if array.dtype.kind == "f":
+            assert restored[name].dtype == np.float32
+            np.testing.assert_array_equal(
+                restored[name], stored[name].reshape(array.shape)
+            )
+        else:
+            assert restored[name].dtype == array.dtype, name
+            np.testing.assert_array_equal(restored[name], array)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m.pop("fc.weight"), "has no tensor 'fc.weight' of the stream"),
+        (
+            lambda m: m.update({"fc.weight": np.zeros((10, 71), np.float32)}),
+            r"tensor 'fc.weight' has shape \(10, 71\), the stream's has \(10, 72\)",
+        ),
+        (
+            lambda m: m.update({"bn.num_batches_tracked": np.array(0, np.int8)}),
+            r"'bn.num_batches_tracked' holds values in \[300, 300\], outside "
+            r"int8's \[-128, 127\]",
+        ),
+        (
+            lambda m: m.update({"mask": np.zeros((1, 3), np.bool_)}),
+            r"'mask' holds values in \[0, 255\], outside bool's \[0, 1\]",
+        ),
+    ],
+    ids=["missing", "size", "range", "bool"],
+)
+def test_decode_like_refuses_a_reference_that_does_not_fit(
+    tmp_path, capsys, change, message
+):
+    model = _model_with_integer_buffers()
+    model["bn.num_batches_tracked"] = np.array(300, np.int64)
+    source = tmp_path / "m.npz"
+    model_io.save_parameters(source, model)
+    stream = tmp_path / "m.nnc"
+    assert cli.main(["-q", "encode", str(source), str(stream), *ENCODE_OPTIONS]) == 0
+    reference = dict(model)
+    change(reference)
+    reference_path = tmp_path / "ref.npz"
+    model_io.save_parameters(reference_path, reference)
+    out = tmp_path / "out.npz"
+
+    code = cli.main(["decode", "--like", str(reference_path), str(stream), str(out)])
+
+    assert code == cli.EXIT_USER_ERROR
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_decode_like_gives_back_a_torch_state_dicts_shapes_and_dtypes(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8))
+    model.train()
+    model(torch.randn(4, 16))  # num_batches_tracked becomes 1
+    source = tmp_path / "model.pt"
+    torch.save(model.state_dict(), source)
+    stream = tmp_path / "model.nnc"
+    assert cli.main(["-q", "encode", str(source), str(stream)]) == 0
+
+    plain, restored = tmp_path / "plain.pt", tmp_path / "restored.pt"
+    assert cli.main(["-q", "decode", str(stream), str(plain)]) == 0
+    like = ["--like", str(source)]
+    assert cli.main(["-q", "decode", *like, str(stream), str(restored)]) == 0
+
+    counter = "1.num_batches_tracked"
+    plain_state = torch.load(plain, weights_only=True)
+    assert plain_state[counter].shape == (1,)
+    assert plain_state[counter].dtype == torch.int32
+    state = torch.load(restored, weights_only=True)
+    original = model.state_dict()
+    for name, tensor in original.items():
+        assert state[name].shape == tensor.shape, name
+        assert state[name].dtype == tensor.dtype, name
+    assert torch.equal(state[counter], original[counter])
+    fresh = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8))
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh[1].num_batches_tracked, original[counter])
