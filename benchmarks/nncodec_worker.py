@@ -140,9 +140,18 @@ def main(job_path: str) -> int:
         "nncodec_version": version("nncodec"),
         "torchvision_ops_skipped": ops_skipped,
         "import_s": time.perf_counter() - started,
-        "encode": {},
-        "decode": {},
+        **run_jobs(nn, job, out_dir),
     }
+    with open(os.path.join(out_dir, "results.json"), "w") as handle:
+        json.dump(results, handle, indent=1)
+    return 0
+
+
+def run_jobs(nn, job, out_dir):
+    """{"encode": {id: result}, "decode": {id: result}}; a job that fails,
+    also by NNCodec asserting or calling exit(), gets {"error": ...} and the
+    others still run."""
+    results = {"encode": {}, "decode": {}}
     # NNCodec writes a .nnc file into args["results"] on every encode call.
     # The scratch folder sits in the working folder (run.py's work folder),
     # so it goes with that folder even when this process is killed.
@@ -154,7 +163,7 @@ def main(job_path: str) -> int:
                 results["encode"][encode_job["id"]] = run_encode_job(
                     nn, encode_job, out_dir, scratch_dir
                 )
-            except BaseException as error:  # NNCodec may exit on bad input
+            except BaseException as error:
                 if isinstance(error, KeyboardInterrupt):
                     raise
                 results["encode"][encode_job["id"]] = {
@@ -166,16 +175,13 @@ def main(job_path: str) -> int:
             results["decode"][decode_job["id"]] = run_decode_job(
                 nn, decode_job, out_dir
             )
-        except BaseException as error:  # NNCodec asserts and exits on bad streams
+        except BaseException as error:
             if isinstance(error, KeyboardInterrupt):
                 raise
             results["decode"][decode_job["id"]] = {
                 "error": f"{type(error).__name__}: {error}"[:500]
             }
-
-    with open(os.path.join(out_dir, "results.json"), "w") as handle:
-        json.dump(results, handle, indent=1)
-    return 0
+    return results
 
 
 class SpeedServer:

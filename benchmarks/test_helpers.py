@@ -21,7 +21,7 @@ from entropy import (  # noqa: E402
     entropy_bits,
     levels_entropy_bytes,
 )
-from nncodec_worker import SpeedServer  # noqa: E402
+from nncodec_worker import SpeedServer, run_jobs  # noqa: E402
 from rd_bound import (  # noqa: E402
     SourceDensity,
     entropy_power,
@@ -257,7 +257,8 @@ def test_paired_ratios_take_the_median_of_the_rounds():
 
 
 class _FakeNNCodec:
-    """Stands in for nncodec.nn: records the args, 'codes' one byte per value."""
+    """Stands in for nncodec.nn: records the args, 'codes' one byte per value,
+    and exits (as NNCodec does on input it cannot read) on int64 tensors."""
 
     def __init__(self):
         self.encode_args = None
@@ -265,6 +266,8 @@ class _FakeNNCodec:
 
     def encode(self, params, args):
         self.encode_args = args
+        if any(v.dtype == np.int64 for v in params.values()):
+            raise SystemExit("Can not read parameter_dict")
         return bytearray(sum(v.size for v in params.values()))
 
     def decode(self, bitstream):
@@ -340,3 +343,31 @@ def test_speed_server_failures_are_benchmark_errors(tmp_path, body, message):
     finally:
         server.close()
     assert server._process.returncode is not None
+
+
+def test_worker_jobs_outlive_an_input_on_which_nncodec_exits(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the scratch folder goes in the working folder
+    np.savez(tmp_path / "int.npz", w=np.arange(6, dtype=np.int64))
+    np.savez(tmp_path / "good.npz", w=np.zeros(6, np.float32))
+    stream = tmp_path / "ours.nnc"
+    stream.write_bytes(b"\x00" * 9)
+    job = {
+        "encode": [
+            {"id": "int", "input": str(tmp_path / "int.npz")},
+            {"id": "good", "input": str(tmp_path / "good.npz"), "repeat": 2},
+        ],
+        "decode": [{"id": "ours", "bitstream": str(stream)}],
+    }
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    results = run_jobs(_FakeNNCodec(), job, str(out_dir))
+
+    assert results["encode"]["int"]["error"] == (
+        "SystemExit: Can not read parameter_dict"
+    )
+    good = results["encode"]["good"]
+    assert good["bytes"] == 6 and len(good["encode_s"]) == 2
+    assert (out_dir / "good.nnc").read_bytes() == bytes(6)
+    assert "decode_s" in results["decode"]["ours"]
+    assert not list(tmp_path.glob("nncodec-results-*"))  # scratch removed
