@@ -147,6 +147,12 @@ def main(job_path: str) -> int:
     return 0
 
 
+def _say(line):
+    """A progress line on stderr: the end of a failed worker's stderr, which
+    run.py quotes, then names the job it was running."""
+    print(f"nncodec_worker: {line}", file=sys.stderr, flush=True)
+
+
 def run_jobs(nn, job, out_dir):
     """{"encode": {id: result}, "decode": {id: result}}; a job that fails,
     also by NNCodec asserting or calling exit(), gets {"error": ...} and the
@@ -159,6 +165,7 @@ def run_jobs(nn, job, out_dir):
         prefix="nncodec-results-", dir=os.getcwd()
     ) as scratch_dir:
         for encode_job in job.get("encode", []):
+            _say(f"encode job {encode_job.get('id')!r}")
             try:
                 results["encode"][encode_job["id"]] = run_encode_job(
                     nn, encode_job, out_dir, scratch_dir
@@ -171,6 +178,7 @@ def run_jobs(nn, job, out_dir):
                     "traceback": traceback.format_exc()[-2000:],
                 }
     for decode_job in job.get("decode", []):
+        _say(f"decode job {decode_job.get('id')!r}")
         try:
             results["decode"][decode_job["id"]] = run_decode_job(
                 nn, decode_job, out_dir

@@ -403,7 +403,17 @@ def run_nncodec_worker(
             f"NNCodec worker failed ({completed.returncode}): "
             + " | ".join(line[:300] for line in lines[-8:])
         )
-    return json.loads((Path(job["out"]) / "results.json").read_text())
+    results_path = Path(job["out"]) / "results.json"
+    try:
+        results = json.loads(results_path.read_text())
+    except (OSError, ValueError) as error:
+        raise BenchmarkError(
+            f"NNCodec worker exited 0 but left no readable {results_path.name}: "
+            f"{error}"
+        ) from None
+    if not isinstance(results, dict):
+        raise BenchmarkError(f"NNCodec worker's {results_path.name} is not an object")
+    return results
 
 
 class NNCodecSpeedServer:
@@ -600,23 +610,35 @@ def _load_npz(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def probe_memory(python: str, coder: str, input_path: Path, options: dict) -> dict:
-    """Extra peak memory of one encode call, in a fresh process."""
-    completed = subprocess.run(
-        [
-            python,
-            str(BENCH_DIR / "mem_probe.py"),
-            coder,
-            str(input_path),
-            json.dumps(options),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+    """Extra peak memory of one encode call, in a fresh process; a probe that
+    fails is recorded as {"coder", "error"} (the run goes on)."""
+    try:
+        completed = subprocess.run(
+            [
+                python,
+                str(BENCH_DIR / "mem_probe.py"),
+                coder,
+                str(input_path),
+                json.dumps(options),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+    except subprocess.TimeoutExpired:
+        return {"coder": coder, "error": "the probe gave no result within 900 s"}
     if completed.returncode != 0:
         return {"coder": coder, "error": completed.stderr[-1000:]}
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    lines = completed.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        result = None
+    if not isinstance(result, dict):
+        shown = lines[-1][:200] if lines else ""
+        return {"coder": coder, "error": f"the probe printed {shown!r}, not a result"}
+    return result
 
 
 def equal_mse_bytes(
@@ -781,11 +803,19 @@ def check_setup(args: argparse.Namespace) -> str | None:
     if not python.is_file() or not os.access(python, os.X_OK):
         return f"--nncodec-python {args.nncodec_python}: no such executable"
     args.nncodec_python = str(python)
-    probe = subprocess.run(
-        [args.nncodec_python, "-c", "import importlib.metadata as m; "
-         "print(m.version('nncodec'))"],
-        capture_output=True, text=True, timeout=120,
-    )
+    try:
+        probe = subprocess.run(
+            [
+                args.nncodec_python,
+                "-c",
+                "import importlib.metadata as m; print(m.version('nncodec'))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        return f"--nncodec-python {args.nncodec_python} did not answer within 120 s"
     if probe.returncode != 0:
         return (
             f"--nncodec-python {args.nncodec_python} has no nncodec package "

@@ -37,8 +37,10 @@ from run import (  # noqa: E402
     equal_mse_bytes,
     format_rd_verdict,
     paired_ratios,
+    probe_memory,
     rd_bound_row,
     rd_bound_verdicts,
+    run_nncodec_worker,
     synthetic_cases,
 )
 
@@ -371,3 +373,28 @@ def test_worker_jobs_outlive_an_input_on_which_nncodec_exits(tmp_path, monkeypat
     assert (out_dir / "good.nnc").read_bytes() == bytes(6)
     assert "decode_s" in results["decode"]["ours"]
     assert not list(tmp_path.glob("nncodec-results-*"))  # scratch removed
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("exit 0", "exited 0 but left no readable results.json"),
+        ("echo 'job x' >&2; exit 5", r"worker failed \(5\): job x"),
+        ("sleep 5", "did not finish within 1 s"),
+    ],
+    ids=["no-results", "fails", "hangs"],
+)
+def test_job_worker_failures_are_benchmark_errors(tmp_path, body, message):
+    python = _fake_server(tmp_path, body)
+    job = {"encode": [], "decode": [], "out": str(tmp_path / "out")}
+    with pytest.raises(BenchmarkError, match=message):
+        run_nncodec_worker(python, job, tmp_path, timeout_s=1)
+
+
+def test_a_memory_probe_that_prints_no_result_is_recorded(tmp_path):
+    python = _fake_server(tmp_path, "echo 'not json'")
+    probe = probe_memory(python, "nncodec", tmp_path / "x.npz", {})
+    assert probe == {
+        "coder": "nncodec",
+        "error": "the probe printed 'not json', not a result",
+    }

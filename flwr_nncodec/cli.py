@@ -466,7 +466,12 @@ def command_decode(args: argparse.Namespace) -> int:
             decode_options[name] = getattr(args, name)
 
     # The reference is read first: a bad one fails before the decoding work.
-    like = None if args.like is None else model_io.load_parameters(args.like)
+    like = None
+    if args.like is not None:
+        try:
+            like = model_io.load_parameters(args.like)
+        except model_io.ModelFileError as error:
+            raise UserError(f"--like {error}") from None
 
     codec = _codec()
     started = time.perf_counter()

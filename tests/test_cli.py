@@ -856,3 +856,18 @@ def test_decode_like_gives_back_a_torch_state_dicts_shapes_and_dtypes(tmp_path):
     fresh = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8))
     fresh.load_state_dict(state)
     assert torch.equal(fresh[1].num_batches_tracked, original[counter])
+
+
+def test_decode_like_names_an_unreadable_reference(tmp_path, capsys):
+    stream = tmp_path / "m.nnc"
+    stream.write_bytes(b"never decoded")  # the reference fails first
+    missing = tmp_path / "missing.pt"
+    out = tmp_path / "out.npz"
+
+    code = cli.main(["decode", "--like", str(missing), str(stream), str(out)])
+
+    assert code == cli.EXIT_USER_ERROR
+    assert capsys.readouterr().err.strip() == (
+        f"flwr-nncodec decode: error: --like {missing}: no such file"
+    )
+    assert not out.exists()
