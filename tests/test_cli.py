@@ -45,12 +45,17 @@ def unit_sizes(bitstream: bytes) -> list[int]:
     return sizes
 
 
+def skip_without_library_for(suffix: str) -> None:
+    """Skip unless the library that reads and writes `.suffix` is installed."""
+    if suffix == "pt":
+        pytest.importorskip("torch")
+    if suffix == "safetensors":
+        pytest.importorskip("safetensors")
+
+
 @pytest.fixture(params=["npz", "safetensors", "pt"])
 def model_file(request, tmp_path) -> Path:
-    if request.param == "pt":
-        pytest.importorskip("torch")
-    if request.param == "safetensors":
-        pytest.importorskip("safetensors")
+    skip_without_library_for(request.param)
     path = tmp_path / f"model.{request.param}"
     model_io.save_parameters(path, small_model())
     return path
@@ -373,10 +378,7 @@ def test_npz_with_object_array_is_refused(tmp_path):
 @pytest.mark.parametrize("suffix", ["npz", "safetensors", "pt"])
 def test_any_tensor_name_round_trips_through_every_format(tmp_path, suffix):
     """Names that are np.savez keywords ('file', 'allow_pickle') are kept."""
-    if suffix == "pt":
-        pytest.importorskip("torch")
-    if suffix == "safetensors":
-        pytest.importorskip("safetensors")
+    skip_without_library_for(suffix)
     params = {
         "allow_pickle": np.arange(3, dtype=np.float32),
         "file": np.ones((2, 2), np.float32),
@@ -751,10 +753,7 @@ def _model_with_integer_buffers() -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("suffix", ["npz", "safetensors", "pt"])
 def test_decode_like_restores_scalar_shapes_and_integer_dtypes(tmp_path, suffix):
-    if suffix == "pt":
-        pytest.importorskip("torch")
-    if suffix == "safetensors":
-        pytest.importorskip("safetensors")
+    skip_without_library_for(suffix)
     model = _model_with_integer_buffers()
     source = tmp_path / f"m.{suffix}"
     model_io.save_parameters(source, model)
