@@ -147,6 +147,14 @@ def main(job_path: str) -> int:
     return 0
 
 
+def _scratch_folder():
+    """A temporary folder for the .nnc file NNCodec writes into
+    args["results"] on every encode call. It sits in the working folder
+    (run.py's work folder), so it goes with that folder even when this
+    process is killed."""
+    return tempfile.TemporaryDirectory(prefix="nncodec-results-", dir=os.getcwd())
+
+
 def _say(line):
     """A progress line on stderr: the end of a failed worker's stderr, which
     run.py quotes, then names the job it was running."""
@@ -158,12 +166,7 @@ def run_jobs(nn, job, out_dir):
     also by NNCodec asserting or calling exit(), gets {"error": ...} and the
     others still run."""
     results = {"encode": {}, "decode": {}}
-    # NNCodec writes a .nnc file into args["results"] on every encode call.
-    # The scratch folder sits in the working folder (run.py's work folder),
-    # so it goes with that folder even when this process is killed.
-    with tempfile.TemporaryDirectory(
-        prefix="nncodec-results-", dir=os.getcwd()
-    ) as scratch_dir:
+    with _scratch_folder() as scratch_dir:
         for encode_job in job.get("encode", []):
             _say(f"encode job {encode_job.get('id')!r}")
             try:
@@ -242,10 +245,7 @@ def serve() -> int:
     sys.stdout = sys.stderr
 
     nn, _ = import_nncodec()
-    # The scratch folder sits in the working folder, as in main().
-    with tempfile.TemporaryDirectory(
-        prefix="nncodec-results-", dir=os.getcwd()
-    ) as scratch_dir:
+    with _scratch_folder() as scratch_dir:
         server = SpeedServer(nn, scratch_dir)
         for line in sys.stdin:
             if not line.strip():

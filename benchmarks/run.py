@@ -320,6 +320,11 @@ def _levels_dict(levels: Any, params: dict[str, np.ndarray]) -> dict[str, np.nda
     return {name: np.asarray(value) for name, value in zip(params, levels)}
 
 
+def _decode_options(encode_options: dict[str, Any]) -> dict[str, Any]:
+    """The encode options that decode() takes too (the thread count)."""
+    return {k: v for k, v in encode_options.items() if k == "num_threads"}
+
+
 def run_ours(
     case: Case,
     qp: int,
@@ -333,7 +338,7 @@ def run_ours(
     import flwr_nncodec
 
     encode_seconds, decode_seconds = [], []
-    decode_options = {k: v for k, v in options.items() if k == "num_threads"}
+    decode_options = _decode_options(options)
     if repeat > 1:
         # Timed rows start warm, as NNCodec's speed job does (its worker has
         # coded the other inputs first): one untimed encode and decode.
@@ -376,6 +381,11 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
+def _nncodec_environment(**extra: str) -> dict[str, str]:
+    """Environment of NNCodec's processes: offline, warnings off."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **extra}
+
+
 def run_nncodec_worker(
     python: str, job: dict[str, Any], work_dir: Path, timeout_s: float
 ) -> dict[str, Any]:
@@ -383,7 +393,7 @@ def run_nncodec_worker(
     job_path = work_dir / "nncodec_job.json"
     job_path.write_text(json.dumps(job))
     command = [python, str(BENCH_DIR / "nncodec_worker.py"), str(job_path)]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    environment = _nncodec_environment()
     try:
         completed = subprocess.run(
             command,
@@ -430,12 +440,7 @@ class NNCodecSpeedServer:
         # Idle OpenMP threads of torch sleep at once instead of spinning on a
         # core while ours run (passive waiting does not change how many
         # threads NNCodec's own calls use).
-        environment = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONWARNINGS": "ignore",
-            "OMP_WAIT_POLICY": "PASSIVE",
-        }
+        environment = _nncodec_environment(OMP_WAIT_POLICY="PASSIVE")
         self._process = subprocess.Popen(
             [python, str(BENCH_DIR / "nncodec_worker.py"), "--serve"],
             stdin=subprocess.PIPE,
@@ -564,11 +569,8 @@ def paired_speed_rounds(
         def decode(coder: str, bitstream: Any) -> float:
             if coder == "nncodec":
                 return server.request(op="decode")["decode_s"]
-            threads = {
-                k: v for k, v in our_options[coder].items() if k == "num_threads"
-            }
             started = time.perf_counter()
-            flwr_nncodec.decode(bitstream, **threads)
+            flwr_nncodec.decode(bitstream, **_decode_options(our_options[coder]))
             return time.perf_counter() - started
 
         coders = ["nncodec", *our_options]

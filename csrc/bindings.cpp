@@ -80,7 +80,6 @@ std::optional<std::vector<OptionalBase>> strict_bases(
   return bases;
 }
 
-// Hand a heap buffer of n values to NumPy without copying it.
 // Buffers for output arrays. From 4 MiB on they are 2 MiB-aligned and
 // offered to transparent huge pages, as numpy does with its own arrays:
 // filling a 4 MiB array then takes two page faults instead of 1,024.
@@ -109,6 +108,7 @@ Buffer<T> new_buffer(size_t n) {
   return Buffer<T>(static_cast<T*>(raw));
 }
 
+// Hand a buffer of n values to NumPy without copying it.
 template <class T>
 OutArray<T> to_numpy(Buffer<T> data, size_t n) {
   T* raw = data.release();

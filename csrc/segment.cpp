@@ -256,6 +256,14 @@ struct EncoderSink {
 // A bin list's marker for a block-row start: the estimators restart.
 constexpr uint8_t kRestartEstimators = 2;
 
+// The nine estimators and costs of one context in the eco estimate, padded
+// to 16 lanes for the AVX-512 step (the estimators keep int16 values).
+struct alignas(64) ContextEstimators {
+  int32_t fast[16];
+  int32_t slow[16];
+  uint64_t costs[16];  // estimated bits, 2^-15 units
+};
+
 #if NNC_AVX512
 using Lanes16i = int32_t __attribute__((vector_size(64)));
 
@@ -300,34 +308,39 @@ NNC_TARGET_AVX512 inline __attribute__((always_inline)) void nine_lane_step(
 }
 
 // The bin lists of two contexts (b may be empty) through their estimators,
-// interleaved so that the two dependency chains overlap. fast, slow: 16
-// lanes per context, costs: 9 sums, all updated in place.
-NNC_TARGET_AVX512 void estimate_two_contexts(
-    const std::vector<uint8_t>& bins_a, int32_t* fast_a, int32_t* slow_a,
-    uint64_t* costs_a, const std::vector<uint8_t>& bins_b, int32_t* fast_b,
-    int32_t* slow_b, uint64_t* costs_b, const NineLaneConstants& k) {
-  NineLanes a, b;
-  __builtin_memcpy(&a.fast, fast_a, 64);
-  __builtin_memcpy(&a.slow, slow_a, 64);
-  std::copy_n(costs_a, kNumInitSets, a.sum);
-  __builtin_memcpy(&b.fast, fast_b, 64);
-  __builtin_memcpy(&b.slow, slow_b, 64);
-  std::copy_n(costs_b, kNumInitSets, b.sum);
+// interleaved so that the two dependency chains overlap; a and b are
+// updated in place.
+NNC_TARGET_AVX512 void estimate_two_contexts(const std::vector<uint8_t>& bins_a,
+                                             ContextEstimators& a,
+                                             const std::vector<uint8_t>& bins_b,
+                                             ContextEstimators& b,
+                                             const NineLaneConstants& k) {
+  const auto load = [](const ContextEstimators& c) NNC_TARGET_AVX512 {
+    NineLanes lanes;
+    __builtin_memcpy(&lanes.fast, c.fast, 64);
+    __builtin_memcpy(&lanes.slow, c.slow, 64);
+    std::copy_n(c.costs, kNumInitSets, lanes.sum);
+    return lanes;
+  };
+  const auto store = [](const NineLanes& lanes, ContextEstimators& c)
+                         NNC_TARGET_AVX512 {
+                           __builtin_memcpy(c.fast, &lanes.fast, 64);
+                           __builtin_memcpy(c.slow, &lanes.slow, 64);
+                           std::copy_n(lanes.sum, kNumInitSets, c.costs);
+                         };
+  NineLanes lanes_a = load(a);
+  NineLanes lanes_b = load(b);
 
   const size_t both = std::min(bins_a.size(), bins_b.size());
   for (size_t i = 0; i < both; ++i) {
-    nine_lane_step(a, bins_a[i], k);
-    nine_lane_step(b, bins_b[i], k);
+    nine_lane_step(lanes_a, bins_a[i], k);
+    nine_lane_step(lanes_b, bins_b[i], k);
   }
-  for (size_t i = both; i < bins_a.size(); ++i) nine_lane_step(a, bins_a[i], k);
-  for (size_t i = both; i < bins_b.size(); ++i) nine_lane_step(b, bins_b[i], k);
+  for (size_t i = both; i < bins_a.size(); ++i) nine_lane_step(lanes_a, bins_a[i], k);
+  for (size_t i = both; i < bins_b.size(); ++i) nine_lane_step(lanes_b, bins_b[i], k);
 
-  __builtin_memcpy(fast_a, &a.fast, 64);
-  __builtin_memcpy(slow_a, &a.slow, 64);
-  std::copy_n(a.sum, kNumInitSets, costs_a);
-  __builtin_memcpy(fast_b, &b.fast, 64);
-  __builtin_memcpy(slow_b, &b.slow, 64);
-  std::copy_n(b.sum, kNumInitSets, costs_b);
+  store(lanes_a, a);
+  store(lanes_b, b);
 }
 #endif
 
@@ -343,14 +356,6 @@ struct InitSetCostSink {
   // (must equal kInitSets: a_F = SH0 + 4, a_S = SH1).
   static constexpr int kFastShift[kNumInitSets] = {5, 5, 5, 4, 6, 6, 6, 7, 7};
   static constexpr int kSlowShift[kNumInitSets] = {4, 4, 4, 5, 6, 6, 6, 5, 5};
-
-  // The nine estimators and costs of one context, padded to 16 lanes for
-  // estimate_nine_lanes (the estimators keep int16 values).
-  struct alignas(64) ContextEstimators {
-    int32_t fast[16];
-    int32_t slow[16];
-    uint64_t costs[16];  // estimated bits, 2^-15 units
-  };
 
   InitSetCostSink(int num_contexts, bool vector_step)
       : contexts(size_t(num_contexts)),
@@ -491,8 +496,7 @@ struct InitSetCostSink {
       ContextEstimators& b = paired ? contexts[size_t(order[i + 1])] : unused;
       const std::vector<uint8_t>& bins_b =
           paired ? bins[size_t(order[i + 1])] : no_bins;
-      estimate_two_contexts(bins[size_t(order[i])], a.fast, a.slow, a.costs, bins_b,
-                            b.fast, b.slow, b.costs, k);
+      estimate_two_contexts(bins[size_t(order[i])], a, bins_b, b, k);
     }
     for (const int ctx : group) bins[size_t(ctx)].clear();
   }
@@ -506,7 +510,7 @@ struct InitSetCostSink {
   std::vector<ContextEstimators> contexts;
   std::vector<std::vector<uint8_t>> bins;  // per context, in coding order
   size_t num_listed = 0;
-  bool vector_step;  // estimate_nine_lanes (AVX-512) instead of steps<>()
+  bool vector_step;  // nine_lane_step (AVX-512) instead of steps<>()
   alignas(64) int32_t curve[32];
   alignas(64) int32_t shifts[32];
 };
@@ -866,12 +870,21 @@ std::vector<uint8_t> cheapest_init_sets(
   return init_sets;
 }
 
+}  // namespace
+
+std::vector<uint8_t> choose_listed_init_sets(EcoListing& listing,
+                                             const SegmentSpec& spec, int num_threads) {
+  return cheapest_init_sets(init_set_costs(listing, spec, num_threads));
+}
+
+namespace {
+
 // choose_init_sets() for the encoder, which has the skipped rows already.
 std::vector<uint8_t> choose_init_sets(const int32_t* q, const SegmentSpec& spec,
                                       const std::vector<uint8_t>& skip_rows,
                                       int num_threads) {
   EcoListing listing(q, spec, skip_rows, use_avx512());
-  return cheapest_init_sets(init_set_costs(listing, spec, num_threads));
+  return choose_listed_init_sets(listing, spec, num_threads);
 }
 
 }  // namespace
@@ -911,11 +924,6 @@ EcoListingPtr list_eco_bins(const int32_t* q, const SegmentSpec& spec,
 
   return EcoListingPtr(new EcoListing(q, spec, skip_rows, use_avx512(),
                                       BlockRowRange{0, num_known_block_rows}));
-}
-
-std::vector<uint8_t> choose_listed_init_sets(EcoListing& listing,
-                                             const SegmentSpec& spec, int num_threads) {
-  return cheapest_init_sets(init_set_costs(listing, spec, num_threads));
 }
 
 std::vector<uint64_t> eco_init_set_costs(const int32_t* q, const SegmentSpec& spec,
